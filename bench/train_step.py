@@ -1,0 +1,104 @@
+"""Per-step cost of collapse's training step against a bare PyTorch loop, side by side.
+
+Same VAE, batch, data and threads; blocks of steps alternate A B A B in one process so drift
+in machine speed hits both. Prints the median ms/step of each and the ratios:
+  engine/bare      our DeepSpeed step vs `loss.backward(); opt.step()`   (goal <= 1.05)
+  distilled/plain  a full-L_SD step vs a plain step, both ours           (goal <= 1.35)
+Run: python bench/train_step.py [--steps 50 --rounds 8 --zero 0]
+"""
+import argparse
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+from collapse import train
+from collapse.tasks import vae
+
+
+def config(zero_stage, lam=0.0, beta=0.0, gamma=0.0):
+    return SimpleNamespace(
+        model=SimpleNamespace(hidden=420, latent=20),
+        train=SimpleNamespace(lr=1e-3, weight_decay=0.01, batch_size=256, zero_stage=zero_stage, bf16=False),
+        distill=SimpleNamespace(lam=lam, beta=beta, gamma=gamma))
+
+
+def bare_step(model, opt, data, index, step, cfg, teacher=None):
+    x = vae.batch(data, index)
+    loss, out = vae.loss(model, x, train.step_generator(0, step))
+    if teacher is not None:
+        with torch.no_grad():
+            t = vae.teacher_outputs(teacher, x, train.step_generator(0, step))
+        loss = loss + vae.distill_loss(out, t, cfg.distill)[0]
+    if not torch.isfinite(loss):
+        raise RuntimeError
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def engine_step(engine, _opt, data, index, step, cfg, teacher=None):
+    x = vae.batch(data, index)
+    loss, out = vae.loss(engine, x, train.step_generator(0, step))
+    if teacher is not None:
+        with torch.no_grad():
+            t = vae.teacher_outputs(teacher, x, train.step_generator(0, step))
+        loss = loss + vae.distill_loss(out, t, cfg.distill)[0]
+    if not torch.isfinite(loss):
+        raise RuntimeError
+    engine.backward(loss)
+    engine.step()
+
+
+def timed(fn, runner, data, steps, start):
+    n = len(data)
+    t0 = time.perf_counter()
+    for s in range(start, start + steps):
+        index = torch.randint(0, n, (256,), generator=torch.Generator().manual_seed(s))
+        fn(*runner, data, index, s)
+    return (time.perf_counter() - t0) / steps * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--zero", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = torch.randint(0, 256, (10_000, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    plain, distilled = config(args.zero), config(args.zero, lam=1.0, beta=1.0, gamma=1.0)
+    torch.manual_seed(0)
+    bare_model = vae.build_model(plain)
+    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-3, weight_decay=0.01)
+    torch.manual_seed(0)
+    engine = train.make_engine(vae.build_model(plain), plain.train)
+    teacher = vae.build_model(plain).eval().requires_grad_(False)
+
+    runners = {
+        "bare": lambda d, i, s: bare_step(bare_model, bare_opt, d, i, s, plain),
+        "engine": lambda d, i, s: engine_step(engine, None, d, i, s, plain),
+        "distilled": lambda d, i, s: engine_step(engine, None, d, i, s, distilled, teacher),
+    }
+    times = {k: [] for k in runners}
+    for name, fn in runners.items():  # warm-up
+        timed(lambda *a: fn(*a[-3:]), (), data, 10, 0)
+    step = 0
+    for _ in range(args.rounds):
+        for name, fn in runners.items():
+            times[name].append(timed(lambda *a: fn(*a[-3:]), (), data, args.steps, step))
+            step += args.steps
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
+    print(f"zero stage {args.zero}, threads {args.threads}, {args.rounds} rounds x {args.steps} steps, batch 256")
+    for k, v in med.items():
+        print(f"  {k:10s} {v:7.2f} ms/step  (min {min(times[k]):.2f}, max {max(times[k]):.2f})")
+    print(f"  engine/bare      {ratio('engine', 'bare'):.3f}   (goal <= 1.05)")
+    print(f"  distilled/plain  {ratio('distilled', 'engine'):.3f}   (goal <= 1.35)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""collapse: model-collapse experiments as content-addressed stage graphs."""

@@ -1,0 +1,91 @@
+"""The embedded executor: runs a stage graph here, as real subprocesses, in dependency order.
+
+Up to `max_parallel` stages run at once, each `python -m collapse.run ROOT KEY` with its own
+log file. A stage whose input failed is not started (it is reported as blocked); the other
+branches of the graph go on.
+"""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from collapse import manifest
+from collapse.config import REPO
+from collapse.run import log_path
+
+
+def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
+    """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}."""
+    root = Path(root)
+    max_parallel = max_parallel or os.cpu_count() or 1
+    waiting = {s.key: s for s in stages}
+    running: dict[str, tuple] = {}
+    result: dict[str, str] = {}
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=len(stages), unit="stage", dynamic_ncols=True, file=sys.stderr, disable=not interactive)
+
+    def say(msg):
+        if interactive:
+            bar.set_postfix_str(", ".join(s.name for s, _ in running.values())[:60])
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def state_of(key):
+        if key in result:
+            return result[key]
+        if key in waiting or key in running:
+            return "pending"
+        return "done" if manifest.is_done(root, key) else "missing"
+
+    while waiting or running:
+        for key, stage in list(waiting.items()):
+            deps = [state_of(k) for k in stage.deps.values()]
+            if any(d in ("failed", "blocked", "missing") for d in deps):
+                result[key] = "blocked"
+                del waiting[key]
+                bar.update()
+                say(f"blocked {stage.name}: an input failed")
+            elif all(d == "done" for d in deps) and len(running) < max_parallel:
+                running[key] = (stage, _start(root, stage))
+                del waiting[key]
+                say(f"started {stage.name}")
+        for key, (stage, proc) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            result[key] = _finish(root, stage, proc.returncode)
+            bar.update()
+            if result[key] == "done":
+                say(f"done {stage.name} ({len(result)}/{len(stages)})")
+            else:
+                say(f"failed {stage.name}: see {log_path(root, stage.spec())}")
+        time.sleep(poll_s)
+    bar.close()
+    return result
+
+
+def _start(root: Path, stage) -> subprocess.Popen:
+    log = log_path(root, stage.spec())
+    log.parent.mkdir(parents=True, exist_ok=True)
+    threads = str(stage.config["train"]["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # each stage forms its own process group
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "collapse.run", str(root), stage.key],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def _finish(root: Path, stage, returncode: int) -> str:
+    record = manifest.read(root, stage.key)
+    if record is not None and record["status"] in ("done", "failed") and not (returncode and record["status"] == "done"):
+        return record["status"]
+    # The process died without recording its end (killed, out of memory): record it.
+    manifest.write(root, {**(record or {}), "kind": stage.kind, "key": stage.key, "name": stage.name,
+                          "status": "failed", "error": f"process exited with code {returncode}",
+                          "log": str(log_path(root, stage.spec()).relative_to(root)), "ended": manifest.now()})
+    return "failed"

@@ -1,0 +1,128 @@
+"""Grids: short declarative files in sweeps/grids/ expanded into configured points.
+
+    experiment: vae_mnist            # configs/experiment/<name>.yaml
+    description: ...
+    seeds: [0, 1, 2]                 # optional; each seed is a whole replicate (train.seed)
+    overrides: {train.epochs: 70}    # optional, applied to every point
+    rows:                            # explicit points ...
+      - {distill.lam: 0.0, distill.beta: 0.0, distill.gamma: 0.0}
+    axes:                            # ... and/or a cartesian product
+      distill.lam: [0.1, 1.0]
+
+The command line selects `grid=`, `profile=` and `cluster=` by name and overrides any other key.
+"""
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from collapse.config import (REPO, ConfigError, ExperimentConfig, bad, from_dict, load_yaml, merge,
+                             named_yaml, parse_dotlist)
+
+GRID_DIR = REPO / "sweeps" / "grids"
+GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "axes")
+SELECTORS = ("grid", "profile", "cluster")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Point:
+    label: dict              # the keys this point sets, e.g. {"distill.lam": 0.5, "train.seed": 0}
+    config: ExperimentConfig
+
+
+@dataclass
+class Sweep:
+    grid: str
+    base: ExperimentConfig
+    points: list[Point]
+    argv: list[str]
+
+
+def grid_names() -> list[str]:
+    return sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+
+
+def load_grid(name: str) -> dict:
+    if not isinstance(name, str) or not NAME.match(name) or not (GRID_DIR / f"{name}.yaml").is_file():
+        raise bad("grid", name, "one of: " + ", ".join(grid_names()))
+    grid = load_yaml(GRID_DIR / f"{name}.yaml", "grid")
+    for key in grid:
+        if key not in GRID_KEYS:
+            raise ConfigError(f"grid '{name}': unknown key '{key}'; allowed: {', '.join(GRID_KEYS)}")
+    if "experiment" not in grid:
+        raise ConfigError(f"grid '{name}': missing key 'experiment'")
+    for key in ("rows",):
+        if key in grid and (not isinstance(grid[key], list) or not all(isinstance(r, dict) for r in grid[key])):
+            raise bad(f"grid.{key}", grid[key], "a list of mappings from dotted keys to values")
+    if "axes" in grid and (not isinstance(grid["axes"], dict)
+                           or not all(isinstance(v, list) and v for v in grid["axes"].values())):
+        raise bad("grid.axes", grid["axes"], "a mapping from dotted keys to non-empty lists")
+    return grid
+
+
+def dotted(d: dict) -> dict:
+    """{'a.b': 1} or {'a': {'b': 1}} -> nested dict."""
+    return parse_dotlist([f"{k}={_yaml(v)}" for k, v in d.items()]) if d else {}
+
+
+def _yaml(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        import json
+        return json.dumps(v)
+    return str(v)
+
+
+def split_argv(argv: list[str]) -> tuple[dict, list[str]]:
+    """Pull the name selectors (grid=, profile=, cluster=<name>) out of the overrides."""
+    selected, rest = {}, []
+    for item in argv:
+        key, _, value = item.partition("=")
+        if key in SELECTORS and "=" in item:
+            selected[key] = value
+        else:
+            rest.append(item)
+    return selected, rest
+
+
+def load_sweep(argv: list[str]) -> Sweep:
+    selected, rest = split_argv(argv)
+    if "grid" not in selected:
+        raise ConfigError("missing grid=NAME; available grids: " + ", ".join(grid_names()))
+    grid_name = selected["grid"]
+    grid = load_grid(grid_name)
+    cli = parse_dotlist(rest)
+    seeds = cli.pop("seeds", None)
+    layers = [named_yaml("experiment", grid["experiment"])]
+    if "profile" in selected:
+        layers.append(named_yaml("profile", selected["profile"]))
+    if "cluster" in selected:
+        layers.append({"cluster": named_yaml("cluster", selected["cluster"])})
+    layers.append(dotted(grid.get("overrides") or {}))
+    layers.append(cli)
+    base_dict = merge(*layers)
+    base = from_dict(base_dict)
+
+    if seeds is None:
+        seeds = [base.train.seed] if "seed" in cli.get("train", {}) else grid.get("seeds", [base.train.seed])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise bad("seeds", seeds, "a non-empty list of integers >= 0")
+
+    rows = list(grid.get("rows") or [{}])
+    axes = grid.get("axes") or {}
+    labels = []
+    for row in rows:
+        for combo in itertools.product(*axes.values()):
+            labels.append({**row, **dict(zip(axes, combo))})
+    points = []
+    for label in labels:
+        for seed in seeds:
+            point_label = {**label, "train.seed": seed}
+            # the command line wins over the grid's own values, except the keys this grid sweeps
+            config = from_dict(merge(base_dict, dotted(point_label)))
+            points.append(Point(point_label, config))
+    return Sweep(grid_name, base, points, list(argv))

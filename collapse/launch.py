@@ -1,0 +1,62 @@
+"""Launching a sweep: load and check everything, plan the stage graph, skip what is done, run the rest.
+
+Every check a user can fail happens before anything is written or submitted.
+"""
+import os
+import sys
+from pathlib import Path
+
+from collapse import manifest, plan as planning, tasks
+from collapse.config import ConfigError, bad
+from collapse.executors import choose_backend
+from collapse.grid import load_sweep
+from collapse.run import write_spec
+
+
+def check_results_root(value: str) -> Path:
+    path = Path(value).expanduser().resolve()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise bad("results_root", value, f"a directory ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise bad("results_root", value, f"a writable directory ({probe} is not writable)")
+    return path
+
+
+def prepare(argv: list[str]):
+    """Everything that can fail on bad input, with nothing written: (sweep, plan, root, backend)."""
+    sweep = load_sweep(argv)
+    root = check_results_root(sweep.base.results_root)
+    for point in sweep.points:
+        tasks.get(point.config.task).check_data(point.config)
+    plan = planning.one_generation(sweep)
+    backend = choose_backend(sweep.base.cluster)
+    return sweep, plan, root, backend
+
+
+def launch(argv: list[str], out=sys.stdout) -> int:
+    try:
+        sweep, plan, root, backend = prepare(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    todo = [s for s in plan.stages.values() if not manifest.is_done(root, s.key)]
+    for stage in todo:
+        write_spec(root, stage)
+    record = manifest.write(root, planning.sweep_record(sweep, plan))
+    print(f"sweep {record['key']} (grid {sweep.grid}): {len(plan.stages)} stages, "
+          f"{len(plan.stages) - len(todo)} already done, {len(todo)} to run on {backend}; results in {root}",
+          file=out, flush=True)
+    if backend == "local":
+        from collapse.executors import local
+        from collapse import report
+        result = local.run(todo, root, sweep.base.cluster.max_parallel)
+        failed = sorted(k for k, v in result.items() if v != "done")
+        written = report.write_reports(root)
+        print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
+              f"report: {', '.join(str(p) for p in written)}", file=out)
+        return 1 if failed else 0
+    from collapse.executors import slurm
+    return slurm.submit(sweep, plan, todo, root, out=out)

@@ -1,0 +1,80 @@
+"""The manifest: one JSON record per stage under <results_root>/manifest/<key>.json.
+
+One file per key means concurrent writers never contend for the same bytes; each write is
+atomic (temp file + rename), so a reader sees a whole record or the previous one. The
+report and status read only this folder.
+"""
+import getpass
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from collapse import storage
+
+VERSION = 1
+STATUSES = ("running", "done", "failed")
+REQUIRED = ("version", "kind", "key", "name", "status")
+
+
+def folder(root) -> Path:
+    return Path(root) / "manifest"
+
+
+def write(root, record: dict) -> dict:
+    record = {"version": VERSION, **record}
+    storage.write_json(folder(root) / f"{record['key']}.json", record)
+    return record
+
+
+def _parse(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        return {"key": path.stem, "status": "unreadable", "error": f"{path}: {e}"}
+    missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
+    if missing:
+        return {"key": path.stem, "status": "unreadable", "error": f"{path}: record lacks {', '.join(missing)}"}
+    if record["version"] != VERSION:
+        return {**record, "status": "unreadable",
+                "error": f"{path}: record version {record['version']!r}, this code reads {VERSION}"}
+    return record
+
+
+def read(root, key: str) -> dict | None:
+    path = folder(root) / f"{key}.json"
+    return _parse(path) if path.exists() else None
+
+
+def read_all(root) -> list[dict]:
+    """Every record, malformed ones flagged as status 'unreadable' rather than raised."""
+    d = folder(root)
+    if not d.is_dir():
+        return []
+    return [_parse(d / name) for name in sorted(os.listdir(d)) if name.endswith(".json") and not name.startswith(".")]
+
+
+def is_done(root, key: str) -> bool:
+    record = read(root, key)
+    return record is not None and record["status"] == "done"
+
+
+def provenance() -> dict:
+    return {"host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid(),
+            "git_commit": git_commit(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def now() -> float:
+    return round(time.time(), 3)

@@ -1,0 +1,187 @@
+"""Manifest -> tables (csv, md) and plots (png), one set per grid, in <results_root>/report/.
+
+Rows are grid points (seeds pooled: mean, and a 95% t-interval when there are several seeds),
+M0 is the reference row, and each row shows its change against M1 (the plain student, all
+distillation coefficients 0) and the share of the M1 -> M0 gap it closes.
+"""
+import csv
+import math
+import statistics
+from pathlib import Path
+
+from collapse import manifest, storage
+
+PRIMARY = {"vae": ("test_loss", "L_M(Test)", "lower")}
+SHORT = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}
+
+
+def latest_sweeps(records: list[dict]) -> dict:
+    sweeps = {}
+    for r in records:
+        if r.get("kind") == "sweep" and r.get("status") == "done":
+            if r["name"] not in sweeps or r.get("ended", 0) >= sweeps[r["name"]].get("ended", 0):
+                sweeps[r["name"]] = r
+    return sweeps
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of a 95% Student-t interval (None with one value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    from scipy import stats
+    return m, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def sweep_rows(sweep: dict, by_key: dict) -> tuple[list[dict], dict]:
+    """One row per grid point (seeds pooled) plus the M0 reference row."""
+    task = sweep["config"]["task"]
+    metric = PRIMARY[task][0]
+    groups: dict = {}
+    teacher_values = {}
+    for p in sweep["config"]["points"]:
+        label = {k: v for k, v in p["label"].items() if k != "train.seed"}
+        g = groups.setdefault(tuple(sorted(label.items())), {"label": label, "values": [], "failed": [], "evals": []})
+        rec = by_key.get(p["eval"])
+        if rec and rec["status"] == "done":
+            g["values"].append(rec["metrics"][metric])
+            g["evals"].append(rec)
+        else:
+            g["failed"].append(_why(p, by_key))
+        t = by_key.get(p["teacher_eval"])
+        if t and t["status"] == "done":
+            teacher_values[p["teacher_eval"]] = t["metrics"][metric]
+    rows = []
+    for g in groups.values():
+        row = {**g["label"], "seeds": len(g["values"]), "evals": g["evals"]}
+        if g["values"]:
+            row["mean"], row["ci95"] = mean_ci(g["values"])
+        row["status"] = "done" if not g["failed"] else ("failed: " + "; ".join(g["failed"]))
+        rows.append(row)
+    m0 = mean_ci(list(teacher_values.values())) if teacher_values else (None, None)
+    m1 = next((r for r in rows if all(not r.get(k) for k in SHORT) and "mean" in r), None)
+    for r in rows:
+        if m1 and "mean" in r:
+            r["change_pct"] = 100.0 * (r["mean"] - m1["mean"]) / abs(m1["mean"])
+            if m0[0] is not None and m1["mean"] != m0[0]:
+                r["gap_closed_pct"] = 100.0 * (m1["mean"] - r["mean"]) / (m1["mean"] - m0[0])
+    return rows, {"m0": m0, "m1": m1, "metric": PRIMARY[task]}
+
+
+def _why(point, by_key) -> str:
+    for role in ("student", "eval"):
+        rec = by_key.get(point[role])
+        if rec is None:
+            return f"{role} missing"
+        if rec["status"] != "done":
+            return f"{role} {rec['status']}: {rec.get('error', '')} (log {rec.get('log')})"
+    return "unknown"
+
+
+def _fmt(v, digits=3):
+    if v is None:
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+ROW_FIELDS = ("seeds", "evals", "mean", "ci95", "status", "change_pct", "gap_closed_pct")
+
+
+def _column_order(key: str):
+    return (list(SHORT).index(key) if key in SHORT else len(SHORT), key)
+
+
+def write_tables(name: str, rows: list[dict], ref: dict, out: Path) -> list[Path]:
+    keys = sorted({k for r in rows for k in r if k not in ROW_FIELDS}, key=_column_order)
+    metric = ref["metric"][1]
+    header = [SHORT.get(k, k) for k in keys] + [metric, "ci95", "change_vs_M1_%", "gap_closed_%", "seeds", "status"]
+    table = []
+    m0, m0_ci = ref["m0"]
+    table.append(["M0 (teacher)"] + [""] * (len(keys) - 1) + [_fmt(m0), _fmt(m0_ci), "", "", "", "reference"])
+    for r in rows:
+        table.append([_fmt(r.get(k)) for k in keys] + [_fmt(r.get("mean")), _fmt(r.get("ci95")),
+                     _fmt(r.get("change_pct"), 2), _fmt(r.get("gap_closed_pct"), 1), r["seeds"], r["status"]])
+    csv_path = out / f"{name}.csv"
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(table)
+    storage.atomic_write(csv_path, write_csv)
+    md = [f"# {name}", "", f"{metric} on the real test set ({ref['metric'][2]} is better). "
+          "Change and gap are against M1, the plain student (all coefficients 0); "
+          "gap closed = (M1 - row) / (M1 - M0).", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
+    md_path = out / f"{name}.md"
+    storage.atomic_write(md_path, lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
+    return [csv_path, md_path]
+
+
+def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path | None:
+    """Figures 1-2: the metric against each coefficient, the others held at 0."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    coeffs = [k for k in SHORT if any(r.get(k) for r in rows)]
+    if not coeffs:
+        return None
+    fig, axes = plt.subplots(1, len(coeffs), figsize=(4 * len(coeffs), 3.2), squeeze=False)
+    for ax, c in zip(axes[0], coeffs):
+        pts = sorted((r[c], r["mean"], r.get("ci95") or 0.0) for r in rows
+                     if "mean" in r and all(not r.get(o) for o in SHORT if o != c))
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="student")
+        if ref["m0"][0] is not None:
+            ax.axhline(ref["m0"][0], color="k", ls="--", lw=1, label="M0 (teacher)")
+        ax.set_xlabel(SHORT[c])
+        ax.set_ylabel(ref["metric"][1])
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{name}: {ref['metric'][1]} against each coefficient (others 0)")
+    fig.tight_layout()
+    path = out / f"{name}_coefficients.png"
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) -> Path | None:
+    """Figure 3: samples of M1 beside the best distilled student."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+    m1 = ref["m1"]
+    lower = ref["metric"][2] == "lower"
+    distilled = [r for r in rows if r is not m1 and "mean" in r and r["evals"]]
+    if not m1 or not m1["evals"] or not distilled:
+        return None
+    best = min(distilled, key=lambda r: r["mean"] if lower else -r["mean"])
+    panels = [("M1 (plain student)", m1), ("best distilled: " + ", ".join(
+        f"{SHORT.get(k, k)}={_fmt(v)}" for k, v in best.items() if k in SHORT), best)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    for ax, (title, r) in zip(axes, panels):
+        ax.imshow(mpimg.imread(root / r["evals"][0]["artifacts"]["samples"]["path"]), cmap="gray")
+        ax.set_title(f"{title}\n{ref['metric'][1]} {r['mean']:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / f"{name}_samples.png"
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_reports(root) -> list[Path]:
+    root = Path(root)
+    records = manifest.read_all(root)
+    by_key = {r["key"]: r for r in records}
+    out = root / "report"
+    written = []
+    for name, sweep in sorted(latest_sweeps(records).items()):
+        rows, ref = sweep_rows(sweep, by_key)
+        written += write_tables(name, rows, ref, out)
+        written += [p for p in (plot_coefficients(name, rows, ref, out),
+                                plot_samples(name, rows, ref, root, out)) if p]
+    return written

@@ -1,0 +1,126 @@
+"""Files that are never seen half-written: atomic writes, checksums, weights, checkpoints.
+
+Everything is written to a temporary name in the same directory, fsynced and renamed into
+place. Weights and synthetic data are safetensors (no pickle); records are JSON.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class CorruptFileError(RuntimeError):
+    """A file's bytes do not match the checksum recorded when it was written."""
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call write(tmp_path), then rename tmp_path to path. A reader sees the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: Path, data) -> Path:
+    text = json.dumps(data, indent=1, sort_keys=True, default=str)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    return atomic_write(path, write)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: Path, expected_sha256: str) -> Path:
+    if not Path(path).is_file():
+        raise CorruptFileError(f"missing file {path}")
+    actual = sha256(path)
+    if actual != expected_sha256:
+        raise CorruptFileError(f"file {path} is corrupt: sha256 {actual[:12]} != recorded {expected_sha256[:12]}")
+    return Path(path)
+
+
+def save_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_tensors(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for torn or foreign files
+        raise CorruptFileError(f"cannot read tensors from {path}: {e}") from None
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> Path:
+    return save_tensors(path, model.state_dict())
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> torch.nn.Module:
+    model.load_state_dict(load_tensors(path))
+    return model
+
+
+class CheckpointDir:
+    """Resumable training state: DeepSpeed checkpoints under step-N/, with a `latest` pointer.
+
+    The pointer is renamed into place only after the step directory is complete, so a crash
+    mid-save leaves the previous checkpoint in force. Older step directories are removed.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.pointer = self.root / "latest.json"
+
+    def exists(self) -> bool:
+        return self.pointer.is_file()
+
+    def save(self, engine, client_state: dict, step: int) -> None:
+        tag = f"step-{step}"
+        if self.exists() and self._latest_tag() == tag:
+            return
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"train_state": client_state},
+                               save_latest=False)
+        write_json(self.pointer, {"tag": tag})
+        for old in self.root.glob("step-*"):
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, engine) -> dict:
+        tag = self._latest_tag()
+        path, client = engine.load_checkpoint(str(self.root), tag=tag)
+        if path is None:
+            raise CorruptFileError(f"checkpoint {self.root / tag} could not be loaded")
+        return client["train_state"]
+
+    def _latest_tag(self) -> str:
+        with open(self.pointer) as f:
+            return json.load(f)["tag"]
+
+
+def read_json(path: Path):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,10 @@
+"""One module per modality, all with the same functions (see collapse/tasks/vae.py)."""
+import importlib
+
+TASKS = ("vae",)
+
+
+def get(name: str):
+    if name not in TASKS:
+        raise ValueError(f"key 'task': value '{name}' is not one of {', '.join(TASKS)}")
+    return importlib.import_module(f"collapse.tasks.{name}")

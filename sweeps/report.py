@@ -1,0 +1,27 @@
+"""Write tables and plots for every grid in a results root: python sweeps/report.py results_root=DIR"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collapse.report import write_reports  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] != "results_root"]
+    if unknown or "results_root" not in args:
+        print(f"error: expected results_root=DIR, got {argv}", file=sys.stderr)
+        return 2
+    root = Path(args["results_root"])
+    if not (root / "manifest").is_dir():
+        print(f"error: key 'results_root': value '{root}' has no manifest/ (nothing launched there yet)",
+              file=sys.stderr)
+        return 2
+    for path in write_reports(root):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
