@@ -24,13 +24,9 @@ def config(zero_stage, lam=0.0, beta=0.0, gamma=0.0):
         distill=SimpleNamespace(lam=lam, beta=beta, gamma=gamma))
 
 
-def bare_step(model, opt, data, index, step, cfg, teacher=None):
+def bare_step(model, opt, data, index, step, cfg):
     x = vae.batch(data, index)
     loss, out = vae.loss(model, x, train.step_generator(0, step))
-    if teacher is not None:
-        with torch.no_grad():
-            t = vae.teacher_outputs(teacher, x, train.step_generator(0, step))
-        loss = loss + vae.distill_loss(out, t, cfg.distill)[0]
     if not torch.isfinite(loss):
         raise RuntimeError
     loss.backward()
@@ -38,12 +34,12 @@ def bare_step(model, opt, data, index, step, cfg, teacher=None):
     opt.zero_grad(set_to_none=True)
 
 
-def engine_step(engine, _opt, data, index, step, cfg, teacher=None):
+def engine_step(engine, _opt, data, index, step, cfg, targets=None):
+    """What collapse.train.train does per step (teacher outputs precomputed, as train() does)."""
     x = vae.batch(data, index)
     loss, out = vae.loss(engine, x, train.step_generator(0, step))
-    if teacher is not None:
-        with torch.no_grad():
-            t = vae.teacher_outputs(teacher, x, train.step_generator(0, step))
+    if targets is not None:
+        t = {k: v[index] for k, v in targets.items()}
         loss = loss + vae.distill_loss(out, t, cfg.distill)[0]
     if not torch.isfinite(loss):
         raise RuntimeError
@@ -77,11 +73,12 @@ def main():
     torch.manual_seed(0)
     engine = train.make_engine(vae.build_model(plain), plain.train)
     teacher = vae.build_model(plain).eval().requires_grad_(False)
+    targets = train.teacher_targets(vae, teacher, data)
 
     runners = {
         "bare": lambda d, i, s: bare_step(bare_model, bare_opt, d, i, s, plain),
         "engine": lambda d, i, s: engine_step(engine, None, d, i, s, plain),
-        "distilled": lambda d, i, s: engine_step(engine, None, d, i, s, distilled, teacher),
+        "distilled": lambda d, i, s: engine_step(engine, None, d, i, s, distilled, targets),
     }
     times = {k: [] for k in runners}
     for name, fn in runners.items():  # warm-up

@@ -13,7 +13,8 @@ translation invariant, so the choice of mu0 does not matter). One *chain* is:
   ``accumulate``            real n  +  n samples of every model 0..t   (Gerstgrasser et al. 2024)
   ``accumulate_subsample``  the accumulate pool, subsampled uniformly without replacement
                             to ``min(subsample_size, pool size)`` points, fresh each generation;
-                            the full pool keeps growing (Kazdan et al. 2024 "Collapse or Thrive?")
+                            the full pool keeps growing (Kazdan et al. 2024, "Collapse or
+                            Thrive?", arXiv:2410.16713)
 
 ``cfg.seeds`` independent chains are simulated at once (arrays ``[seeds, N, d]``).
 Indexing: generation 0 is the model fitted on the real data, so ``sigma2[:, t]`` is the
@@ -181,10 +182,11 @@ def simulate(cfg: GaussianConfig) -> dict[str, np.ndarray]:
         mean_err[:, t] = np.einsum("sd,sd->s", mean, mean)
         if t == G:
             break
-        if cfg.policy == "mix":
+        if cfg.policy == "mix":  # with m = 0 the training set stays the real data
             m = cfg.n_generated_mix
-            new = (m, *_moments(_sample(rng, mean, cov, m, cfg), cfg)) if m else None
-            train = _pool(real_set, new, cfg) if m else real_set
+            if m:
+                new = (m, *_moments(_sample(rng, mean, cov, m, cfg), cfg))
+                train = _pool(real_set, new, cfg)
             continue
         x = _sample(rng, mean, cov, n, cfg)
         new = (n, *_moments(x, cfg))

@@ -31,7 +31,7 @@ def prepare(argv: list[str]):
     root = check_results_root(sweep.base.results_root)
     for point in sweep.points:
         tasks.get(point.config.task).check_data(point.config)
-    plan = planning.one_generation(sweep)
+    plan = planning.build(sweep)
     backend = choose_backend(sweep.base.cluster)
     return sweep, plan, root, backend
 

@@ -91,6 +91,11 @@ def one_generation(sweep: Sweep) -> Plan:
     return plan
 
 
+def build(sweep: Sweep) -> Plan:
+    """The stage graph of a sweep."""
+    return one_generation(sweep)
+
+
 def sweep_record(sweep: Sweep, plan: Plan) -> dict:
     """The manifest record that tells the report which stages make up this sweep."""
     blob = json.dumps({"grid": sweep.grid, "points": plan.points}, sort_keys=True)

@@ -88,6 +88,16 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
 
 
+@torch.no_grad()
+def teacher_targets(task, teacher, data, chunk: int = 4096) -> dict | None:
+    """The teacher's outputs for every training item, when they do not depend on the step's noise."""
+    if not getattr(task, "TEACHER_OUTPUTS_DETERMINISTIC", False):
+        return None
+    parts = [task.teacher_outputs(teacher, task.batch(data, torch.arange(i, min(i + chunk, len(data)))))
+             for i in range(0, len(data), chunk)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=print) -> TrainState:
     """Train `task`'s model on `train_data`; keep the best weights by `task.test_loss` on `test_data`.
 
@@ -105,17 +115,22 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
     distilling = teacher is not None and task.distills(cfg.distill)
     n, b = len(train_data), tc.batch_size
+    cached_targets = teacher_targets(task, teacher, train_data) if distilling else None
     batches_per_epoch = math.ceil(n / b)
     started = time.time()
     while state.epoch < tc.epochs:
         order = epoch_order(tc.seed, state.epoch, n)
         engine.train()
         while state.batch < batches_per_epoch:
-            batch = task.batch(train_data, order[state.batch * b:(state.batch + 1) * b])
+            index = order[state.batch * b:(state.batch + 1) * b]
+            batch = task.batch(train_data, index)
             loss, outputs = task.loss(engine, batch, step_generator(tc.seed, state.step))
             if distilling:
-                with torch.no_grad():
-                    targets = task.teacher_outputs(teacher, batch, step_generator(tc.seed, state.step))
+                if cached_targets is not None:
+                    targets = {k: v[index] for k, v in cached_targets.items()}
+                else:
+                    with torch.no_grad():
+                        targets = task.teacher_outputs(teacher, batch, step_generator(tc.seed, state.step))
                 loss = loss + task.distill_loss(outputs, targets, cfg.distill)[0]
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")

@@ -107,8 +107,8 @@ wait_for() {
 
 # ---------------------------------------------------------------- already up?
 all_alive() {
-    pid_alive "$MUNGE_PID" munged || munge_external
-    pid_alive "$MYSQL_PID" mariadbd && pid_alive "$DBD_PID" slurmdbd &&
+    { pid_alive "$MUNGE_PID" munged || munge_external; } &&
+        pid_alive "$MYSQL_PID" mariadbd && pid_alive "$DBD_PID" slurmdbd &&
         pid_alive "$CTLD_PID" slurmctld && pid_alive "$SLURMD_PID" slurmd
 }
 munge_external() { [[ -f $BASE/munge/external ]] && munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }

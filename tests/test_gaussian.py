@@ -162,7 +162,9 @@ def test_floor_is_robust_to_float_rounding():
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("covariance", COVARIANCES)
 def test_determinism(policy, covariance):
-    cfg = GaussianConfig(dim=3, n=8, generations=3, policy=policy, covariance=covariance, seeds=50, seed=11)
+    cfg = GaussianConfig(
+        dim=3, n=8, generations=3, policy=policy, covariance=covariance, seeds=50, seed=11
+    )
     a, b = simulate(cfg), simulate(cfg)
     for key in ("sigma2", "mean_err", "train_size"):
         np.testing.assert_array_equal(a[key], b[key])

@@ -36,7 +36,7 @@ def slurm_cluster() -> None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         pytest.skip("no SLURM cluster: sinfo/sbatch not on PATH (start one with `bash slurm/start.sh`)")
     try:
-        _run("sinfo", "-h", timeout=10)
+        _run("sinfo", "-h", timeout=5)  # a down controller takes ~9 s to report it
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"no SLURM cluster: sinfo does not answer ({exc}); start one with `bash slurm/start.sh`")
     try:

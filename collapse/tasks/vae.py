@@ -2,8 +2,9 @@
 
 L_VAE  = BCE(decoder(z), x) + KL(q(z|x) || N(0, I)), summed over pixels and latents, mean over images.
 L_SD   = L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) + beta * MSE(Es, Et) + gamma * MSE(Vs, Vt)   (eq. 1)
-where Yt is the frozen teacher's reconstruction of the same input with the same noise, E the
-encoder means and V the encoder's predicted log-variances.
+where Yt is the frozen teacher's reconstruction of the same input decoded from its posterior
+mean (deterministic, so it is computed once per dataset, not once per step), E the encoder
+means and V the encoder's predicted log-variances.
 """
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,13 @@ def model_latent(model) -> int:
     return getattr(model, "module", model).latent
 
 
-def teacher_outputs(teacher, x, generator):
-    """The frozen teacher on the same input with the same noise as the student's step."""
-    return teacher(x, _noise(x, teacher.latent, generator))
+# teacher_outputs ignores the step's noise, so the training loop may compute it once per dataset.
+TEACHER_OUTPUTS_DETERMINISTIC = True
+
+
+def teacher_outputs(teacher, x, generator=None):
+    """The frozen teacher's encoder statistics and its reconstruction from the posterior mean."""
+    return teacher(x)
 
 
 def distills(coeffs) -> bool:

