@@ -6,12 +6,16 @@ command line's `key=value` overrides. Every value is checked against its field's
 when the dataclasses are built, so a typo fails before anything is submitted.
 """
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from collapse.gaussian import COVARIANCES, ESTIMATORS, POLICIES
+from collapse.tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -108,6 +112,67 @@ class EvalConfig:
         _check(1 <= self.grid_samples <= 1024, p + "grid_samples", self.grid_samples, "an integer in [1, 1024]")
 
 
+DISTILL_MODES = ("none", "teacher", "previous")   # generations.distill
+
+
+@dataclass
+class GenerationsConfig:
+    """Iterative retraining (collapse/generations.py). Generation 0 is the teacher on real data;
+    generation t+1 trains on data built from generations <= t. count null: no chain (one student)."""
+    count: int | None = None          # G: generations retrained after the teacher
+    data: str = "replace"             # replace | mix | accumulate | accumulate_subsample
+    mix_ratio: float = 0.5            # mix: all n real items + floor(mix_ratio * n) of generation t
+    subsample_size: int | None = None  # accumulate_subsample: training-set size (null: n)
+    distill: str = "none"             # none | teacher (from M0) | previous (from generation t), with distill.*
+
+    def check(self, p):
+        _check(self.count is None or self.count >= 1, p + "count", self.count, "an integer >= 1 or null (no chain)")
+        _check(self.data in POLICIES, p + "data", self.data, "one of: " + ", ".join(POLICIES))
+        _check(0.0 <= self.mix_ratio <= 1.0, p + "mix_ratio", self.mix_ratio, "a number in [0, 1]")
+        _check(self.subsample_size is None or self.subsample_size >= 2, p + "subsample_size",
+               self.subsample_size, "an integer >= 2 or null")
+        _check(self.distill in DISTILL_MODES, p + "distill", self.distill, "one of: " + ", ".join(DISTILL_MODES))
+
+    def check_with(self, cfg, p):
+        """The checks that need the rest of the experiment's config."""
+        g = p + "generations."
+        if self.count is None:
+            _check(cfg.task != "gaussian", g + "count", None, "an integer >= 1 (task gaussian simulates chains)")
+            for name in ("data", "distill"):
+                default = getattr(GenerationsConfig, name)
+                _check(getattr(self, name) == default, g + name, getattr(self, name),
+                       f"{default!r} unless generations.count is set")
+            return
+        modes = getattr(importlib.import_module(f"collapse.tasks.{cfg.task}"), "DISTILL_MODES", ("none",))
+        _check(self.distill in modes, g + "distill", self.distill, f"one of: {', '.join(modes)} (task {cfg.task})")
+        if self.distill != "none":
+            coeffs = cfg.distill
+            _check(any((coeffs.lam, coeffs.beta, coeffs.gamma)), g + "distill", self.distill,
+                   "'none' when distill.lam, distill.beta and distill.gamma are all 0")
+        _check(cfg.synth.size is None, p + "synth.size", cfg.synth.size,
+               "null with generations.count set (each generation samples as many items as the real set)")
+
+
+@dataclass
+class GaussianToyConfig:
+    """task: gaussian, the toy model of collapse/gaussian.py; its chains are simulated at once."""
+    n: int = 100                  # real samples
+    dim: int = 1
+    sigma0: float = 1.0
+    estimator: str = "mle"        # mle | unbiased
+    covariance: str = "isotropic"  # isotropic | full
+    chains: int = 5000            # independent chains (seeds) per stage
+
+    def check(self, p):
+        _check(self.n >= 2, p + "n", self.n, "an integer >= 2")
+        _check(self.dim >= 1, p + "dim", self.dim, "an integer >= 1")
+        _check(0 < self.sigma0 < float("inf"), p + "sigma0", self.sigma0, "a finite number > 0")
+        _check(self.estimator in ESTIMATORS, p + "estimator", self.estimator, "one of: " + ", ".join(ESTIMATORS))
+        _check(self.covariance in COVARIANCES, p + "covariance", self.covariance,
+               "one of: " + ", ".join(COVARIANCES))
+        _check(self.chains >= 1, p + "chains", self.chains, "an integer >= 1")
+
+
 @dataclass
 class ClusterConfig:
     backend: str = "auto"     # auto: slurm when sbatch answers, else local
@@ -129,9 +194,12 @@ class ExperimentConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    generations: GenerationsConfig = field(default_factory=GenerationsConfig)
+    gaussian: GaussianToyConfig = field(default_factory=GaussianToyConfig)
 
     def check(self, p):
-        _check(self.task in ("vae",), p + "task", self.task, "one of: vae")
+        _check(self.task in TASKS, p + "task", self.task, "one of: " + ", ".join(TASKS))
+        self.generations.check_with(self, p)
 
 
 # ---------------------------------------------------------------- building and checking

@@ -12,6 +12,7 @@
 The command line selects `grid=`, `profile=` and `cluster=` by name and overrides any other key.
 """
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +40,26 @@ class Sweep:
     argv: list[str]
 
 
+def grid_dirs() -> list[Path]:
+    """sweeps/grids/, then any folders in $COLLAPSE_GRID_DIR (os.pathsep-separated) for private grids."""
+    extra = [Path(p) for p in os.environ.get("COLLAPSE_GRID_DIR", "").split(os.pathsep) if p]
+    return [GRID_DIR, *extra]
+
+
 def grid_names() -> list[str]:
-    return sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+    return sorted({p.stem for d in grid_dirs() for p in d.glob("*.yaml")})
+
+
+def grid_path(name: str) -> Path:
+    if isinstance(name, str) and NAME.match(name):
+        for d in grid_dirs():
+            if (d / f"{name}.yaml").is_file():
+                return d / f"{name}.yaml"
+    raise bad("grid", name, "one of: " + ", ".join(grid_names()))
 
 
 def load_grid(name: str) -> dict:
-    if not isinstance(name, str) or not NAME.match(name) or not (GRID_DIR / f"{name}.yaml").is_file():
-        raise bad("grid", name, "one of: " + ", ".join(grid_names()))
-    grid = load_yaml(GRID_DIR / f"{name}.yaml", "grid")
+    grid = load_yaml(grid_path(name), "grid")
     for key in grid:
         if key not in GRID_KEYS:
             raise ConfigError(f"grid '{name}': unknown key '{key}'; allowed: {', '.join(GRID_KEYS)}")

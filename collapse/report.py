@@ -94,12 +94,12 @@ def _column_order(key: str):
 def write_tables(name: str, rows: list[dict], ref: dict, out: Path) -> list[Path]:
     keys = sorted({k for r in rows for k in r if k not in ROW_FIELDS}, key=_column_order)
     metric = ref["metric"][1]
-    header = [SHORT.get(k, k) for k in keys] + [metric, "ci95", "change_vs_M1_%", "gap_closed_%", "seeds", "status"]
+    header = ["model"] + [SHORT.get(k, k) for k in keys] + [metric, "ci95", "change_vs_M1_%", "gap_closed_%", "seeds", "status"]
     table = []
     m0, m0_ci = ref["m0"]
-    table.append(["M0 (teacher)"] + [""] * (len(keys) - 1) + [_fmt(m0), _fmt(m0_ci), "", "", "", "reference"])
+    table.append(["M0 (teacher)"] + [""] * len(keys) + [_fmt(m0), _fmt(m0_ci), "", "", "", "reference"])
     for r in rows:
-        table.append([_fmt(r.get(k)) for k in keys] + [_fmt(r.get("mean")), _fmt(r.get("ci95")),
+        table.append(["M1" if r is ref["m1"] else "student"] + [_fmt(r.get(k)) for k in keys] + [_fmt(r.get("mean")), _fmt(r.get("ci95")),
                      _fmt(r.get("change_pct"), 2), _fmt(r.get("gap_closed_pct"), 1), r["seeds"], r["status"]])
     csv_path = out / f"{name}.csv"
 

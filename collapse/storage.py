@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,22 +20,72 @@ class CorruptFileError(RuntimeError):
     """A file's bytes do not match the checksum recorded when it was written."""
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only, permission denied); nothing was left half-written."""
+
+
+# Test hook for tests/test_faults.py, inert unless set: COLLAPSE_TEST_KILL_IN_WRITE="<substring>[@<n>]"
+# makes this process SIGKILL itself in the n-th (default: first) atomic_write whose target path
+# contains <substring>, after the temporary file is complete and before it is renamed into place.
+KILL_IN_WRITE_ENV = "COLLAPSE_TEST_KILL_IN_WRITE"
+_kill_in_write_seen = 0
+
+
+def _test_kill_in_write(path: Path) -> None:
+    spec = os.environ.get(KILL_IN_WRITE_ENV)
+    if not spec:
+        return
+    global _kill_in_write_seen
+    pattern, _, nth = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+    if pattern in str(path):
+        _kill_in_write_seen += 1
+        if _kill_in_write_seen == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_error(path, e: BaseException) -> WriteError:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
+    err = WriteError(getattr(e, "errno", None) or 0, f"cannot write {path}: {reason}")
+    err.filename = str(path)
+    return err
+
+
 def atomic_write(path: Path, write) -> Path:
-    """Call write(tmp_path), then rename tmp_path to path. A reader sees the old file or the new one."""
+    """Call write(tmp_path), then rename tmp_path to path. A reader sees the old file or the new one.
+
+    A failure to write (disk full, read-only or unwritable folder) raises WriteError naming `path`,
+    after removing the temporary file; whatever was at `path` before is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from e
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _test_kill_in_write(path)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) or _looks_like_io_error(e):
+            raise _write_error(path, e) from e
         raise
     return path
+
+
+def _looks_like_io_error(e: BaseException) -> bool:
+    """safetensors and torch report a failed write as their own exception types, with the OS's words."""
+    text = str(e).lower()
+    return isinstance(e, Exception) and any(w in text for w in (
+        "no space left", "read-only file system", "permission denied", "disk quota", "file write failed",
+        "input/output error"))
 
 
 def write_json(path: Path, data) -> Path:

@@ -145,7 +145,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
             engine.eval()
             test_loss = task.test_loss(engine.module, test_data, cfg)
             if not math.isfinite(test_loss):
-                raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch}")
+                raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
             state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": loss.item(),
                                   "test_loss": test_loss, "seconds": round(time.time() - started, 2)})
             if test_loss < state.best_loss:

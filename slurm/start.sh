@@ -124,7 +124,7 @@ if all_alive 2>/dev/null && timeout 5 sinfo -h >/dev/null 2>&1; then
 fi
 if any_alive 2>/dev/null; then
     log "a previous start is only partly running: stopping it first"
-    bash "$HERE/stop.sh"
+    bash "$HERE/stop.sh" || fail "$HERE/stop.sh failed"
 fi
 
 # ---------------------------------------------------------------- layout
@@ -284,7 +284,7 @@ slurmd || fail "slurmd did not start"
 # ---------------------------------------------------------------- ready?
 node_idle() {
     local st
-    st=$(timeout 5 sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n 1)
+    st=$(timeout 5 sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n 1) || st=""
     case $st in
         idle) return 0 ;;
         down* | drain* | drained*)

@@ -70,7 +70,7 @@ if live_pid "$BASE/run/slurmctld.pid" slurmctld >/dev/null && command -v scancel
     # let slurmctld hand the final job records to slurmdbd (else they wait in
     # its state dir until the next start and sacct does not show them)
     for ((i = 0; i < 50; i++)); do
-        q=$(timeout 5 sdiag 2>/dev/null | awk -F: '/DBD Agent queue size/{gsub(/ /,"",$2); print $2}')
+        q=$(timeout 5 sdiag 2>/dev/null | awk -F: '/DBD Agent queue size/{gsub(/ /,"",$2); print $2}') || q=""
         [[ -z $q || $q == 0 ]] && break
         sleep 0.1
     done

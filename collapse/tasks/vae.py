@@ -50,6 +50,9 @@ def model_latent(model) -> int:
     return getattr(model, "module", model).latent
 
 
+# generations.distill modes: distil each generation from M0 or from the generation before it.
+DISTILL_MODES = ("none", "teacher", "previous")
+
 # teacher_outputs ignores the step's noise, so the training loop may compute it once per dataset.
 TEACHER_OUTPUTS_DETERMINISTIC = True
 

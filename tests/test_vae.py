@@ -1,0 +1,102 @@
+"""The VAE task: the model's size, the loss terms against hand-computed values, teacher frozen."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from collapse import train
+from collapse.config import from_dict
+from collapse.data.mnist import load_mnist
+from collapse.models.vae import VAE
+from collapse.tasks import vae
+
+
+def coeffs(lam=0.0, beta=0.0, gamma=0.0):
+    return SimpleNamespace(lam=lam, beta=beta, gamma=gamma)
+
+
+def test_parameter_count_is_the_papers_887k():
+    n = sum(p.numel() for p in VAE().parameters())
+    assert n == 887_264
+    assert abs(n - 887_000) / 887_000 < 0.01
+
+
+def test_real_mnist_is_60k_train_10k_test_padded_to_32():
+    train_x, test_x = load_mnist("train"), load_mnist("test")
+    assert train_x.shape == (60_000, 32, 32) and test_x.shape == (10_000, 32, 32)
+    assert train_x.dtype == torch.uint8
+    assert train_x[:, :2].max() == 0 and train_x[:, :, -2:].max() == 0  # the 2-pixel pad
+    assert train_x[:, 2:-2, 2:-2].float().mean().item() == pytest.approx(33.32, abs=0.01)  # MNIST's mean grey
+
+
+def test_model_maps_32x32_images_to_32x32_logits():
+    model = VAE()
+    out = model(torch.rand(5, 1024), torch.randn(5, 20))
+    assert out["logits"].shape == (5, 1024) and out["mean"].shape == (5, 20) and out["logvar"].shape == (5, 20)
+
+
+def test_vae_loss_matches_hand_computation():
+    logits = torch.tensor([[0.0, 2.0]])
+    target = torch.tensor([[1.0, 0.0]])
+    mean, logvar = torch.tensor([[1.0]]), torch.tensor([[0.0]])
+    # BCE: -log(sigmoid(0)) - log(1 - sigmoid(2)) = log 2 + log(1 + e^2); KL: 0.5 * (mu^2 + e^lv - 1 - lv) = 0.5
+    expected = math.log(2) + math.log(1 + math.e ** 2) + 0.5
+    assert vae.vae_loss(logits, target, mean, logvar).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_distill_terms_match_hand_computation():
+    student = {"logits": torch.tensor([[0.0]]), "mean": torch.tensor([[1.0, 2.0]]), "logvar": torch.tensor([[0.0, 0.0]])}
+    teacher = {"logits": torch.tensor([[0.0]]), "mean": torch.tensor([[0.0, 0.0]]), "logvar": torch.tensor([[1.0, 3.0]])}
+    total, terms = vae.distill_loss(student, teacher, coeffs(lam=2.0, beta=3.0, gamma=0.5))
+    kl = 0.5 * (1 + 4)  # student KL: 0.5 * sum(mu^2 + e^0 - 1 - 0)
+    assert terms["output"] == pytest.approx(2.0 * (math.log(2) + kl), rel=1e-6)  # BCE(0-logit, target 0.5) = log 2
+    assert terms["mean"] == pytest.approx(3.0 * (1 + 4) / 2, rel=1e-6)
+    assert terms["logvar"] == pytest.approx(0.5 * (1 + 9) / 2, rel=1e-6)
+    assert total.item() == pytest.approx(sum(terms.values()), rel=1e-6)
+
+
+def test_zero_coefficients_give_the_plain_loss_and_skip_the_teacher():
+    total, terms = vae.distill_loss({}, {}, coeffs())  # empty outputs: a computed term would raise
+    assert total.item() == 0.0 and terms == {}
+    assert not vae.distills(coeffs()) and vae.distills(coeffs(gamma=0.1))
+
+
+def test_teacher_receives_no_gradient_and_student_does():
+    torch.manual_seed(0)
+    student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
+    teacher.requires_grad_(False)
+    x = torch.rand(8, 1024)
+    loss, out = vae.loss(student, x, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = vae.teacher_outputs(teacher, x)
+    before = [p.clone() for p in teacher.parameters()]
+    (loss + vae.distill_loss(out, target, coeffs(1.0, 1.0, 1.0))[0]).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+
+
+def test_teacher_targets_are_precomputed_exactly():
+    torch.manual_seed(0)
+    teacher = VAE(hidden=16, latent=4).eval()
+    data = torch.randint(0, 256, (50, 32, 32), dtype=torch.uint8)
+    cached = train.teacher_targets(vae, teacher, data, chunk=16)
+    index = torch.tensor([3, 49, 17])
+    direct = vae.teacher_outputs(teacher, vae.batch(data, index))
+    for k in direct:
+        assert torch.allclose(cached[k][index], direct[k], atol=1e-6)
+
+
+def test_torchvision_layout_directory_loads_the_same_images(tmp_path):
+    import gzip
+    import numpy as np
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = load_mnist("test")[:, 2:-2, 2:-2].numpy()[:100]
+    header = np.array([2051, len(images), 28, 28], dtype=">i4").tobytes()
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + images.tobytes())
+    assert torch.equal(load_mnist("test", str(tmp_path)), load_mnist("test")[:100])
+    cfg = from_dict({"data": {"root": str(tmp_path), "test_size": 10}})
+    assert vae.real_data(cfg, "test").shape == (10, 32, 32)
