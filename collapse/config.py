@@ -7,6 +7,7 @@ when the dataclasses are built, so a typo fails before anything is submitted.
 """
 import dataclasses
 import importlib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,8 +77,8 @@ class TrainConfig:
     def check(self, p):
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "threads"):
             _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
-        _check(self.lr > 0, p + "lr", self.lr, "a float > 0")
-        _check(self.weight_decay >= 0, p + "weight_decay", self.weight_decay, "a float >= 0")
+        _check(0 < self.lr < float("inf"), p + "lr", self.lr, "a finite float > 0")
+        _check(0 <= self.weight_decay < float("inf"), p + "weight_decay", self.weight_decay, "a finite float >= 0")
         _check(self.seed >= 0, p + "seed", self.seed, "an integer >= 0")
         _check(self.zero_stage in (0, 1, 2, 3), p + "zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
 
@@ -92,7 +93,7 @@ class DistillConfig:
     def check(self, p):
         for name in ("lam", "beta", "gamma"):
             v = getattr(self, name)
-            _check(v >= 0 and v == v, p + name, v, "a float >= 0")
+            _check(0 <= v < float("inf"), p + name, v, "a finite float >= 0")
 
 
 @dataclass
@@ -173,14 +174,79 @@ class GaussianToyConfig:
         _check(self.chains >= 1, p + "chains", self.chains, "an integer >= 1")
 
 
+# sbatch options the SLURM backend sets itself (cluster.* fields, dependencies, arrays, logs).
+SBATCH_MANAGED = ("array", "dependency", "kill-on-invalid-dep", "output", "error", "open-mode", "signal",
+                  "job-name", "wrap", "partition", "account", "qos", "constraint", "time", "nodes",
+                  "ntasks-per-node", "gpus-per-node", "cpus-per-task", "mem")
+
+
 @dataclass
-class ClusterConfig:
-    backend: str = "auto"     # auto: slurm when sbatch answers, else local
-    max_parallel: int = 0     # local executor: stages at once (0: one per CPU core)
+class SlurmResources:
+    """What one SLURM job of a stage asks for: cluster.<field>, per stage kind cluster.stages.<kind>.<field>."""
+    partition: str | None = None    # None: the cluster's default partition
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = 60              # wall-clock limit; on timeout the stage is requeued and resumes
+    nodes: int = 1
+    gpus_per_node: int = 0          # also the tasks (ranks) per node when > 0
+    cpus_per_task: int = 1
+    mem_gb: float | None = None     # None: the partition's default
+    array_parallelism: int = 256    # tasks of one job array running at once
+    signal_delay_s: int = 90        # USR2 this long before time_min: checkpoint and requeue
+    sbatch: dict = field(default_factory=dict)   # other sbatch options, e.g. {exclusive: true, mail-type: END}
 
     def check(self, p):
+        for name in ("partition", "account", "qos", "constraint"):
+            v = getattr(self, name)
+            _check(v is None or (v.strip() != "" and not any(c.isspace() for c in v)), p + name, v,
+                   "null or a name without spaces")
+        for name in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
+            _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
+        _check(self.gpus_per_node >= 0, p + "gpus_per_node", self.gpus_per_node, "an integer >= 0")
+        _check(self.mem_gb is None or self.mem_gb > 0, p + "mem_gb", self.mem_gb, "a number > 0 or null")
+        _check(0 <= self.signal_delay_s < self.time_min * 60, p + "signal_delay_s", self.signal_delay_s,
+               f"an integer >= 0 and < time_min * 60 = {self.time_min * 60}")
+        for k, v in self.sbatch.items():
+            opt = str(k).lstrip("-").replace("_", "-")
+            _check(re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", opt) is not None, p + "sbatch", k,
+                   "sbatch option names (letters, digits and '-', e.g. mail-type)")
+            _check(opt not in SBATCH_MANAGED, p + f"sbatch.{k}", v,
+                   "an sbatch option not set elsewhere (not one of: " + ", ".join(SBATCH_MANAGED) + ")")
+            _check(isinstance(v, (str, int, float, bool)), p + f"sbatch.{k}", v, "a string, number or true/false")
+            # each becomes a `#SBATCH --key=value` line of a script bash runs: no way out of that line
+            _check(isinstance(k, str) and re.fullmatch(r"-{0,2}[A-Za-z][A-Za-z0-9_-]*", k) is not None,
+                   p + "sbatch", k, "option names of letters, digits, '-' and '_'")
+            _check(not isinstance(v, str) or v.isprintable(), p + f"sbatch.{k}", v,
+                   "a value without newlines or other control characters")
+
+
+@dataclass
+class ClusterConfig(SlurmResources):
+    backend: str = "auto"     # auto: slurm when sbatch answers, else local
+    max_parallel: int = 0     # local executor: stages at once (0: one per CPU core)
+    stages: dict[str, dict] = field(default_factory=dict)   # per stage kind (or 'report'): fields above
+
+    def check(self, p):
+        super().check(p)
         _check(self.backend in ("auto", "local", "slurm"), p + "backend", self.backend, "one of: auto, local, slurm")
         _check(self.max_parallel >= 0, p + "max_parallel", self.max_parallel, "an integer >= 0")
+        import importlib
+        kinds = tuple(getattr(importlib.import_module("collapse.plan"), "KINDS", ())) + ("report",)
+        for kind in self.stages:
+            _check(kind in kinds, p + "stages", kind, "stage kinds among: " + ", ".join(kinds))
+            self.resources(kind, p)
+
+    def resources(self, kind: str, p: str = "cluster.") -> SlurmResources:
+        """This config's SLURM resources with the overrides of `kind` applied (and checked)."""
+        names = [f.name for f in dataclasses.fields(SlurmResources)]
+        base = {name: getattr(self, name) for name in names}
+        over = self.stages.get(kind) or {}
+        for key in over:
+            if key not in names:
+                raise ConfigError(f"unknown key '{p}stages.{kind}.{key}'; allowed here: {', '.join(names)}")
+        merged = {**base, **over, "sbatch": {**base["sbatch"], **(over.get("sbatch") or {})}}
+        return build(SlurmResources, merged, f"{p}stages.{kind}.")
 
 
 @dataclass
@@ -244,6 +310,10 @@ def _coerce(hint, value, key):
     elif typing.get_origin(hint) is list:
         _check(isinstance(value, list), key, value, "a list")
         value = [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif hint is dict or typing.get_origin(hint) is dict:
+        _check(isinstance(value, dict), key, value, "a mapping")
+        if args:
+            value = {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     return value
 
 

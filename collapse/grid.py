@@ -67,11 +67,18 @@ def load_grid(name: str) -> dict:
         raise ConfigError(f"grid '{name}': missing key 'experiment'")
     for key in ("rows",):
         if key in grid and (not isinstance(grid[key], list) or not all(isinstance(r, dict) for r in grid[key])):
-            raise bad(f"grid.{key}", grid[key], "a list of mappings from dotted keys to values")
+            raise in_grid(name, bad(f"grid.{key}", grid[key], "a list of mappings from dotted keys to values"))
     if "axes" in grid and (not isinstance(grid["axes"], dict)
                            or not all(isinstance(v, list) and v for v in grid["axes"].values())):
-        raise bad("grid.axes", grid["axes"], "a mapping from dotted keys to non-empty lists")
+        raise in_grid(name, bad("grid.axes", grid["axes"], "a mapping from dotted keys to non-empty lists"))
+    if grid.get("overrides") is not None and not isinstance(grid["overrides"], dict):
+        raise in_grid(name, bad("grid.overrides", grid["overrides"], "a mapping from dotted keys to values"))
     return grid
+
+
+def in_grid(name: str, error: Exception) -> ConfigError:
+    """An error caused by a grid file's contents, saying which file."""
+    return ConfigError(f"grid '{name}' ({grid_path(name)}): {error}")
 
 
 def dotted(d: dict) -> dict:
@@ -110,20 +117,34 @@ def load_sweep(argv: list[str]) -> Sweep:
     grid = load_grid(grid_name)
     cli = parse_dotlist(rest)
     seeds = cli.pop("seeds", None)
-    layers = [named_yaml("experiment", grid["experiment"])]
+    try:
+        layers = [named_yaml("experiment", grid["experiment"])]
+    except ConfigError as e:
+        raise in_grid(grid_name, e) from None
     if "profile" in selected:
         layers.append(named_yaml("profile", selected["profile"]))
     if "cluster" in selected:
         layers.append({"cluster": named_yaml("cluster", selected["cluster"])})
-    layers.append(dotted(grid.get("overrides") or {}))
+    try:
+        layers.append(dotted(grid.get("overrides") or {}))
+    except ConfigError as e:
+        raise in_grid(grid_name, e) from None
     layers.append(cli)
     base_dict = merge(*layers)
-    base = from_dict(base_dict)
+    try:
+        base = from_dict(base_dict)
+    except ConfigError as e:
+        # whose mistake: the command line's, or (when the error stays without it) the grid's overrides'
+        if _fails(merge(*layers[:-1]), e) and not _fails(merge(*layers[:-2]), e):
+            raise in_grid(grid_name, e) from None
+        raise
 
+    seeds_from_grid = seeds is None and "seed" not in cli.get("train", {}) and "seeds" in grid
     if seeds is None:
         seeds = [base.train.seed] if "seed" in cli.get("train", {}) else grid.get("seeds", [base.train.seed])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise bad("seeds", seeds, "a non-empty list of integers >= 0")
+        error = bad("seeds", seeds, "a non-empty list of integers >= 0")
+        raise in_grid(grid_name, error) if seeds_from_grid else error
 
     rows = list(grid.get("rows") or [{}])
     axes = grid.get("axes") or {}
@@ -136,6 +157,17 @@ def load_sweep(argv: list[str]) -> Sweep:
         for seed in seeds:
             point_label = {**label, "train.seed": seed}
             # the command line wins over the grid's own values, except the keys this grid sweeps
-            config = from_dict(merge(base_dict, dotted(point_label)))
+            try:
+                config = from_dict(merge(base_dict, dotted(point_label)))
+            except ConfigError as e:
+                raise in_grid(grid_name, f"point {point_label}: {e}") from None
             points.append(Point(point_label, config))
     return Sweep(grid_name, base, points, list(argv))
+
+
+def _fails(data: dict, error: ConfigError) -> bool:
+    try:
+        from_dict(data)
+    except ConfigError as e:
+        return str(e) == str(error)
+    return False

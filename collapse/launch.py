@@ -6,14 +6,16 @@ import os
 import sys
 from pathlib import Path
 
-from collapse import manifest, plan as planning, tasks
+from collapse import manifest, plan as planning, storage, tasks
 from collapse.config import ConfigError, bad
 from collapse.executors import choose_backend
 from collapse.grid import load_sweep
-from collapse.run import write_spec
+from collapse.run import artifact, write_spec
 
 
 def check_results_root(value: str) -> Path:
+    if not value.strip() or not value.isprintable():
+        raise bad("results_root", value, "a directory path, not empty, without newlines or control characters")
     path = Path(value).expanduser().resolve()
     probe = path
     while not probe.exists():
@@ -23,6 +25,25 @@ def check_results_root(value: str) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise bad("results_root", value, f"a writable directory ({probe} is not writable)")
     return path
+
+
+def reusable(root: Path, stage) -> bool:
+    """Done, and every artifact it recorded is still there with its recorded size and sha256.
+
+    A done stage whose artifact was lost, truncated or altered is planned again (with a warning)
+    rather than handed to its dependents. This reads each artifact once per launch.
+    """
+    record = manifest.read(root, stage.key)
+    if record is None or record["status"] != "done":
+        return False
+    try:
+        for name in record.get("artifacts") or {}:
+            artifact(root, record, name)
+    except (storage.CorruptFileError, OSError, KeyError, TypeError) as e:
+        print(f"warning: stage {stage.name} ({stage.key}) is recorded done but {e}; it will be redone",
+              file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def prepare(argv: list[str]):
@@ -42,10 +63,14 @@ def launch(argv: list[str], out=sys.stdout) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    todo = [s for s in plan.stages.values() if not manifest.is_done(root, s.key)]
-    for stage in todo:
-        write_spec(root, stage)
-    record = manifest.write(root, planning.sweep_record(sweep, plan))
+    todo = [s for s in plan.stages.values() if not reusable(root, s)]
+    try:
+        for stage in todo:
+            write_spec(root, stage)
+        record = manifest.write(root, planning.sweep_record(sweep, plan))
+    except OSError as e:   # disk full, read-only, permission denied: nothing finished is touched
+        print(f"error: cannot write to results_root {root}: {e}", file=sys.stderr)
+        return 1
     print(f"sweep {record['key']} (grid {sweep.grid}): {len(plan.stages)} stages, "
           f"{len(plan.stages) - len(todo)} already done, {len(todo)} to run on {backend}; results in {root}",
           file=out, flush=True)
@@ -54,7 +79,11 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         from collapse import report
         result = local.run(todo, root, sweep.base.cluster.max_parallel)
         failed = sorted(k for k, v in result.items() if v != "done")
-        written = report.write_reports(root)
+        try:
+            written = report.write_reports(root)
+        except OSError as e:
+            print(f"error: cannot write the report: {e}", file=sys.stderr)
+            written = []
         print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
               f"report: {', '.join(str(p) for p in written)}", file=out)
         return 1 if failed else 0

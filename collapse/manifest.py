@@ -7,6 +7,7 @@ report and status read only this folder.
 import getpass
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -23,9 +24,24 @@ def folder(root) -> Path:
     return Path(root) / "manifest"
 
 
+# A key names a file in manifest/ (and a folder in stages/): never a path out of the results root.
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+
+
+def is_safe_key(key) -> bool:
+    return isinstance(key, str) and SAFE_KEY.match(key) is not None
+
+
+def _path(root, key) -> Path:
+    if not is_safe_key(key):
+        raise ValueError(f"manifest key {key!r} is not allowed: expected letters, digits, '_', '.', '-' "
+                         "(no '/', no leading '.')")
+    return folder(root) / f"{key}.json"
+
+
 def write(root, record: dict) -> dict:
     record = {"version": VERSION, **record}
-    storage.write_json(folder(root) / f"{record['key']}.json", record)
+    storage.write_json(_path(root, record["key"]), record)
     return record
 
 
@@ -45,7 +61,7 @@ def _parse(path: Path) -> dict:
 
 
 def read(root, key: str) -> dict | None:
-    path = folder(root) / f"{key}.json"
+    path = _path(root, key)
     return _parse(path) if path.exists() else None
 
 

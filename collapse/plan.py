@@ -8,8 +8,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from collapse import manifest
-from collapse.config import ExperimentConfig, to_dict
+from collapse import generations, manifest
+from collapse.config import ConfigError, ExperimentConfig, to_dict
 from collapse.grid import Sweep
 
 # Which config sections decide a stage's output. Execution details (where the data lives,
@@ -19,6 +19,14 @@ KEY_SECTIONS = {
     "synth": ("task", "synth"),
     "student": ("task", "model", "train", "distill"),
     "eval": ("task", "data", "eval"),
+    # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
+    # the next generation's data. generations.count and .distill stay out: chains that share a prefix
+    # share its stages (the model distilled from is a dep), whatever their length.
+    "generation": ("task", "data", "model", "train", "distill", "synth",
+                   "generations.data", "generations.mix_ratio", "generations.subsample_size"),
+    # The Gaussian toy model: one stage simulates every chain of a grid point.
+    "gaussian": ("task", "gaussian", "generations.count", "generations.data", "generations.mix_ratio",
+                 "generations.subsample_size", "train.seed"),
 }
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every")}
 KINDS = tuple(KEY_SECTIONS)
@@ -38,11 +46,14 @@ class Stage:
 
 def key_material(kind: str, config: dict) -> dict:
     out = {}
-    for section in KEY_SECTIONS[kind]:
+    for item in KEY_SECTIONS[kind]:        # a section, or one field of it ("section.field")
+        section, _, name = item.partition(".")
         value = config[section]
-        if isinstance(value, dict):
+        if name:
+            value = value[name]
+        elif isinstance(value, dict):
             value = {k: v for k, v in value.items() if (section, k) not in NOT_IN_KEY}
-        out[section] = value
+        out[item] = value
     return out
 
 
@@ -68,6 +79,7 @@ def point_name(label: dict) -> str:
 class Plan:
     stages: dict = field(default_factory=dict)     # key -> Stage, in dependency order
     points: list = field(default_factory=list)     # one row per grid point, for the sweep record
+    shape: str = "one_generation"                  # or "chains", "gaussian": how the report reads points
 
     def add(self, stage: Stage) -> Stage:
         self.stages.setdefault(stage.key, stage)
@@ -91,9 +103,64 @@ def one_generation(sweep: Sweep) -> Plan:
     return plan
 
 
+def chains(sweep: Sweep) -> Plan:
+    """Iterative retraining: per grid point a chain teacher -> synth -> generation 1 -> ... -> G.
+
+    Generation t+1 reads, as deps, the stages holding the samples its data policy needs
+    ("data.<g>": the synth stage for g = 0, generation g's own stage after) and, when distilling,
+    the model it distils from ("distill_from": M0 or generation t). Each generation has an eval.
+    Chains with the same seed share the teacher, its synth and eval, and any common prefix.
+    Stages are added generation by generation across chains, so an executor that starts them in
+    plan order brings every chain to generation t before any goes further.
+    """
+    plan = Plan(shape="chains")
+    chains = []
+    for point in sweep.points:
+        cfg = generations.canonical(point.config)
+        seed = cfg.train.seed
+        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, {}))
+        synth = plan.add(make_stage("synth", f"synth[seed={seed}]", cfg, {"teacher": teacher.key}))
+        teacher_eval = plan.add(make_stage("eval", f"eval:teacher[seed={seed}]", cfg, {"model": teacher.key}))
+        # per generation: its model, the stage holding its samples, its eval
+        chains.append((point, cfg, {"models": [teacher.key], "data": [synth.key], "evals": [teacher_eval.key]}))
+    for t in range(max(cfg.generations.count for _, cfg, _ in chains)):
+        for point, cfg, chain in chains:
+            gen, name = cfg.generations, point_name(point.label)
+            if t >= gen.count:
+                continue
+            deps = {f"data.{g}": chain["data"][g] for g in generations.sources(gen.data, t)}
+            if gen.distill != "none":
+                deps["distill_from"] = chain["models"][0 if gen.distill == "teacher" else t]
+            stage = plan.add(make_stage("generation", f"gen{t + 1}[{name}]", cfg, deps))
+            chain["models"].append(stage.key)
+            chain["data"].append(stage.key)
+            chain["evals"].append(plan.add(make_stage("eval", f"eval:gen{t + 1}[{name}]", cfg,
+                                                      {"model": stage.key})).key)
+    for point, _, chain in chains:
+        plan.points.append({"label": point.label, "models": chain["models"], "evals": chain["evals"],
+                            "teacher": chain["models"][0], "teacher_eval": chain["evals"][0]})
+    return plan
+
+
+def gaussian_chains(sweep: Sweep) -> Plan:
+    """task gaussian: one stage per grid point simulates all its chains (collapse/tasks/gaussian.py)."""
+    plan = Plan(shape="gaussian")
+    for point in sweep.points:
+        stage = plan.add(make_stage("gaussian", f"gaussian[{point_name(point.label)}]",
+                                    generations.canonical(point.config), {}))
+        plan.points.append({"label": point.label, "gaussian": stage.key})
+    return plan
+
+
 def build(sweep: Sweep) -> Plan:
-    """The stage graph of a sweep."""
-    return one_generation(sweep)
+    """The stage graph of a sweep: chains when generations.count is set, else one generation."""
+    chained = {p.config.generations.count is not None for p in sweep.points}
+    if len(chained) > 1:
+        raise ConfigError(f"grid '{sweep.grid}': generations.count is null for some points and set for "
+                          "others; set it for all (a chain sweep) or none")
+    if sweep.base.task == "gaussian":
+        return gaussian_chains(sweep)
+    return chains(sweep) if chained == {True} else one_generation(sweep)
 
 
 def sweep_record(sweep: Sweep, plan: Plan) -> dict:
@@ -101,5 +168,5 @@ def sweep_record(sweep: Sweep, plan: Plan) -> dict:
     blob = json.dumps({"grid": sweep.grid, "points": plan.points}, sort_keys=True)
     key = "sweep-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
     return {"kind": "sweep", "key": key, "name": sweep.grid, "status": "done", "ended": manifest.now(),
-            "config": {"grid": sweep.grid, "argv": sweep.argv, "task": sweep.base.task,
+            "config": {"grid": sweep.grid, "argv": sweep.argv, "task": sweep.base.task, "plan": plan.shape,
                        "points": plan.points, "stages": list(plan.stages)}}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import config, manifest, storage, tasks, train
+from collapse import config, generations, manifest, storage, tasks, train
 
 
 class StageInputError(RuntimeError):
@@ -22,6 +22,8 @@ class StageInputError(RuntimeError):
 
 
 def stage_dir(root, key: str) -> Path:
+    if not manifest.is_safe_key(key):
+        raise ValueError(f"stage key {key!r} is not allowed: it would name a path outside {root}/stages")
     return Path(root) / "stages" / key
 
 
@@ -40,11 +42,16 @@ def read_spec(root, key: str) -> dict:
 def artifact(root, record: dict, name: str) -> Path:
     """The path of a dependency's artifact, checked against the checksum recorded with it."""
     entry = record["artifacts"][name]
-    return storage.verify(Path(root) / entry["path"], entry["sha256"])
+    path = Path(root) / entry["path"]
+    if "bytes" in entry and path.is_file() and path.stat().st_size != entry["bytes"]:
+        raise storage.CorruptFileError(f"file {path} is corrupt: {path.stat().st_size} bytes, "
+                                       f"recorded {entry['bytes']} (truncated or overwritten)")
+    return storage.verify(path, entry["sha256"])
 
 
 def _artifact_entry(root, path: Path) -> dict:
-    return {"path": str(Path(path).relative_to(root)), "sha256": storage.sha256(path)}
+    return {"path": str(Path(path).relative_to(root)), "sha256": storage.sha256(path),
+            "bytes": Path(path).stat().st_size}
 
 
 def load_model(task, root, record: dict):
@@ -78,6 +85,40 @@ def run_student(task, cfg, inputs, root, out: Path, log):
     return _trained(state), {"weights": out / "best.safetensors"}
 
 
+def run_generation(task, cfg, inputs, root, out: Path, log):
+    """Generation t+1 of a chain: train on the set built by the data policy from the real data and
+    the "data.<g>" deps' samples (distilling from "distill_from" when given), then sample n items."""
+    synthetic = {int(role.split(".", 1)[1]): storage.load_tensors(artifact(root, record, "data"))["data"]
+                 for role, record in inputs.items() if role.startswith("data.")}
+    t, gen = max(synthetic), cfg.generations
+    real = task.real_data(cfg, "train")
+    data, source = generations.training_set(gen.data, real, synthetic, t, gen.mix_ratio, gen.subsample_size,
+                                            seed=cfg.train.seed)
+    made_of = generations.composition(source)
+    log(f"generation {t + 1} ({gen.data}): {len(data)} training items {made_of}")
+    teacher = load_model(task, root, inputs["distill_from"]) if "distill_from" in inputs else None
+    state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
+    model = task.build_model(cfg)
+    storage.load_weights(out / "best.safetensors", model)
+    seed = generations.sample_seed(cfg.synth.seed, t + 1)
+    samples = task.sample(model.eval().requires_grad_(False), len(real), torch.Generator().manual_seed(seed))
+    path = storage.save_tensors(out / "data.safetensors", {"data": samples},
+                                {"generation": t + 1, "n": len(real), "seed": seed})
+    metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,
+               "distilled_from": inputs["distill_from"]["key"] if teacher is not None else None}
+    return metrics, {"weights": out / "best.safetensors", "data": path}
+
+
+def run_gaussian(task, cfg, inputs, root, out: Path, log):
+    """Every chain of one Gaussian grid point at once (collapse/tasks/gaussian.py)."""
+    metrics, arrays = task.run(cfg)
+    path = storage.save_tensors(out / "sigma2.safetensors", {k: torch.from_numpy(v) for k, v in arrays.items()})
+    g = metrics["generation"][-1]
+    log(f"{metrics['chains']} chains x {g + 1} generations in {metrics['simulate_seconds']:.2f}s: "
+        f"E[sigma2_{g}] measured {metrics['sigma2_mean'][-1]:.4f}, closed form {metrics['sigma2_closed_form'][-1]:.4f}")
+    return metrics, {"sigma2": path}
+
+
 def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
@@ -99,7 +140,8 @@ def _trained(state) -> dict:
             "history": state.history}
 
 
-RUNNERS = {"teacher": run_teacher, "synth": run_synth, "student": run_student, "eval": run_eval}
+RUNNERS = {"teacher": run_teacher, "synth": run_synth, "student": run_student, "eval": run_eval,
+           "generation": run_generation, "gaussian": run_gaussian}
 
 
 # ---------------------------------------------------------------- the entry point
@@ -112,7 +154,9 @@ def run_stage(root, key: str) -> dict:
     base = {"kind": spec["kind"], "key": key, "name": spec["name"], "deps": spec["deps"],
             "config": spec["config"], "log": str(log_file.relative_to(root)), "started": started,
             **manifest.provenance()}
-    manifest.write(root, {**base, "status": "running"})
+    primary = train.global_rank() == 0     # in a multi-task SLURM job only rank 0 writes the record
+    if primary:
+        manifest.write(root, {**base, "status": "running"})
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {msg}", flush=True)
@@ -134,7 +178,12 @@ def run_stage(root, key: str) -> dict:
     except Exception as e:
         traceback.print_exc()
         record = {**base, "status": "failed", "error": f"{type(e).__name__}: {e}", "ended": manifest.now()}
-    manifest.write(root, record)
+    try:
+        if primary:
+            manifest.write(root, record)
+    except OSError as e:   # disk full, read-only: the record stays 'running'; the executor records the exit
+        log(f"error: cannot record the stage's end ({record['status']}): {e}")
+        return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}"}
     log(f"{record['status']} in {record['ended'] - started:.1f}s")
     return record
 
@@ -144,7 +193,15 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m collapse.run RESULTS_ROOT STAGE_KEY", file=sys.stderr)
         return 2
-    return 0 if run_stage(argv[0], argv[1])["status"] == "done" else 1
+    if not manifest.is_safe_key(argv[1]):
+        print(f"error: stage key {argv[1]!r} is not allowed; expected a plain name "
+              "(letters, digits, '_', '.', '-'; no '/' and no leading '.')", file=sys.stderr)
+        return 2
+    try:
+        return 0 if run_stage(argv[0], argv[1])["status"] == "done" else 1
+    except OSError as e:   # no spec to read, or the 'running' record cannot be written
+        print(f"error: stage {argv[1]} in {argv[0]}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

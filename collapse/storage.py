@@ -43,11 +43,24 @@ def _test_kill_in_write(path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+# mkstemp makes its files 0600; a finished file gets the mode any new file would (0666 less the umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _write_error(path, e: BaseException) -> WriteError:
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
-    err = WriteError(getattr(e, "errno", None) or 0, f"cannot write {path}: {reason}")
-    err.filename = str(path)
-    return err
+    errno = getattr(e, "errno", None)
+    message = f"cannot write {path}: {reason}"
+    if not isinstance(e, OSError):   # a library's own words; say what the disk says
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            message += f" ({shutil.disk_usage(probe).free} bytes free on its filesystem)"
+        except OSError:
+            pass
+    return WriteError(errno, message) if errno else WriteError(message)
 
 
 def atomic_write(path: Path, write) -> Path:
@@ -64,6 +77,7 @@ def atomic_write(path: Path, write) -> Path:
         raise _write_error(path, e) from e
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -137,10 +151,15 @@ def load_weights(path: Path, model: torch.nn.Module) -> torch.nn.Module:
 
 
 class CheckpointDir:
-    """Resumable training state: DeepSpeed checkpoints under step-N/, with a `latest` pointer.
+    """Resumable training state: DeepSpeed checkpoints under step-N/, with a `latest.json` pointer.
 
     The pointer is renamed into place only after the step directory is complete, so a crash
-    mid-save leaves the previous checkpoint in force. Older step directories are removed.
+    mid-save leaves the previous checkpoint in force. It records the sha256 of every file of the
+    step, so a torn or altered checkpoint is refused (CorruptFileError naming the file) before a
+    byte of it is unpickled, and the unpickling itself is weights-only (see `safe_torch_load`).
+    `keep` files (the best weights so far) are hard-linked into the step directory at save and
+    put back at restore, so the best weights always match the restored state. Older step
+    directories are removed.
     """
 
     def __init__(self, root: Path):
@@ -150,27 +169,118 @@ class CheckpointDir:
     def exists(self) -> bool:
         return self.pointer.is_file()
 
-    def save(self, engine, client_state: dict, step: int) -> None:
+    def save(self, engine, client_state: dict, step: int, keep: dict | None = None) -> None:
         tag = f"step-{step}"
-        if self.exists() and self._latest_tag() == tag:
+        if self.exists() and self._latest_tag(default=None) == tag:
             return
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"train_state": client_state},
-                               save_latest=False)
-        write_json(self.pointer, {"tag": tag})
+        step_dir = self.root / tag
+        try:
+            if step_dir.exists():   # a torn leftover of a crash mid-save
+                shutil.rmtree(step_dir)
+            engine.save_checkpoint(str(self.root), tag=tag, client_state={"train_state": client_state},
+                                   save_latest=False)
+            for name, src in (keep or {}).items():
+                if Path(src).is_file():
+                    _link_or_copy(Path(src), step_dir / name)
+            files = {str(p.relative_to(step_dir)): sha256(p) for p in sorted(step_dir.rglob("*")) if p.is_file()}
+        except Exception as e:   # torch reports a full disk as e.g. "unexpected pos 4288 vs 4182"
+            shutil.rmtree(step_dir, ignore_errors=True)   # never leave a torn step to fill the disk
+            raise _write_error(step_dir, e) from e
+        write_json(self.pointer, {"tag": tag, "files": files})
         for old in self.root.glob("step-*"):
             if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def restore(self, engine) -> dict:
-        tag = self._latest_tag()
-        path, client = engine.load_checkpoint(str(self.root), tag=tag)
-        if path is None:
-            raise CorruptFileError(f"checkpoint {self.root / tag} could not be loaded")
+    def restore(self, engine, keep: dict | None = None) -> dict:
+        """Verify, then load the latest checkpoint into `engine`; its client state is returned.
+
+        Raises CorruptFileError, naming the file, when the checkpoint is torn, altered or unloadable.
+        """
+        pointer = self._pointer()
+        tag, files = pointer.get("tag"), pointer.get("files")
+        if not isinstance(tag, str) or not tag.startswith("step-") or "/" in tag:
+            raise CorruptFileError(f"checkpoint pointer {self.pointer} is unreadable or names no step: {pointer!r}")
+        step_dir = self.root / tag
+        if files is None:
+            warnings.warn(f"checkpoint {step_dir} predates checksums; loading it unverified")
+        else:
+            for rel, digest in files.items():
+                verify(step_dir / rel, digest)
+        use_safe_loader(engine)
+        try:
+            path, client = engine.load_checkpoint(str(self.root), tag=tag)
+        except Exception as e:
+            raise CorruptFileError(f"checkpoint {step_dir} could not be loaded: {type(e).__name__}: "
+                                   f"{(str(e).splitlines() or [''])[0][:300]}") from e
+        if path is None or not isinstance(client, dict) or "train_state" not in client:
+            raise CorruptFileError(f"checkpoint {step_dir} could not be loaded")
+        for name, dst in (keep or {}).items():
+            src = step_dir / name
+            if src.is_file():
+                atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
         return client["train_state"]
 
-    def _latest_tag(self) -> str:
-        with open(self.pointer) as f:
-            return json.load(f)["tag"]
+    def discard(self) -> None:
+        """Remove every checkpoint (after a corrupt one was found): the next run starts over."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _pointer(self) -> dict:
+        try:
+            pointer = read_json(self.pointer)
+        except (OSError, ValueError) as e:
+            raise CorruptFileError(f"checkpoint pointer {self.pointer} is unreadable: {e}") from None
+        if not isinstance(pointer, dict):
+            raise CorruptFileError(f"checkpoint pointer {self.pointer} is unreadable: {pointer!r}")
+        return pointer
+
+    def _latest_tag(self, **default) -> str | None:
+        try:
+            return self._pointer()["tag"]
+        except (CorruptFileError, KeyError):
+            if default:
+                return default["default"]
+            raise
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# ---------------------------------------------------------------- loading checkpoints without pickle's risks
+
+def _deepspeed_safe_globals() -> list:
+    """The plain DeepSpeed classes a ZeRO/fp16 checkpoint holds besides tensors and containers."""
+    found = []
+    for module, names in (("deepspeed.utils.tensor_fragment", ("fragment_address",)),
+                          ("deepspeed.runtime.fp16.loss_scaler", ("LossScaler", "DynamicLossScaler")),
+                          ("deepspeed.runtime.zero.config", ("ZeroStageEnum",))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except Exception:   # noqa: BLE001 - an older or newer DeepSpeed without the module
+            continue
+        found += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    return found
+
+
+def safe_torch_load(path, map_location=None):
+    """torch.load with weights_only=True: tensors, containers, dtypes and DeepSpeed's few plain classes.
+
+    DeepSpeed's TorchCheckpointEngine.load calls torch.load(weights_only=False), which would run
+    any code a crafted checkpoint names; `use_safe_loader` puts this function in its place.
+    """
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def use_safe_loader(engine) -> None:
+    """Make `engine` (a DeepSpeedEngine) read its checkpoint files through `safe_torch_load`."""
+    checkpoint_engine = getattr(engine, "checkpoint_engine", None)
+    if checkpoint_engine is not None:
+        checkpoint_engine.load = safe_torch_load
 
 
 def read_json(path: Path):

@@ -42,15 +42,41 @@ def import_deepspeed():
     return deepspeed
 
 
+def slurm_rendezvous() -> dict | None:
+    """RANK, WORLD_SIZE, ... of this task of a multi-task SLURM job step (None outside one).
+
+    Read through submitit's JobEnvironment (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS,
+    SLURM_JOB_NODELIST): rank 0's node is the master, the port a function of the job id, so
+    every task of the job computes the same address without talking to the others.
+    """
+    # SLURM_STEP_NUM_TASKS: set by srun for the tasks of a step, not in a batch script or salloc shell,
+    # where one process (the local executor's, say) must not wait for ranks that will never come
+    if "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return None
+    from submitit.slurm.slurm import SlurmJobEnvironment
+    env = SlurmJobEnvironment()
+    return {"RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
+            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(env.raw_job_id) % 20000)}
+
+
+def global_rank() -> int:
+    """This process's rank: 0 unless it is one of several tasks (torchrun or a multi-task SLURM step)."""
+    rendezvous = slurm_rendezvous() or {}
+    return int(os.environ.get("RANK", rendezvous.get("RANK", "0")))
+
+
 def ensure_distributed() -> None:
-    """Join the process group from the environment (SLURM/torchrun), or form a group of one."""
+    """Join the process group from the environment (torchrun, a multi-task SLURM job), or form a group of one."""
     deepspeed = import_deepspeed()
     if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        rendezvous = slurm_rendezvous()
+        if rendezvous is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            rendezvous = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        os.environ.update(rendezvous)
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
@@ -105,12 +131,10 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     Writes out_dir/best.safetensors and returns the final TrainState.
     """
     tc = cfg.train
-    torch.manual_seed(tc.seed)
     torch.set_num_threads(tc.threads)
-    model = task.build_model(cfg)
-    engine = make_engine(model, tc)
     checkpoints = storage.CheckpointDir(out_dir / "checkpoints")
-    state = TrainState(**checkpoints.restore(engine)) if checkpoints.exists() else TrainState()
+    keep = {"best.safetensors": out_dir / "best.safetensors"}   # restored with the state it belongs to
+    engine, state = resume(task, cfg, checkpoints, keep, log)
     if state.step:
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
     distilling = teacher is not None and task.distills(cfg.distill)
@@ -138,8 +162,8 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
             engine.step()
             state.step += 1
             state.batch += 1
-            if state.step % tc.checkpoint_every == 0:
-                checkpoints.save(engine, vars(state), state.step)
+            if state.step % tc.checkpoint_every == 0 and state.batch < batches_per_epoch:
+                checkpoints.save(engine, vars(state), state.step, keep)   # the epoch's end saves its own
         state.epoch, state.batch = state.epoch + 1, 0
         if state.epoch % tc.eval_every == 0 or state.epoch == tc.epochs:
             engine.eval()
@@ -153,5 +177,26 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
                 storage.save_weights(out_dir / "best.safetensors", engine.module)
             log(f"epoch {state.epoch}/{tc.epochs} step {state.step} train {loss.item():.3f} "
                 f"test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
-        checkpoints.save(engine, vars(state), state.step)
+        checkpoints.save(engine, vars(state), state.step, keep)
     return state
+
+
+def resume(task, cfg, checkpoints, keep: dict, log=print):
+    """A new engine, restored from the latest checkpoint when there is a good one.
+
+    A torn, altered or unloadable checkpoint is discarded with a warning naming the file, and
+    training starts over from the seed (never a crash on every rerun, never training on garbage).
+    """
+    torch.manual_seed(cfg.train.seed)
+    engine = make_engine(task.build_model(cfg), cfg.train)
+    if not checkpoints.exists():
+        return engine, TrainState()
+    try:
+        return engine, TrainState(**checkpoints.restore(engine, keep))
+    except (storage.CorruptFileError, TypeError) as e:
+        log(f"WARNING: discarding the checkpoints in {checkpoints.root} and training from the start: {e}")
+    checkpoints.discard()
+    for path in keep.values():
+        Path(path).unlink(missing_ok=True)   # they belonged to the discarded run
+    torch.manual_seed(cfg.train.seed)
+    return make_engine(task.build_model(cfg), cfg.train), TrainState()

@@ -48,6 +48,32 @@ def _from_idx_dir(root: Path, split: str) -> np.ndarray:
                        f"(expected a torchvision layout DIR/MNIST/raw/ or the idx files in DIR)")
 
 
+def find_idx(root: Path, split: str) -> Path | None:
+    """The idx file _from_idx_dir would read for `split`, or None."""
+    name = IDX_FILES[split]
+    for folder in (root / "MNIST" / "raw", root):
+        for candidate in (folder / name, folder / (name + ".gz")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def idx_header(path: Path) -> int:
+    """Check an idx image file's header and length without keeping its pixels; return its item count."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, 2)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DatasetError(f"key 'data.root': file '{path}' is not a readable idx image file ({e})") from None
+    magic, count, rows, cols = np.frombuffer(head, dtype=">i4") if len(head) == 16 else (0, 0, 0, 0)
+    if magic != 2051 or size != 16 + count * rows * cols or (rows, cols) != (28, 28):
+        raise DatasetError(f"key 'data.root': file '{path}' is not an MNIST idx image file "
+                           f"(magic {magic}, {size} bytes for {count}x{rows}x{cols}); expected 28x28 images")
+    return int(count)
+
+
 def read_idx_images(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:

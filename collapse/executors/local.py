@@ -49,8 +49,14 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
                 bar.update()
                 say(f"blocked {stage.name}: an input failed")
             elif all(d == "done" for d in deps) and len(running) < max_parallel:
-                running[key] = (stage, _start(root, stage))
                 del waiting[key]
+                try:
+                    running[key] = (stage, _start(root, stage))
+                except OSError as e:   # its log cannot be opened (disk full, read-only)
+                    result[key] = "failed"
+                    bar.update()
+                    print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
+                    continue
                 say(f"started {stage.name}")
         for key, (stage, proc) in list(running.items()):
             if proc.poll() is None:
@@ -85,7 +91,11 @@ def _finish(root: Path, stage, returncode: int) -> str:
     if record is not None and record["status"] in ("done", "failed") and not (returncode and record["status"] == "done"):
         return record["status"]
     # The process died without recording its end (killed, out of memory): record it.
-    manifest.write(root, {**(record or {}), "kind": stage.kind, "key": stage.key, "name": stage.name,
-                          "status": "failed", "error": f"process exited with code {returncode}",
-                          "log": str(log_path(root, stage.spec()).relative_to(root)), "ended": manifest.now()})
+    try:
+        manifest.write(root, {**(record or {}), "kind": stage.kind, "key": stage.key, "name": stage.name,
+                              "status": "failed", "error": f"process exited with code {returncode}",
+                              "log": str(log_path(root, stage.spec()).relative_to(root)), "ended": manifest.now()})
+    except OSError as e:   # disk full or read-only: say so, and let the other branches go on
+        print(f"error: stage {stage.name} ({stage.key}) exited with code {returncode} and its failure "
+              f"could not be recorded: {e}", file=sys.stderr, flush=True)
     return "failed"

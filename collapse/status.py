@@ -1,0 +1,255 @@
+"""Where a sweep stands: one row per stage from the manifest, its SLURM job (one squeue, one sacct).
+
+    python sweeps/status.py results_root=DIR [grid=NAME]
+
+States: done (recorded done), running, pending (queued, or requeued after preemption), failed
+(recorded failed, or its job ended without recording an end: killed, timed out, out of memory),
+missing (not run: never submitted, or its job was removed because an input failed). The manifest
+decides done and failed; squeue and sacct (one call each, not one per stage) add the job id,
+the queue state and the elapsed time. Without SLURM it shows what the manifest says.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# No torch here (collapse.manifest imports it through collapse.storage): status must answer in well
+# under a second, so it reads the manifest's JSON records itself, with manifest's rules.
+MANIFEST_VERSION = 1
+
+TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED")
+RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
+STATES = ("done", "running", "pending", "failed", "missing")
+KIND_ORDER = ("teacher", "synth", "student", "generation", "gaussian", "eval")
+
+
+@dataclass
+class Row:
+    key: str
+    name: str
+    kind: str
+    state: str
+    job: str = ""
+    elapsed: str = ""
+    note: str = ""      # failed: the log path (and the error); pending: the queue's reason
+
+
+# ---------------------------------------------------------------- SLURM, one call each
+
+def _slurm(cmd: list[str], timeout: float = 20) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def squeue(job_ids) -> dict:
+    from collapse.executors.slurm import SubmissionError, squeue_states
+    try:
+        return squeue_states(job_ids) if shutil.which("squeue") else {}
+    except SubmissionError:
+        return {}
+
+
+def sacct(job_ids) -> dict:
+    """{job id: (state, elapsed)}; pending array ranges expanded; a never-started array under its base id."""
+    from submitit.slurm.slurm import read_job_id
+    bases = sorted({str(j).split("_")[0] for j in job_ids if j}, key=int)
+    if not bases:
+        return {}
+    text = _slurm(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "-o", "JobID,State,Elapsed"])
+    info = {}
+    for line in (text or "").splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or not parts[0]:
+            continue
+        job, state, elapsed = parts[0], parts[1].split()[0] if parts[1] else "", parts[2]
+        info[job] = (state, elapsed)
+        try:
+            for tup in read_job_id(job):
+                if len(tup) == 3:
+                    for i in range(int(tup[1]), int(tup[2]) + 1):
+                        info.setdefault(f"{tup[0]}_{i}", (state, elapsed))
+                elif len(tup) == 2:
+                    info.setdefault(f"{tup[0]}_{tup[1]}", (state, elapsed))
+        except (ValueError, IndexError):
+            pass
+    return info
+
+
+def read_records(root) -> list[dict]:
+    """manifest.read_all without the torch import: every record, malformed ones as 'unreadable'."""
+    folder = Path(root) / "manifest"
+    records = []
+    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            with open(folder / name) as f:
+                record = json.load(f)
+        except (OSError, ValueError) as e:
+            record = {"key": name[:-5], "status": "unreadable", "error": f"{folder / name}: {e}"}
+        if not isinstance(record, dict) or not all(k in record for k in ("version", "kind", "key", "name", "status")):
+            record = {"key": name[:-5], "status": "unreadable", "error": f"{folder / name}: incomplete record"}
+        elif record["version"] != MANIFEST_VERSION:
+            record = {**record, "status": "unreadable", "error": f"{folder / name}: version {record['version']!r}"}
+        records.append(record)
+    return records
+
+
+def _job_info(job: str, info: dict):
+    return info.get(job) or info.get(job.split("_")[0])
+
+
+# ---------------------------------------------------------------- the table
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _latest_sweeps(records: list[dict], grid: str | None) -> list[dict]:
+    latest = {}
+    for r in records:
+        if r.get("kind") == "sweep" and (grid is None or r.get("name") == grid):
+            if r["name"] not in latest or r.get("ended", 0) >= latest[r["name"]].get("ended", 0):
+                latest[r["name"]] = r
+    return list(latest.values())
+
+
+def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> tuple[list[Row], list[dict]]:
+    """(rows, sweeps) for every stage of the latest sweep of `grid` (all grids and stages when None)."""
+    from collapse.executors.slurm import job_stdout, read_index
+    root = Path(root)
+    records = read_records(root)
+    by_key = {r["key"]: r for r in records if r.get("kind") != "sweep"}
+    sweeps = _latest_sweeps(records, grid)
+    keys = list(dict.fromkeys(k for s in sweeps for k in (s.get("config") or {}).get("stages", [])))
+    try:
+        index = read_index(root)
+    except Exception:   # a damaged index must not hide the manifest
+        index = {"stages": {}}
+    if grid is None:
+        keys = list(dict.fromkeys(keys + list(by_key) + list(index["stages"])))
+    jobs = {k: index["stages"][k]["job"] for k in keys if k in index["stages"]}
+    queue = squeue_fn(jobs.values())
+    acct = sacct_fn(jobs.values())
+
+    rows = []
+    for key in keys:
+        rec = by_key.get(key)
+        entry = index["stages"].get(key, {})
+        name, kind = (rec or entry).get("name"), (rec or entry).get("kind")
+        if name is None:
+            try:
+                with open(root / "stages" / key / "stage.json") as f:
+                    spec = json.load(f)
+                name, kind = spec["name"], spec["kind"]
+            except (OSError, ValueError, KeyError):
+                name, kind = key, "?"
+        row = Row(key, name, kind or "?", "missing", jobs.get(key, ""))
+        status = rec["status"] if rec else None
+        q = queue.get(row.job) if row.job else None
+        a = _job_info(row.job, acct) if row.job else None
+        recorded = (_seconds(rec["ended"] - rec["started"])
+                    if rec and isinstance(rec.get("ended"), (int, float)) and isinstance(rec.get("started"), (int, float))
+                    else "")
+        sacct_state = a[0] if a else None
+        if status == "done":
+            row.state, row.elapsed = "done", recorded or (a[1] if a else "")
+        elif q is not None and q[0] not in ("COMPLETED",) + TERMINAL_BAD:
+            row.state = "running" if q[0] in RUNNING else "pending"
+            row.elapsed = q[1] if row.state == "running" else ""
+            row.note = q[2] if q[2] not in ("None", "(null)") else ""
+            if status == "failed":
+                row.note = (row.note + "; " if row.note else "") + "rerun of a failed stage"
+        elif status == "failed":
+            row.state, row.elapsed = "failed", recorded or (a[1] if a else "")
+            row.note = f"{root / rec['log']}" if rec.get("log") else ""
+            if rec.get("error"):
+                row.note += f"  ({str(rec['error']).splitlines()[0][:100]})"
+        elif status == "running" and (sacct_state is None or sacct_state in RUNNING + ("PENDING",)):
+            row.state, row.elapsed = "running", (a[1] if a else "")
+        elif status in ("running", "unreadable") or sacct_state in TERMINAL_BAD and sacct_state != "CANCELLED":
+            row.state, row.elapsed = "failed", (a[1] if a else "")
+            log = root / rec["log"] if rec and rec.get("log") else None
+            logs = ", ".join(str(p) for p in (log, job_stdout(root, row.job) if row.job else None) if p)
+            if status == "running":
+                row.note = f"{logs}  (job {sacct_state}, no end recorded)"
+            elif status == "unreadable":
+                row.note = f"{logs}  ({rec.get('error')})"
+            else:
+                row.note = f"{logs}  (job {sacct_state} before the stage started)"
+        elif sacct_state == "PENDING":
+            row.state = "pending"
+        elif sacct_state == "CANCELLED":
+            row.note = f"job {row.job} cancelled before it ran (an input failed, or scancel)"
+        elif row.job:
+            row.note = f"job {row.job} {sacct_state or 'unknown to SLURM'}, nothing recorded"
+        else:
+            row.note = "not submitted"
+        rows.append(row)
+    order = {k: i for i, k in enumerate(KIND_ORDER)}
+    rows.sort(key=lambda r: (order.get(r.kind, len(order)), r.name))
+    return rows, sweeps
+
+
+def render(rows: list[Row], root, sweeps: list[dict]) -> str:
+    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    names = ", ".join(f"grid {s['name']} ({s['key']})" for s in sweeps) or "no sweep record"
+    head = f"{root}: {names}: {len(rows)} stages: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    cols = ("name", "kind", "state", "job", "elapsed", "log / reason")
+    table = [cols] + [(r.name, r.kind, r.state, r.job, r.elapsed, r.note) for r in rows]
+    widths = [max(len(str(t[i])) for t in table) for i in range(len(cols) - 1)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(t[:-1], widths)) + "  " + str(t[-1]) for t in table]
+    return "\n".join([head, ""] + [line.rstrip() for line in lines])
+
+
+def record_dead_jobs(root, squeue_fn=squeue, sacct_fn=sacct) -> dict:
+    """Record as failed the stages whose record says running but whose job ended (killed, timed out)."""
+    from collapse import manifest
+    rows, _ = collect(root, None, squeue_fn, sacct_fn)
+    marked = {}
+    for row in rows:
+        if row.state != "failed" or "no end recorded" not in row.note:
+            continue
+        rec = manifest.read(root, row.key)
+        if rec is None or rec["status"] != "running":
+            continue
+        why = row.note.split("(", 1)[-1].rstrip(")")
+        manifest.write(root, {**rec, "status": "failed", "error": f"SLURM {why}", "ended": manifest.now()})
+        marked[row.key] = why
+    return marked
+
+
+def main(argv: list[str]) -> int:
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in ("results_root", "grid")]
+    if unknown or "results_root" not in args:
+        print(f"error: expected results_root=DIR [grid=NAME], got {' '.join(argv) or 'nothing'}", file=sys.stderr)
+        return 2
+    root = Path(args["results_root"]).expanduser().resolve()
+    if not (root / "manifest").is_dir():
+        print(f"error: key 'results_root': value '{args['results_root']}' is not allowed; expected a results "
+              f"root with a manifest/ folder (nothing was launched there yet)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    rows, sweeps = collect(root, args.get("grid"))
+    if args.get("grid") and not sweeps:
+        names = sorted({r["name"] for r in read_records(root) if r.get("kind") == "sweep"})
+        print(f"error: key 'grid': value '{args['grid']}' is not allowed; expected a grid launched in {root} "
+              f"(one of: {', '.join(names) or 'none'})", file=sys.stderr)
+        return 2
+    print(render(rows, root, sweeps))
+    print(f"\n({time.monotonic() - started:.2f}s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,10 @@
+"""The state of a sweep's stages: python sweeps/status.py results_root=DIR [grid=NAME]"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collapse.status import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

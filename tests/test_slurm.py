@@ -1,0 +1,530 @@
+"""The SLURM backend (collapse/executors/slurm.py) and sweeps/status.py.
+
+The tests marked `slurm` run real sweeps on a real cluster (the local one from `bash slurm/start.sh`,
+or yours) and are skipped, with the reason, when `sinfo` does not answer. Stages are tiny (256 real
+training items, one epoch); every wait is bounded. The others need no cluster: the grouping of a
+stage graph into arrays and dependencies, the cluster config, and the speed of status.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from collapse import plan as planning  # noqa: E402
+from collapse.config import ConfigError, from_dict, to_dict  # noqa: E402
+from collapse.executors import slurm  # noqa: E402
+from collapse.grid import load_sweep  # noqa: E402
+from collapse.plan import Stage  # noqa: E402
+from collapse import status  # noqa: E402
+
+TINY = ["profile=smoke", "cluster=slurm", "data.train_size=256", "data.test_size=128", "train.epochs=1",
+        "eval.grid_samples=4"]
+GRID_TIMEOUT_S = 240     # a whole tiny grid: ~70 s on 2 busy cores
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE"}
+
+
+# ---------------------------------------------------------------- helpers
+
+def cluster_answers() -> str | None:
+    """None when a SLURM cluster with accounting answers, else why not."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "no SLURM cluster: sinfo/sbatch not on PATH (start one with `bash slurm/start.sh`)"
+    for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now-1minute"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"no SLURM cluster: {cmd[0]} does not answer ({e}); start one with `bash slurm/start.sh`"
+        if out.returncode != 0:
+            return (f"no SLURM cluster: {cmd[0]} failed ({out.stderr.strip()[:200]}); "
+                    "start one with `bash slurm/start.sh`")
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    why = cluster_answers()
+    if why:
+        pytest.skip(why)
+
+
+def launch(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "sweeps" / "launch.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+def show(out: subprocess.CompletedProcess) -> str:
+    return f"exit {out.returncode}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr[-3000:]}"
+
+
+def sacct(job_ids) -> dict[str, dict]:
+    ids = ",".join(sorted({str(j).split("_")[0] for j in job_ids}))
+    fields = ["JobID", "JobName", "State", "Start", "End"]
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ids, "-o", ",".join(fields)], capture_output=True,
+                         text=True, timeout=20).stdout
+    rows = {}
+    for line in out.splitlines():
+        row = dict(zip(fields, line.split("|")))
+        row["State"] = row["State"].split()[0] if row.get("State") else ""
+        rows[row["JobID"]] = row
+    return rows
+
+
+def wait_done(job_ids, timeout=GRID_TIMEOUT_S) -> dict[str, dict]:
+    """Poll sacct until every job (and array task) of `job_ids` has ended; cancel them on timeout."""
+    deadline = time.monotonic() + timeout
+    rows = {}
+    while time.monotonic() < deadline:
+        rows = sacct(job_ids)
+        bases = {str(j).split("_")[0] for j in job_ids}
+        seen = {r.split("_")[0] for r in rows}
+        if bases <= seen and all(r["State"] in TERMINAL for r in rows.values()):
+            return rows
+        time.sleep(1)
+    subprocess.run(["scancel", *sorted({str(j).split("_")[0] for j in job_ids})], timeout=20)
+    pytest.fail(f"jobs {sorted(job_ids)} not finished after {timeout}s; sacct: {rows}")
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def launch_jobs(launch: dict) -> list[str]:
+    return [a["job"] for a in launch["arrays"]] + ([launch["report"]] if launch.get("report") else [])
+
+
+def records(root) -> dict:
+    return {r["key"]: r for r in status.read_records(root) if r.get("kind") != "sweep"}
+
+
+def status_table(root, *extra) -> str:
+    out = subprocess.run([sys.executable, str(REPO / "sweeps" / "status.py"), f"results_root={root}", *extra],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def row_of(table: str, name: str) -> str:
+    lines = [line for line in table.splitlines() if line.startswith(name + " ")]
+    assert len(lines) == 1, f"{name} not once in\n{table}"
+    return lines[0]
+
+
+# ---------------------------------------------------------------- no cluster needed
+
+def fake_stage(kind, name, deps=None):
+    return Stage(kind, f"{kind}-{name}", name, dict(deps or {}), {})
+
+
+def test_groups_one_array_per_level_and_kind_with_aftercorr_where_aligned():
+    sweep = load_sweep(["grid=vae_smoke3", "seeds=[0,1]", *TINY])
+    plan = planning.build(sweep)
+    groups = slurm.make_groups(list(plan.stages.values()))
+    shape = [(g.level, g.kind, len(g.stages)) for g in groups]
+    assert shape == [(0, "teacher", 2), (1, "synth", 2), (1, "eval", 2), (2, "student", 6), (3, "eval", 6)]
+    for i, g in enumerate(groups):
+        g.job_id = str(100 + i)
+    deps = [g.dependency(groups) for g in groups]
+    # synth and the teacher's eval line up with the teachers; students need all synths (and, implied by
+    # them, the teachers); each student's eval waits on its own student only
+    assert deps == [None, "aftercorr:100", "aftercorr:100", "afterok:101", "aftercorr:103"]
+    students, evals = groups[3].stages, groups[4].stages
+    assert [e.deps["model"] for e in evals] == [s.key for s in students]
+
+
+def test_groups_chains_line_up_and_done_or_queued_inputs():
+    # two chains teacher -> synth -> gen1 -> gen2, gen2 also reading synth (accumulate) and the teacher
+    stages = []
+    for c in ("a", "b"):
+        t = fake_stage("teacher", c)
+        s = fake_stage("synth", c, {"teacher": t.key})
+        g1 = fake_stage("generation", c + "1", {"data.0": s.key, "distill_from": t.key})
+        g2 = fake_stage("generation", c + "2", {"data.0": s.key, "data.1": g1.key, "distill_from": t.key})
+        stages += [t, s, g1, g2]
+    groups = slurm.make_groups(stages)
+    assert [(g.level, g.kind, len(g.stages)) for g in groups] == [
+        (0, "teacher", 2), (1, "synth", 2), (2, "generation", 2), (3, "generation", 2)]
+    for i, g in enumerate(groups):
+        g.job_id = str(7 + i)
+    assert [g.dependency(groups) for g in groups] == [None, "aftercorr:7", "aftercorr:8", "aftercorr:9"]
+
+    # inputs already done need nothing; inputs queued by an earlier launch are waited for by job id
+    t, s = stages[0], stages[1]
+    g1 = stages[2]
+    groups = slurm.make_groups([g1, stages[3]], external={})
+    assert [(g.level, len(g.stages)) for g in groups] == [(0, 1), (1, 1)]
+    groups[0].job_id, groups[1].job_id = "20", "21"
+    assert groups[0].dependency(groups) is None and groups[1].dependency(groups) == "afterok:20"
+    groups = slurm.make_groups([stages[3]], external={g1.key: "15_1", s.key: "14"})
+    groups[0].job_id = "22"
+    assert groups[0].dependency(groups) == "afterok:14:15_1"
+
+
+def test_groups_afterok_names_only_the_tasks_needed():
+    a = [fake_stage("teacher", str(i)) for i in range(3)]
+    b = [fake_stage("synth", "x", {"teacher": a[0].key}), fake_stage("synth", "y", {"teacher": a[2].key})]
+    groups = slurm.make_groups(a + b)
+    groups[0].job_id, groups[1].job_id = "30", "31"
+    assert groups[1].dependency(groups) == "afterok:30_0:30_2"
+
+
+def test_cluster_config_per_kind_resources_and_one_line_errors():
+    base = {"cluster": {"backend": "slurm", "partition": "gpu", "time_min": 30, "sbatch": {"mail-type": "END"},
+                        "stages": {"teacher": {"gpus_per_node": 2, "time_min": 240, "sbatch": {"exclusive": True}},
+                                   "report": {"partition": "cpu"}}}}
+    cfg = from_dict(base).cluster
+    teacher, ev, rep = cfg.resources("teacher"), cfg.resources("eval"), cfg.resources("report")
+    assert (teacher.partition, teacher.time_min, teacher.gpus_per_node) == ("gpu", 240, 2)
+    assert teacher.sbatch == {"mail-type": "END", "exclusive": True}
+    assert (ev.time_min, ev.gpus_per_node, rep.partition) == (30, 0, "cpu")
+    params = slurm.sbatch_parameters(teacher, "g.teacher", "afterok:1")
+    assert params["ntasks_per_node"] == 2 and params["gpus_per_node"] == 2 and params["dependency"] == "afterok:1"
+    assert params["additional_parameters"] == {"mail-type": "END", "exclusive": True, "kill-on-invalid-dep": "yes"}
+    for bad, message in [
+        ({"stages": {"studnet": {}}}, "key 'cluster.stages': value 'studnet' is not allowed; expected stage kinds"),
+        ({"stages": {"eval": {"gpus": 1}}}, "unknown key 'cluster.stages.eval.gpus'; allowed here: partition"),
+        ({"stages": {"eval": {"time_min": 0}}}, "key 'cluster.stages.eval.time_min': value 0 is not allowed"),
+        ({"sbatch": {"dependency": "afterok:1"}}, "key 'cluster.sbatch.dependency': value 'afterok:1' is not allowed"),
+        ({"mem_gb": -1}, "key 'cluster.mem_gb': value -1.0 is not allowed; expected a number > 0 or null"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            from_dict({"cluster": bad})
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_status_reads_1000_records_in_under_2s(tmp_path):
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "slurm").mkdir()
+    config = to_dict(load_sweep(["grid=vae_smoke3", *TINY]).base)
+    jobs, keys = {}, []
+    for i in range(1000):
+        key = f"{i:016x}"
+        keys.append(key)
+        st = ("done", "failed", "running")[i % 3]
+        rec = {"version": 1, "kind": "student", "key": key, "name": f"student[{i}]", "status": st,
+               "started": 1.0, "ended": 2.5, "log": f"logs/student-{key}.log", "config": config, "deps": {}}
+        if st == "failed":
+            rec["error"] = "DivergedError: loss is nan"
+        (tmp_path / "manifest" / f"{key}.json").write_text(json.dumps(rec))
+        jobs[key] = {"job": f"{500 + i // 100}_{i % 100}", "kind": "student", "name": f"student[{i}]"}
+    (tmp_path / "manifest" / "sweep-x.json").write_text(json.dumps(
+        {"version": 1, "kind": "sweep", "key": "sweep-x", "name": "g", "status": "done", "ended": 1,
+         "config": {"stages": keys + ["ffffffffffffffff"]}}))
+    (tmp_path / "slurm" / "jobs.json").write_text(json.dumps({"version": 1, "stages": jobs}))
+    calls = []
+
+    def fake_squeue(ids):
+        calls.append("squeue")
+        return {"500_2": ("RUNNING", "1:00", "None", "g.student")}
+
+    def fake_sacct(ids):
+        calls.append("sacct")
+        return {"501_1": ("TIMEOUT", "01:00:00")}
+
+    started = time.monotonic()
+    rows, sweeps = status.collect(tmp_path, "g", fake_squeue, fake_sacct)
+    text = status.render(rows, tmp_path, sweeps)
+    took = time.monotonic() - started
+    assert took < 2.0, f"status took {took:.2f}s for 1000 records"
+    assert calls == ["squeue", "sacct"]
+    assert len(rows) == 1001 and "1001 stages: 334 done, 332 running, 0 pending, 334 failed, 1 missing" in text
+    by_name = {r.name: r for r in rows}
+    assert by_name["student[1]"].state == "failed" and "student-" in by_name["student[1]"].note
+    assert by_name["student[101]"].state == "failed" and "TIMEOUT" in by_name["student[101]"].note
+    assert by_name["ffffffffffffffff"].state == "missing"
+    # and the real command, with real (or absent) squeue/sacct
+    out = subprocess.run([sys.executable, str(REPO / "sweeps" / "status.py"), f"results_root={tmp_path}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    took = float(re.search(r"\(([\d.]+)s\)", out.stderr).group(1))
+    assert took < 2.0, f"sweeps/status.py took {took:.2f}s for 1000 records"
+
+
+def test_report_job_records_stages_whose_job_died_silently(tmp_path):
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "slurm").mkdir()
+    for key, st in (("a" * 16, "running"), ("b" * 16, "running"), ("c" * 16, "done")):
+        (tmp_path / "manifest" / f"{key}.json").write_text(json.dumps(
+            {"version": 1, "kind": "student", "key": key, "name": key[:3], "status": st, "started": 1.0,
+             "log": f"logs/student-{key}.log"}))
+    (tmp_path / "slurm" / "jobs.json").write_text(json.dumps({"version": 1, "stages": {
+        "a" * 16: {"job": "7_0"}, "b" * 16: {"job": "7_1"}, "c" * 16: {"job": "7_2"}}}))
+    acct = {"7_0": ("OUT_OF_MEMORY", "00:00:09"), "7_1": ("RUNNING", "00:00:09"), "7_2": ("COMPLETED", "0")}
+    marked = status.record_dead_jobs(tmp_path, lambda ids: {}, lambda ids: acct)
+    assert marked == {"a" * 16: "job OUT_OF_MEMORY, no end recorded"}
+    recs = records(tmp_path)
+    assert recs["a" * 16]["status"] == "failed" and recs["a" * 16]["error"] == "SLURM job OUT_OF_MEMORY, no end recorded"
+    assert recs["b" * 16]["status"] == "running" and recs["c" * 16]["status"] == "done"
+
+
+# ---------------------------------------------------------------- on the cluster
+# One results root holds two sweeps launched back to back: vae_smoke3, the same again at once (it is
+# still queued: nothing may be submitted twice), and a grid with a diverging point that shares
+# vae_smoke3's teacher, synth and plain student (still queued: its new stages must wait on those
+# jobs). They run while the requeue test, first in this file, trains its own teacher.
+
+DIVERGING = ("experiment: vae_mnist\n"
+             "rows:\n"
+             "  - {distill.lam: 0.0}\n"        # vae_smoke3's plain student: shared, not rerun
+             "  - {distill.lam: 1.0e+39}\n"    # beyond float32: L_SD is inf at the first step
+             "  - {distill.lam: 0.5}\n")
+
+
+@pytest.fixture(scope="module")
+def launched(cluster, tmp_path_factory):
+    base = tmp_path_factory.mktemp("slurm-grids")
+    root, grids = base / "r", base / "grids"
+    grids.mkdir()
+    (grids / "slurm_one_diverges.yaml").write_text(DIVERGING)
+    env = {"COLLAPSE_GRID_DIR": str(grids)}
+    first = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
+    assert first.returncode == 0, show(first)
+    index1 = slurm.read_index(root)
+    second = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
+    assert second.returncode == 0, show(second)
+    index2 = slurm.read_index(root)
+    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j"], capture_output=True, text=True, timeout=20).stdout
+    queued = {line.split("|")[0].split("_")[0] for line in queue.splitlines() if "|vae_smoke3." in line}
+    diverging = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
+    assert diverging.returncode == 0, show(diverging)
+    index3 = slurm.read_index(root)
+    return {"root": root, "env": env, "first": first, "second": second, "diverging": diverging,
+            "index1": index1, "index2": index2, "index3": index3, "queued": queued}
+
+
+@pytest.fixture(scope="module")
+def grid_run(launched):
+    return {**launched, "rows": wait_done(launch_jobs(launched["index1"]["launches"][-1]))}
+
+
+@pytest.fixture(scope="module")
+def diverging_run(launched):
+    return {**launched, "rows": wait_done(launch_jobs(launched["index3"]["launches"][-1]))}
+
+
+@pytest.mark.slurm
+def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics(launched, tmp_path):
+    """scontrol requeue (from outside) and submitit's preemption path (USR2): resume, same result.
+
+    Requests `launched` only so that the grids run while this waits for its requeues.
+    """
+    root, ref_root = tmp_path / "r", tmp_path / "ref"
+    args = ["grid=vae_smoke3", "cluster=slurm", "profile=smoke", f"results_root={root}", "data.train_size=4096",
+            "data.test_size=128", "train.epochs=6", "train.checkpoint_every=8", "train.batch_size=64"]
+    sweep = load_sweep(args)
+    plan = planning.build(sweep)
+    teacher = next(iter(plan.stages.values()))
+    assert teacher.kind == "teacher"
+    from collapse.run import write_spec
+    for r in (root, ref_root):
+        write_spec(r, teacher)
+    # the uninterrupted reference, here, meanwhile
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    ref = subprocess.Popen([sys.executable, "-m", "collapse.run", str(ref_root), teacher.key], env=env, cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = root / "logs" / f"teacher-{teacher.key}.log"
+    ckpt = root / "stages" / teacher.key / "checkpoints" / "latest.json"
+    job = None
+
+    def text():
+        return log.read_text() if log.exists() else ""
+
+    def wait_for(what, cond, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.1)
+        pytest.fail(f"timed out after {timeout}s waiting for {what}; log:\n{text()[-3000:]}")
+
+    def step():
+        try:
+            return int(json.loads(ckpt.read_text())["tag"].split("-")[1])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    try:
+        out = io.StringIO()
+        assert slurm.submit(sweep, plan, [teacher], root, out=out) == 0, out.getvalue()   # the real path
+        launch_ = slurm.read_index(root)["launches"][-1]
+        job = launch_["arrays"][0]["job"]
+        wait_for("a first checkpoint", lambda: step() > 0)
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=20)
+        wait_for("the requeued job to resume", lambda: text().count("resumed at") >= 1)
+        resumed = step()
+        wait_for("a checkpoint after the resume", lambda: step() > resumed)
+        import submitit
+        submitit.SlurmJob(folder=slurm.submitit_folder(root), job_id=job)._interrupt()   # SIGTERM, then USR2
+        wait_for("the preempted job to resume", lambda: text().count("resumed at") >= 2)
+        rows = wait_done(launch_jobs(launch_), timeout=180)
+        assert rows[job]["State"] == "COMPLETED", rows
+        assert ref.wait(timeout=180) == 0
+    finally:
+        if ref.poll() is None:
+            ref.kill()
+        if job and sys.exc_info()[0] is not None:
+            subprocess.run(["scancel", job], timeout=20)
+    rec, want = records(root)[teacher.key], records(ref_root)[teacher.key]
+    assert rec["status"] == want["status"] == "done", (rec.get("error"), want.get("error"))
+    log_text = text()
+    assert log_text.count("SLURM job") == 3 and "restart 2" in log_text, log_text
+    assert "Caught signal SIGUSR2" in log_text and "Requeued job" in log_text, log_text
+    resumes = re.findall(r"resumed at epoch \d+ batch \d+ step (\d+)", log_text)
+    assert len(resumes) == 2 and 0 < int(resumes[0]) < int(resumes[1]) < rec["metrics"]["steps"], resumes
+
+    def strip(metrics):
+        return {**metrics, "history": [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]}
+    assert strip(rec["metrics"]) == strip(want["metrics"])
+    assert rec["artifacts"]["weights"]["sha256"] == want["artifacts"]["weights"]["sha256"]
+
+
+@pytest.mark.slurm
+def test_grid_runs_as_one_array_per_kind_in_dependency_order(grid_run):
+    root, index, rows = grid_run["root"], grid_run["index1"], grid_run["rows"]
+    first = grid_run["first"].stdout
+    assert "sweep sweep-" in first and "watch: python sweeps/status.py results_root=" in first, first
+    launch_ = index["launches"][-1]
+    assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [
+        (0, "teacher", 1), (1, "synth", 1), (1, "eval", 1), (2, "student", 3), (3, "eval", 3)]
+    for a in launch_["arrays"]:
+        assert a["job"] in first
+    job = {k: e["job"] for k, e in index["stages"].items()}
+    recs = {k: r for k, r in records(root).items() if k in job}
+    assert len(recs) == 9 and all(r["status"] == "done" for r in recs.values()), recs
+    for r in recs.values():   # each ran in the job recorded for it
+        assert r["slurm_job_id"] is not None and r["log"].startswith("logs/")
+    assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
+
+    by_kind = {}
+    for key, r in recs.items():
+        by_kind.setdefault(r["kind"], []).append(r)
+    students = by_kind["student"]
+    assert sorted(job[s["key"]] for s in students) == [f"{launch_['arrays'][3]['job']}_{i}" for i in range(3)]
+    (teacher,), (synth,) = by_kind["teacher"], by_kind["synth"]
+    assert ts(rows[job[synth["key"]]]["Start"]) >= ts(rows[job[teacher["key"]]]["End"])
+    for ev in by_kind["eval"]:
+        model = ev["deps"]["model"]
+        assert ts(rows[job[ev["key"]]]["Start"]) >= ts(rows[job[model]]["End"]), (ev["name"], rows)
+        assert recs[model]["ended"] <= ev["started"]
+    # the report job wrote the report, after the last eval
+    out = slurm.job_stdout(root, launch_["report"]).read_text()
+    assert "report: " in out and "vae_smoke3.md" in out, out
+    md = root / "report" / "vae_smoke3.md"
+    assert md.is_file() and md.stat().st_mtime >= max(r["ended"] for r in recs.values())
+    table = status_table(root, "grid=vae_smoke3")
+    assert "9 stages: 9 done, 0 running, 0 pending, 0 failed, 0 missing" in table, table
+
+
+@pytest.mark.slurm
+def test_relaunch_while_running_submits_nothing_twice(grid_run):
+    second = grid_run["second"]
+    assert "nothing new to submit: all 9 stages to run are already queued or running" in second.stdout, show(second)
+    i1, i2 = grid_run["index1"], grid_run["index2"]
+    assert i2["stages"] == i1["stages"]
+    assert i2["launches"][-1]["arrays"] == [] and i2["launches"][-1]["report"] is None
+    assert len(i2["reports"]) == len(i1["reports"]) == 1
+    # the queue right after the relaunch held this grid's jobs of the first launch, and no others
+    first_jobs = set(launch_jobs(i1["launches"][-1]))
+    assert grid_run["queued"] and grid_run["queued"] <= first_jobs, (grid_run["queued"], first_jobs)
+
+
+@pytest.mark.slurm
+def test_new_grid_sharing_queued_stages_waits_on_their_jobs(diverging_run):
+    i1, i3 = diverging_run["index1"], diverging_run["index3"]
+    launch_ = i3["launches"][-1]
+    # only its two new students and their evals: teacher, synth, plain student are vae_smoke3's jobs
+    assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [(0, "student", 2), (1, "eval", 2)]
+    synth_job = next(e["job"] for e in i1["stages"].values() if e["kind"] == "synth")
+    assert launch_["arrays"][0]["dependency"].startswith("afterok:"), launch_
+    assert synth_job in launch_["arrays"][0]["dependency"].split(":"), launch_
+    assert launch_["arrays"][1]["dependency"] == f"aftercorr:{launch_['arrays'][0]['job']}"
+    assert len(launch_["skipped"]) == 5     # teacher, synth, eval:teacher, plain student and its eval
+    assert "already queued or running, not resubmitted: 5 stages" in diverging_run["diverging"].stdout
+
+
+@pytest.mark.slurm
+def test_failed_grid_point_others_finish_status_shows_it_relaunch_reruns_only_it(diverging_run):
+    root, env, rows = diverging_run["root"], diverging_run["env"], diverging_run["rows"]
+    index = diverging_run["index3"]
+    launch_ = index["launches"][-1]
+    mine = {k for k, e in index["stages"].items() if e["launch"] == launch_["id"]}
+    recs = records(root)
+    failed = [r for r in recs.values() if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["kind"] == "student" and "DivergedError" in failed[0]["error"], failed
+    bad = failed[0]
+    bad_eval = next(k for k in mine if index["stages"][k]["name"] == "eval:" + bad["name"])
+    good = next(r for r in recs.values() if r["name"] == "student[lam=0.5,seed=0]")
+    good_eval = next(k for k in mine if index["stages"][k]["name"] == "eval:" + good["name"])
+    assert good["status"] == "done" and recs[good_eval]["status"] == "done"     # the others finish
+    assert rows[index["stages"][bad["key"]]["job"]]["State"] == "FAILED"
+    assert rows[index["stages"][bad_eval]["job"]]["State"] == "CANCELLED"    # its input failed: removed
+    assert bad_eval not in recs
+    table = status_table(root, "grid=slurm_one_diverges")
+    line = row_of(table, bad["name"])
+    assert " failed " in line and str(root / bad["log"]) in line and "DivergedError" in line, table
+    assert " missing " in row_of(table, "eval:" + bad["name"]), table
+    assert "9 stages: 7 done, 0 running, 0 pending, 1 failed, 1 missing" in table, table
+    assert "failed: student failed: DivergedError" in (root / "report" / "slurm_one_diverges.md").read_text()
+
+    again = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
+    assert again.returncode == 0, show(again)
+    index = slurm.read_index(root)
+    relaunch = index["launches"][-1]
+    assert [(a["kind"], a["size"]) for a in relaunch["arrays"]] == [("student", 1), ("eval", 1)], relaunch
+    assert {k for k, e in index["stages"].items() if e["launch"] == relaunch["id"]} == {bad["key"], bad_eval}
+    rows = wait_done(launch_jobs(relaunch))
+    assert rows[relaunch["arrays"][0]["job"]]["State"] == "FAILED"        # the same divergence, again
+    after = records(root)
+    assert after[bad["key"]]["started"] > bad["ended"]
+    for key, r in recs.items():
+        if key != bad["key"]:
+            assert after[key].get("ended") == r.get("ended"), r["name"]
+
+
+@pytest.mark.slurm
+def test_sbatch_rejection_mid_sweep_cancels_what_was_submitted(cluster, tmp_path):
+    root = tmp_path / "r"
+    out = launch("grid=vae_smoke3", f"results_root={root}", *TINY, "cluster.stages.eval.partition=no_such_partition")
+    assert out.returncode == 1, show(out)
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: sbatch rejected the eval group (level 1, 1 stage): ") and "partition" in err, err
+    cancelled = re.search(r"cancelled the 2 jobs this launch had submitted \((\d+), (\d+)\)", err)
+    assert cancelled, err
+    rows = wait_done(cancelled.groups(), timeout=30)
+    assert all(r["State"] == "CANCELLED" for r in rows.values()), rows
+    index = slurm.read_index(root)
+    assert index["stages"] == {} and index["launches"][-1]["cancelled"] == list(cancelled.groups())
+    assert records(root) == {}
+
+
+@pytest.mark.slurm
+def test_two_task_job_step_forms_one_process_group(cluster):
+    """ensure_distributed in a 2-task SLURM step: ranks, world size and master from the SLURM env (gloo)."""
+    code = ("import os, torch; from collapse import train; train.ensure_distributed(); "
+            "t = torch.tensor([train.global_rank() + 1.0]); torch.distributed.all_reduce(t); "
+            "print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], 'sum', t.item(), flush=True); "
+            "torch.distributed.barrier(); torch.distributed.destroy_process_group()")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    out = subprocess.run(["srun", "-n", "2", "--cpus-per-task=1", "-t", "2", sys.executable, "-c", code],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0 of 2 sum 3.0", "rank 1 of 2 sum 3.0"], out.stdout
