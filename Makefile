@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) bench/train_step.py
+	$(PY) bench/manifest_load.py
 
 clean:
 	rm -rf $(VENV) results

@@ -108,7 +108,7 @@ def summary_line(rows: list[dict], ref: dict) -> str | None:
     p = best.get("p_welch")
     test = (f"Welch p = {p:.3g}, {'significant' if p < ALPHA else 'not significant'} at alpha = {ALPHA}"
             if p is not None else "no test: fewer than 2 seeds")
-    line = f"Best distilled student ({name}): {ours:.1f}% better {label} than M1 ({test})"
+    line = f"Best distilled student ({name}): {abs(ours):.1f}% {'better' if ours >= 0 else 'worse'} {label} than M1 ({test})"
     paper = paper_values(ref.get("task", "")).get("best_distilled_vs_M1_improvement_pct")
     if paper is not None:
         line += f"; the paper reports {paper:.1f}% (ours - paper = {ours - paper:+.1f} points)"

@@ -11,7 +11,6 @@ q25-q75 bands) over its closed form, per policy; the z-score of measured against
 table of the final generation.
 """
 import csv
-import math
 import statistics
 from pathlib import Path
 

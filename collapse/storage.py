@@ -174,11 +174,11 @@ class CheckpointDir:
         if self.exists() and self._latest_tag(default=None) == tag:
             return
         step_dir = self.root / tag
-        try:
-            if step_dir.exists():   # a torn leftover of a crash mid-save
-                shutil.rmtree(step_dir)
+        try:   # a torn step-N/ left by a crash mid-save is overwritten file by file (never by rmtree: other ranks)
             engine.save_checkpoint(str(self.root), tag=tag, client_state={"train_state": client_state},
                                    save_latest=False)
+            if _rank() != 0:   # every rank writes its shards; rank 0 alone completes the step
+                return
             for name, src in (keep or {}).items():
                 if Path(src).is_file():
                     _link_or_copy(Path(src), step_dir / name)
@@ -244,10 +244,15 @@ class CheckpointDir:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)   # never write through an existing link to src
     try:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
 
 # ---------------------------------------------------------------- loading checkpoints without pickle's risks

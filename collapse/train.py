@@ -141,20 +141,23 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     n, b = len(train_data), tc.batch_size
     cached_targets = teacher_targets(task, teacher, train_data) if distilling else None
     batches_per_epoch = math.ceil(n / b)
+    # Data parallel: every rank draws the same global batch and trains on its own slice of it.
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     started = time.time()
     while state.epoch < tc.epochs:
         order = epoch_order(tc.seed, state.epoch, n)
         engine.train()
         while state.batch < batches_per_epoch:
-            index = order[state.batch * b:(state.batch + 1) * b]
+            index = order[state.batch * b:(state.batch + 1) * b][rank::world]
             batch = task.batch(train_data, index)
-            loss, outputs = task.loss(engine, batch, step_generator(tc.seed, state.step))
+            noise_id = state.step * world + rank   # = step on one process
+            loss, outputs = task.loss(engine, batch, step_generator(tc.seed, noise_id))
             if distilling:
                 if cached_targets is not None:
                     targets = {k: v[index] for k, v in cached_targets.items()}
                 else:
                     with torch.no_grad():
-                        targets = task.teacher_outputs(teacher, batch, step_generator(tc.seed, state.step))
+                        targets = task.teacher_outputs(teacher, batch, step_generator(tc.seed, noise_id))
                 loss = loss + task.distill_loss(outputs, targets, cfg.distill)[0]
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
@@ -174,7 +177,8 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
                                   "test_loss": test_loss, "seconds": round(time.time() - started, 2)})
             if test_loss < state.best_loss:
                 state.best_loss, state.best_epoch = test_loss, state.epoch
-                storage.save_weights(out_dir / "best.safetensors", engine.module)
+                if rank == 0:
+                    storage.save_weights(out_dir / "best.safetensors", engine.module)
             log(f"epoch {state.epoch}/{tc.epochs} step {state.step} train {loss.item():.3f} "
                 f"test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
         checkpoints.save(engine, vars(state), state.step, keep)
