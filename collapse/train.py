@@ -98,11 +98,18 @@ def make_engine(model: torch.nn.Module, train_cfg):
     ensure_distributed()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train_cfg))
-    if engine.dp_world_size == 1:
+    if engine.dp_world_size == 1 and train_cfg.zero_stage == 0:   # ZeRO 1-3 reduce inside their optimizer
         # All-reducing over a group of one is the identity, but DeepSpeed still flattens and
         # copies every gradient for it: ~10% of a small model's step.
         engine.enable_backward_allreduce = False
     return engine
+
+
+def full_state_dict(engine) -> dict:
+    """The model's whole state dict; ZeRO-3 gathers its partitioned parameters onto rank 0."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -177,8 +184,9 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
                                   "test_loss": test_loss, "seconds": round(time.time() - started, 2)})
             if test_loss < state.best_loss:
                 state.best_loss, state.best_epoch = test_loss, state.epoch
+                weights = full_state_dict(engine)   # collective under ZeRO-3: every rank calls it
                 if rank == 0:
-                    storage.save_weights(out_dir / "best.safetensors", engine.module)
+                    storage.save_tensors(out_dir / "best.safetensors", weights)
             log(f"epoch {state.epoch}/{tc.epochs} step {state.step} train {loss.item():.3f} "
                 f"test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
         checkpoints.save(engine, vars(state), state.step, keep)
