@@ -199,7 +199,9 @@ def test_random_kills_during_training_resume_to_the_same_result(tmp_path, data_r
     assert proc.returncode == 0 and len(at_kill) >= 2, at_kill
     # every rerun resumed from exactly the checkpoint that was newest when the previous run was killed
     assert [resumed_step(out) for out in outs[1:]] == at_kill, (at_kill, outs)
-    assert all(k is not None and k < EPOCHS * STEPS_PER_EPOCH for k in at_kill), at_kill
+    # under heavy load a late kill can land after the last checkpoint (in eval or the record write),
+    # which is a fine fault too; at least one must have interrupted training itself
+    assert all(k is not None for k in at_kill) and min(at_kill) < EPOCHS * STEPS_PER_EPOCH, at_kill
     assert final(manifest.read(root, key)) == reference
     print(f"random kills: checkpoint step at each kill {at_kill}")
 
