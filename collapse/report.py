@@ -59,7 +59,7 @@ def sweep_rows(sweep: dict, by_key: dict) -> tuple[list[dict], dict]:
         row = {**g["label"], "seeds": len(g["values"]), "evals": g["evals"], "values": g["values"]}
         if g["values"]:
             row["mean"], row["ci95"] = mean_ci(g["values"])
-        row["status"] = "done" if not g["failed"] else ("failed: " + "; ".join(g["failed"]))
+        row["status"] = "done" if not g["failed"] else "; ".join(g["failed"])
         rows.append(row)
     m0 = mean_ci(list(teacher_values.values())) if teacher_values else (None, None)
     m1 = next((r for r in rows if all(not r.get(k) for k in SHORT) and "mean" in r), None)
@@ -122,10 +122,12 @@ def _why(point, by_key) -> str:
             continue
         rec = by_key.get(point[role])
         if rec is None:
-            return f"{role} missing"
+            return f"not run yet: {role} missing"
+        if rec["status"] == "running":
+            return f"running: {role} (log {rec.get('log')})"
         if rec["status"] != "done":
-            return f"{role} {rec['status']}: {rec.get('error', '')} (log {rec.get('log')})"
-    return "unknown"
+            return f"failed: {role} {rec['status']}: {rec.get('error', '')} (log {rec.get('log')})"
+    return "not run yet: eval missing"
 
 
 def _fmt_p(p: float | None) -> str:
