@@ -345,7 +345,7 @@ def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics
     def text():
         return log.read_text() if log.exists() else ""
 
-    def wait_for(what, cond, timeout=120):
+    def wait_for(what, cond, timeout=300):   # generous: CI machines are small and shared
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond():
