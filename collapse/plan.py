@@ -17,7 +17,7 @@ from collapse.grid import Sweep
 KEY_SECTIONS = {
     "teacher": ("task", "data", "model", "train"),
     "synth": ("task", "synth"),
-    "student": ("task", "model", "train", "distill"),
+    "student": ("task", "data", "model", "train", "distill"),   # data: the test set picks the best epoch
     "eval": ("task", "data", "eval"),
     # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
     # the next generation's data. generations.count and .distill stay out: chains that share a prefix
