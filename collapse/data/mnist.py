@@ -64,12 +64,10 @@ def _decode_package(split: str) -> np.ndarray:
 
 
 def _from_idx_dir(root: Path, split: str) -> np.ndarray:
-    name = IDX_FILES[split]
-    for folder in (root / "MNIST" / "raw", root):
-        for candidate in (folder / name, folder / (name + ".gz")):
-            if candidate.is_file():
-                return read_idx_images(candidate)
-    raise DatasetError(f"key 'data.root': value '{root}' has no {name}[.gz] "
+    path = find_idx(root, split)
+    if path is not None:
+        return read_idx_images(path)
+    raise DatasetError(f"key 'data.root': value '{root}' has no {IDX_FILES[split]}[.gz] "
                        f"(expected a torchvision layout DIR/MNIST/raw/ or the idx files in DIR)")
 
 
