@@ -159,26 +159,35 @@ def write_tables(name: str, rows: list[dict], ref: dict, out: Path) -> list[Path
         table.append(["M1" if r is ref["m1"] else "student"] + [_fmt(r.get(k)) for k in keys] + [_fmt(r.get("mean")), _fmt(r.get("ci95")),
                      _fmt(r.get("change_pct"), 2), _fmt(r.get("gap_closed_pct"), 1),
                      _fmt_p(r.get("p_welch")), significance_mark(r.get("p_welch")), r["seeds"], r["status"]])
-    csv_path = out / f"{name}.csv"
-
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(table)
-    storage.atomic_write(csv_path, write_csv)
+    csv_path = write_csv(out / f"{name}.csv", header, table)
     md = [f"# {name}", "", f"{metric} on the real test set ({ref['metric'][2]} is better). "
           "Change and gap are against M1, the plain student (all coefficients 0); "
           "gap closed = (M1 - row) / (M1 - M0). Mean +- ci95 is a 95% Student-t interval across seeds.",
           "", f"Significance: Welch's two-sided t-test (unequal variances; scipy.stats.ttest_ind, equal_var=False) "
           f"of each row's per-seed values against M1's; sig_vs_M1 '*' marks p < alpha = {ALPHA} "
           "(not corrected for multiple comparisons). Rows with fewer than 2 seeds, or M1 with fewer than 2, are not tested.",
-          *(["", summary] if (summary := summary_line(rows, ref)) else []), "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
-    md_path = out / f"{name}.md"
-    storage.atomic_write(md_path, lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
-    return [csv_path, md_path]
+          *(["", summary] if (summary := summary_line(rows, ref)) else []), "", *md_table(header, table)]
+    return [csv_path, write_text(out / f"{name}.md", md)]
+
+
+# ---------------------------------------------------------------- writers shared with report_chains
+
+def write_csv(path: Path, header: list, rows: list) -> Path:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+    return storage.atomic_write(path, write)
+
+
+def md_table(header: list, rows: list) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def write_text(path: Path, lines: list[str]) -> Path:
+    return storage.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
 def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path | None:

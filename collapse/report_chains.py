@@ -10,12 +10,11 @@ Gaussian toy model (plan "gaussian"): measured E[sigma_t^2] (mean over chains, w
 q25-q75 bands) over its closed form, per policy; the z-score of measured against closed form; a
 table of the final generation.
 """
-import csv
 import statistics
 from pathlib import Path
 
 from collapse import storage
-from collapse.report import PRIMARY, mean_ci
+from collapse.report import PRIMARY, mean_ci, md_table as _md_table, write_csv as _write_csv, write_text as _write_text
 
 DISTILL = "generations.distill"
 POLICY = "generations.data"
@@ -46,24 +45,6 @@ def _fmt(v, digits=3) -> str:
 
 def _title(label: dict) -> str:
     return ", ".join(f"{SHORT.get(k, k.split('.')[-1])}={v}" for k, v in label.items()) or "all"
-
-
-def _write_csv(path: Path, header: list, rows: list) -> Path:
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-    return storage.atomic_write(path, write)
-
-
-def _md_table(header: list, rows: list) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def _write_text(path: Path, lines: list[str]) -> Path:
-    return storage.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
 def _pyplot():
