@@ -450,12 +450,18 @@ def test_new_grid_sharing_queued_stages_waits_on_their_jobs(diverging_run):
     launch_ = i3["launches"][-1]
     # only its two new students and their evals: teacher, synth, plain student are vae_smoke3's jobs
     assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [(0, "student", 2), (1, "eval", 2)]
-    synth_job = next(e["job"] for e in i1["stages"].values() if e["kind"] == "synth")
-    assert launch_["arrays"][0]["dependency"].startswith("afterok:"), launch_
-    assert synth_job in launch_["arrays"][0]["dependency"].split(":"), launch_
+    synth_key, synth_job = next((k, e["job"]) for k, e in i1["stages"].items() if e["kind"] == "synth")
+    # teacher, synth, eval:teacher, plain student and its eval are shared with vae_smoke3: each one is
+    # either still queued (skipped, waited on) or, on a fast machine, already done when this launched
+    done = int(re.search(r"(\d+) already done", diverging_run["diverging"].stdout).group(1))
+    assert len(launch_["skipped"]) + done == 5, (launch_["skipped"], done)
+    if synth_key in launch_["skipped"]:
+        assert launch_["arrays"][0]["dependency"].startswith("afterok:"), launch_
+        assert synth_job in launch_["arrays"][0]["dependency"].split(":"), launch_
     assert launch_["arrays"][1]["dependency"] == f"aftercorr:{launch_['arrays'][0]['job']}"
-    assert len(launch_["skipped"]) == 5     # teacher, synth, eval:teacher, plain student and its eval
-    assert "already queued or running, not resubmitted: 5 stages" in diverging_run["diverging"].stdout
+    if launch_["skipped"]:
+        assert f"already queued or running, not resubmitted: {len(launch_['skipped'])} stages" \
+            in diverging_run["diverging"].stdout
 
 
 @pytest.mark.slurm
