@@ -37,10 +37,8 @@ def bare_step(model, opt, data, index, step, cfg):
 def engine_step(engine, _opt, data, index, step, cfg, targets=None):
     """What collapse.train.train does per step (teacher outputs precomputed, as train() does)."""
     x = vae.batch(data, index)
-    loss, out = vae.loss(engine, x, train.step_generator(0, step))
-    if targets is not None:
-        t = {k: v[index] for k, v in targets.items()}
-        loss = loss + vae.distill_loss(out, t, cfg.distill)[0]
+    t = {k: v[index] for k, v in targets.items()} if targets is not None else None
+    loss, out = vae.loss(engine, x, train.step_generator(0, step), t, cfg.distill)
     if not torch.isfinite(loss):
         raise RuntimeError
     engine.backward(loss)

@@ -72,11 +72,12 @@ class TrainConfig:
     checkpoint_every: int = 2000    # steps between resumable checkpoints (also at each epoch end)
     zero_stage: int = 0             # configs/deepspeed/zero<N>.json
     bf16: bool = True               # on GPU only; CPU runs are fp32
-    threads: int = 1                # torch intra-op threads per stage process
+    threads: int = 0                # torch threads per stage process; 0: the executor's share of the cores
 
     def check(self, p):
-        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "threads"):
+        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
             _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
+        _check(self.threads >= 0, p + "threads", self.threads, "an integer >= 0 (0: the executor's share)")
         _check(0 < self.lr < float("inf"), p + "lr", self.lr, "a finite float > 0")
         _check(0 <= self.weight_decay < float("inf"), p + "weight_decay", self.weight_decay, "a finite float >= 0")
         _check(self.seed >= 0, p + "seed", self.seed, "an integer >= 0")

@@ -137,7 +137,7 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
 
 def _trained(state) -> dict:
     return {"best_test_loss": state.best_loss, "best_epoch": state.best_epoch, "steps": state.step,
-            "history": state.history}
+            "threads": torch.get_num_threads(), "history": state.history}
 
 
 RUNNERS = {"teacher": run_teacher, "synth": run_synth, "student": run_student, "eval": run_eval,

@@ -45,20 +45,38 @@ def test_vae_loss_matches_hand_computation():
     assert vae.vae_loss(logits, target, mean, logvar).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_distill_terms_match_hand_computation():
-    student = {"logits": torch.tensor([[0.0]]), "mean": torch.tensor([[1.0, 2.0]]), "logvar": torch.tensor([[0.0, 0.0]])}
-    teacher = {"logits": torch.tensor([[0.0]]), "mean": torch.tensor([[0.0, 0.0]]), "logvar": torch.tensor([[1.0, 3.0]])}
-    total, terms = vae.distill_loss(student, teacher, coeffs(lam=2.0, beta=3.0, gamma=0.5))
-    kl = 0.5 * (1 + 4)  # student KL: 0.5 * sum(mu^2 + e^0 - 1 - 0)
-    assert terms["output"] == pytest.approx(2.0 * (math.log(2) + kl), rel=1e-6)  # BCE(0-logit, target 0.5) = log 2
-    assert terms["mean"] == pytest.approx(3.0 * (1 + 4) / 2, rel=1e-6)
-    assert terms["logvar"] == pytest.approx(0.5 * (1 + 9) / 2, rel=1e-6)
-    assert total.item() == pytest.approx(sum(terms.values()), rel=1e-6)
+def test_encoder_terms_match_hand_computation():
+    student = {"mean": torch.tensor([[1.0, 2.0]]), "logvar": torch.tensor([[0.0, 0.0]])}
+    teacher = {"mean": torch.tensor([[0.0, 0.0]]), "logvar": torch.tensor([[1.0, 3.0]])}
+    total = vae.encoder_loss(student, teacher, coeffs(lam=2.0, beta=3.0, gamma=0.5))
+    assert total.item() == pytest.approx(3.0 * (1 + 4) / 2 + 0.5 * (1 + 9) / 2, rel=1e-6)
+    assert vae.encoder_loss({}, {}, coeffs(lam=1.0)).item() == 0.0   # empty outputs: a computed term would raise
 
 
-def test_zero_coefficients_give_the_plain_loss_and_skip_the_teacher():
-    total, terms = vae.distill_loss({}, {}, coeffs())  # empty outputs: a computed term would raise
-    assert total.item() == 0.0 and terms == {}
+def test_student_loss_is_eq1_term_by_term():
+    """L_SD with the lam-term folded into one BCE equals eq. (1) written out term by term."""
+    torch.manual_seed(0)
+    student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
+    x = torch.rand(8, 1024)
+    with torch.no_grad():
+        t = vae.teacher_outputs(teacher, x)
+    c = coeffs(lam=0.7, beta=3.0, gamma=0.5)
+    got, out = vae.loss(student, x, torch.Generator().manual_seed(1), t, c)
+    s = student(x, vae._noise(x, 4, torch.Generator().manual_seed(1)))
+    by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"])
+               + 0.7 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"])
+               + 3.0 * ((s["mean"] - t["mean"]) ** 2).mean() + 0.5 * ((s["logvar"] - t["logvar"]) ** 2).mean())
+    assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert torch.equal(out["logits"], s["logits"])
+
+
+def test_zero_coefficients_give_the_plain_loss():
+    torch.manual_seed(0)
+    student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
+    x = torch.rand(8, 1024)
+    plain = vae.loss(student, x, torch.Generator().manual_seed(1))[0]
+    zero = vae.loss(student, x, torch.Generator().manual_seed(1), vae.teacher_outputs(teacher, x), coeffs())[0]
+    assert torch.equal(plain, zero)
     assert not vae.distills(coeffs()) and vae.distills(coeffs(gamma=0.1))
 
 
@@ -67,11 +85,10 @@ def test_teacher_receives_no_gradient_and_student_does():
     student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
     teacher.requires_grad_(False)
     x = torch.rand(8, 1024)
-    loss, out = vae.loss(student, x, torch.Generator().manual_seed(0))
     with torch.no_grad():
         target = vae.teacher_outputs(teacher, x)
     before = [p.clone() for p in teacher.parameters()]
-    (loss + vae.distill_loss(out, target, coeffs(1.0, 1.0, 1.0))[0]).backward()
+    vae.loss(student, x, torch.Generator().manual_seed(0), target, coeffs(1.0, 1.0, 1.0))[0].backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))

@@ -20,7 +20,8 @@ from collapse.run import log_path
 def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
     """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}."""
     root = Path(root)
-    max_parallel = max_parallel or os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
+    max_parallel = max_parallel or cores
     waiting = {s.key: s for s in stages}
     running: dict[str, tuple] = {}
     result: dict[str, str] = {}
@@ -41,6 +42,7 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
         return "done" if manifest.is_done(root, key) else "missing"
 
     while waiting or running:
+        ready = []
         for key, stage in list(waiting.items()):
             deps = [state_of(k) for k in stage.deps.values()]
             if any(d in ("failed", "blocked", "missing") for d in deps):
@@ -48,16 +50,21 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
                 del waiting[key]
                 bar.update()
                 say(f"blocked {stage.name}: an input failed")
-            elif all(d == "done" for d in deps) and len(running) < max_parallel:
-                del waiting[key]
-                try:
-                    running[key] = (stage, _start(root, stage))
-                except OSError as e:   # its log cannot be opened (disk full, read-only)
-                    result[key] = "failed"
-                    bar.update()
-                    print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
-                    continue
-                say(f"started {stage.name}")
+            elif all(d == "done" for d in deps):
+                ready.append(stage)
+        # A stage that runs alone (the teacher) gets every core; a full row of students one each.
+        threads = max(1, cores // max(1, min(max_parallel, len(running) + len(ready))))
+        for stage in ready[:max(0, max_parallel - len(running))]:
+            key = stage.key
+            del waiting[key]
+            try:
+                running[key] = (stage, _start(root, stage, threads))
+            except OSError as e:   # its log cannot be opened (disk full, read-only)
+                result[key] = "failed"
+                bar.update()
+                print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
+                continue
+            say(f"started {stage.name}")
         for key, (stage, proc) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -73,10 +80,10 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
     return result
 
 
-def _start(root: Path, stage) -> subprocess.Popen:
+def _start(root: Path, stage, share: int) -> subprocess.Popen:
     log = log_path(root, stage.spec())
     log.parent.mkdir(parents=True, exist_ok=True)
-    threads = str(stage.config["train"]["threads"])
+    threads = str(stage.config["train"]["threads"] or share)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):

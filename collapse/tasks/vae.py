@@ -40,10 +40,21 @@ def vae_loss(logits, target, mean, logvar) -> torch.Tensor:
     return (recon + kl) / target.shape[0]
 
 
-def loss(model, x, generator):
-    """L_VAE on a batch; the outputs are what distillation compares."""
+def loss(model, x, generator, teacher=None, coeffs=None):
+    """L_VAE on a batch, or L_SD (eq. 1) given the teacher's outputs and the coefficients.
+
+    Returns (loss, the student's outputs). The lam-term shares the student's reconstruction and
+    KL with L_VAE, and BCE is linear in its target, so
+        L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) = (1 + lam) * L_VAE(Ys, (Y + lam * Yt) / (1 + lam)):
+    one BCE pass instead of two, a sixth of a distilled step on CPU.
+    """
     out = model(x, _noise(x, model_latent(model), generator))
-    return vae_loss(out["logits"], x, out["mean"], out["logvar"]), out
+    if teacher is None:
+        return vae_loss(out["logits"], x, out["mean"], out["logvar"]), out
+    lam = coeffs.lam
+    target = (x + lam * teacher["probs"]) / (1 + lam) if lam else x
+    total = (1 + lam) * vae_loss(out["logits"], target, out["mean"], out["logvar"])
+    return total + encoder_loss(out, teacher, coeffs), out
 
 
 def model_latent(model) -> int:
@@ -58,26 +69,24 @@ TEACHER_OUTPUTS_DETERMINISTIC = True
 
 
 def teacher_outputs(teacher, x, generator=None):
-    """The frozen teacher's encoder statistics and its reconstruction from the posterior mean."""
-    return teacher(x)
+    """The frozen teacher's encoder statistics and its reconstruction (pixel probabilities) from
+    the posterior mean."""
+    out = teacher(x)
+    return {"probs": torch.sigmoid(out["logits"]), "mean": out["mean"], "logvar": out["logvar"]}
 
 
 def distills(coeffs) -> bool:
     return any((coeffs.lam, coeffs.beta, coeffs.gamma))
 
 
-def distill_loss(student, teacher, coeffs):
-    """The lam/beta/gamma part of L_SD; a zero coefficient skips its term."""
-    terms = {}
-    if coeffs.lam:
-        target = torch.sigmoid(teacher["logits"])
-        terms["output"] = coeffs.lam * vae_loss(student["logits"], target, student["mean"], student["logvar"])
+def encoder_loss(student, teacher, coeffs) -> torch.Tensor:
+    """beta * MSE(Es, Et) + gamma * MSE(Vs, Vt); a zero coefficient skips its term."""
+    total = torch.zeros(())
     if coeffs.beta:
-        terms["mean"] = coeffs.beta * F.mse_loss(student["mean"], teacher["mean"])
+        total = total + coeffs.beta * F.mse_loss(student["mean"], teacher["mean"])
     if coeffs.gamma:
-        terms["logvar"] = coeffs.gamma * F.mse_loss(student["logvar"], teacher["logvar"])
-    total = sum(terms.values()) if terms else torch.zeros(())
-    return total, {k: v.item() for k, v in terms.items()}
+        total = total + coeffs.gamma * F.mse_loss(student["logvar"], teacher["logvar"])
+    return total
 
 
 @torch.no_grad()
