@@ -156,6 +156,9 @@ def run_stage(root, key: str) -> dict:
             **manifest.provenance()}
     primary = train.global_rank() == 0     # in a multi-task SLURM job only rank 0 writes the record
     if primary:
+        # a kill mid-write in an earlier run of this stage leaves temporary files; nothing else writes them
+        storage.remove_temps(stage_dir(root, key))
+        storage.remove_temps(root / "manifest", f".{key}.json.*.tmp")
         manifest.write(root, {**base, "status": "running"})
 
     def log(msg):

@@ -94,6 +94,21 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def remove_temps(folder: Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Delete what atomic_write left in `folder` (recursively) when its process was killed mid-write.
+
+    Call it only where no other process can be writing: a stage's own files, before the stage runs.
+    """
+    removed = []
+    for tmp in Path(folder).rglob(pattern):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
 def _looks_like_io_error(e: BaseException) -> bool:
     """safetensors and torch report a failed write as their own exception types, with the OS's words."""
     text = str(e).lower()

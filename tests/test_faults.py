@@ -156,9 +156,11 @@ def test_kills_at_checkpoint_weights_and_manifest_writes_lose_at_most_one_interv
     assert list((root / "manifest").glob(f".{key}.json.*.tmp")), "the hook should have left its temp file"
     assert_no_torn_records(root)
 
-    # 4. The rerun finds the final checkpoint, trains nothing, and records the same numbers.
+    # 4. The rerun finds the final checkpoint, trains nothing, records the same numbers, and clears
+    #    the temporary file the last kill left (each rerun clears those of the kill before it).
     p = run_stage(root, key)
     assert p.returncode == 0, p.stdout + p.stderr
+    assert list(root.rglob(".*.tmp")) == []
     assert resumed_step(p.stdout) == EPOCHS * STEPS_PER_EPOCH
     done = manifest.read(root, key)
     assert final(done) == reference
