@@ -101,6 +101,7 @@ class DistillConfig:
 class SynthConfig:
     size: int | None = None   # None: as many as the real training set
     seed: int = 0
+    binarize: bool = False    # VAE: Bernoulli draws of the decoder's pixel probabilities, not the probabilities
 
     def check(self, p):
         _check(self.size is None or self.size >= 1, p + "size", self.size, "an integer >= 1 or null")

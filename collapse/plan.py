@@ -29,6 +29,8 @@ KEY_SECTIONS = {
                  "generations.subsample_size", "train.seed"),
 }
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every")}
+# Fields added after results existed: left out of the key at their default, so those results keep their keys.
+ADDED_LATER = {("synth", "binarize"): False}
 KINDS = tuple(KEY_SECTIONS)
 
 
@@ -52,7 +54,8 @@ def key_material(kind: str, config: dict) -> dict:
         if name:
             value = value[name]
         elif isinstance(value, dict):
-            value = {k: v for k, v in value.items() if (section, k) not in NOT_IN_KEY}
+            value = {k: v for k, v in value.items() if (section, k) not in NOT_IN_KEY
+                     and not ((section, k) in ADDED_LATER and v == ADDED_LATER[(section, k)])}
         out[item] = value
     return out
 

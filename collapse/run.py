@@ -71,7 +71,7 @@ def run_teacher(task, cfg, inputs, root, out: Path, log):
 def run_synth(task, cfg, inputs, root, out: Path, log):
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
-    data = task.sample(teacher, n, torch.Generator().manual_seed(cfg.synth.seed))
+    data = task.sample(teacher, n, torch.Generator().manual_seed(cfg.synth.seed), cfg.synth.binarize)
     path = storage.save_tensors(out / "data.safetensors", {"data": data},
                                 {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
     log(f"sampled {n} items from teacher {inputs['teacher']['key']}")
@@ -101,7 +101,8 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     model = task.build_model(cfg)
     storage.load_weights(out / "best.safetensors", model)
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
-    samples = task.sample(model.eval().requires_grad_(False), len(real), torch.Generator().manual_seed(seed))
+    samples = task.sample(model.eval().requires_grad_(False), len(real), torch.Generator().manual_seed(seed),
+                          cfg.synth.binarize)
     path = storage.save_tensors(out / "data.safetensors", {"data": samples},
                                 {"generation": t + 1, "n": len(real), "seed": seed})
     metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,

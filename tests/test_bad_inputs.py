@@ -77,6 +77,7 @@ CASES = [
     ("hidden-zero", ["model.hidden=0"], ["key 'model.hidden'", "0", ">= 1"]),
     ("grid-samples", ["eval.grid_samples=5000"], ["key 'eval.grid_samples'", "5000", "[1, 1024]"]),
     ("synth-size", ["synth.size=0"], ["key 'synth.size'", "0", ">= 1"]),
+    ("synth-binarize", ["synth.binarize=yes please"], ["key 'synth.binarize'", "'yes please'", "true or false"]),
     ("train-size-zero", ["data.train_size=0"], ["key 'data.train_size'", "0", ">= 1"]),
     ("dataset", ["data.dataset=cifar"], ["key 'data.dataset'", "'cifar'", "mnist"]),
     ("task", ["task=gan"], ["key 'task'", "'gan'", "vae"]),

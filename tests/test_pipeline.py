@@ -80,6 +80,13 @@ def test_same_teacher_config_gives_the_same_key_and_coefficients_do_not_touch_it
     assert list(a.stages) == list(b.stages)  # execution details are not part of the key
     c = plan.build(load_sweep(["grid=vae_smoke3", "cluster=local", "train.epochs=3"]))
     assert not set(c.stages) & set(b.stages)
+    # binary synthetic images: a new synth and new students, the same teacher; at its default
+    # (false) the field, added later, is not in the key, so earlier results keep their keys
+    d = plan.build(load_sweep(["grid=vae_smoke3", "cluster=local", "synth.binarize=true"]))
+    assert {b.stages[k].kind for k in set(d.stages) & set(b.stages)} == {"teacher", "eval"}
+    assert len(set(d.stages) & set(b.stages)) == 2    # the teacher and its eval
+    synth = next(s for s in b.stages.values() if s.kind == "synth")
+    assert "binarize" not in plan.key_material("synth", synth.config)["synth"]
 
 
 def test_a_failed_grid_point_is_recorded_and_the_rest_of_the_grid_finishes(tmp_path, tiny, monkeypatch):

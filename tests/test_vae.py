@@ -117,3 +117,15 @@ def test_torchvision_layout_directory_loads_the_same_images(tmp_path):
     assert torch.equal(load_mnist("test", str(tmp_path)), load_mnist("test")[:100])
     cfg = from_dict({"data": {"root": str(tmp_path), "test_size": 10}})
     assert vae.real_data(cfg, "test").shape == (10, 32, 32)
+
+
+def test_synthetic_images_are_grey_means_or_binary_draws():
+    torch.manual_seed(0)
+    model = VAE(hidden=16, latent=4).eval()
+    means = vae.sample(model, 64, torch.Generator().manual_seed(0))
+    draws = vae.sample(model, 64, torch.Generator().manual_seed(0), binarize=True)
+    assert means.dtype == draws.dtype == torch.uint8 and means.shape == draws.shape == (64, 32, 32)
+    assert set(draws.unique().tolist()) == {0, 255}
+    assert len(means.unique()) > 2                       # grey levels
+    # each pixel is 255 with the decoder's probability: on average the draws match the means
+    assert abs(draws.float().mean() - means.float().mean()) < 5

@@ -101,12 +101,15 @@ def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
 
 
 @torch.no_grad()
-def sample(model, n: int, generator: torch.Generator, batch_size: int = 5000) -> torch.Tensor:
-    """n images from the prior, as uint8 [n, 32, 32] grey levels (the decoder's Bernoulli means)."""
+def sample(model, n: int, generator: torch.Generator, binarize: bool = False, batch_size: int = 5000) -> torch.Tensor:
+    """n images from the prior, as uint8 [n, 32, 32]: the decoder's Bernoulli means as grey levels,
+    or with `binarize` a draw from those Bernoullis (0 or 255)."""
     chunks = []
     for start in range(0, n, batch_size):
         z = torch.randn(min(batch_size, n - start), model.latent, generator=generator)
         probs = torch.sigmoid(model.decode(z))
+        if binarize:
+            probs = torch.bernoulli(probs, generator=generator)
         chunks.append(probs.mul(255).round_().to(torch.uint8).reshape(-1, 32, 32))
     return torch.cat(chunks)
 
