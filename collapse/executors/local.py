@@ -20,7 +20,7 @@ from collapse.run import log_path
 def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
     """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}."""
     root = Path(root)
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     max_parallel = max_parallel or cores
     waiting = {s.key: s for s in stages}
     running: dict[str, tuple] = {}
@@ -78,6 +78,13 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
         time.sleep(poll_s)
     bar.close()
     return result
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one, e.g. under taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _start(root: Path, stage, share: int) -> subprocess.Popen:
