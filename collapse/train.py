@@ -18,6 +18,9 @@ import torch
 from collapse import storage
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Tests only: seconds to sleep after each step, so that an outside requeue lands mid-run however
+# fast the machine trains.
+STEP_DELAY_ENV = "COLLAPSE_TEST_STEP_DELAY_S"
 
 
 class DivergedError(RuntimeError):
@@ -154,6 +157,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     # Data parallel: every rank draws the same global batch and trains on its own slice of it.
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     started = time.time()
+    step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
     while state.epoch < tc.epochs:
         order = epoch_order(tc.seed, state.epoch, n)
         engine.train()
@@ -172,6 +176,8 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
                 raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
             engine.backward(loss)
             engine.step()
+            if step_delay:
+                time.sleep(step_delay)
             state.step += 1
             state.batch += 1
             if state.step % tc.checkpoint_every == 0 and state.batch < batches_per_epoch:

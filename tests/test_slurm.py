@@ -28,7 +28,7 @@ from collapse.config import ConfigError, from_dict, to_dict  # noqa: E402
 from collapse.executors import slurm  # noqa: E402
 from collapse.grid import load_sweep  # noqa: E402
 from collapse.plan import Stage  # noqa: E402
-from collapse import status  # noqa: E402
+from collapse import status, train  # noqa: E402
 
 TINY = ["profile=smoke", "cluster=slurm", "data.train_size=256", "data.test_size=128", "train.epochs=1",
         "eval.grid_samples=4"]
@@ -317,12 +317,15 @@ def diverging_run(launched):
 
 
 @pytest.mark.slurm
-def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics(launched, tmp_path):
+def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics(launched, tmp_path, monkeypatch):
     """scontrol requeue (from outside) and submitit's preemption path (USR2): resume, same result.
 
     Requests `launched` only so that the grids run while this waits for its requeues.
     """
     root, ref_root = tmp_path / "r", tmp_path / "ref"
+    # 384 steps of at least 50 ms: the job (it inherits this environment) is still training when
+    # the requeues land, on a fast machine as on a loaded one; a delay does not change the numbers
+    monkeypatch.setenv(train.STEP_DELAY_ENV, "0.05")
     args = ["grid=vae_smoke3", "cluster=slurm", "profile=smoke", f"results_root={root}", "data.train_size=4096",
             "data.test_size=128", "train.epochs=6", "train.checkpoint_every=8", "train.batch_size=64"]
     sweep = load_sweep(args)
