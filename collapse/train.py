@@ -2,8 +2,8 @@
 
 The loop knows nothing about the modality: a task gives it `loss` (given the teacher's
 outputs and the coefficients, L_SD), `teacher_outputs` and `test_loss`. Data is a tensor held
-in memory, batched by index, so an epoch's order and each step's noise come from seeds alone; a resumed run therefore
-replays exactly the steps an uninterrupted run would have taken.
+in memory, batched by index, so an epoch's order and each step's noise come from seeds alone;
+a resumed run therefore replays exactly the steps an uninterrupted run would have taken.
 """
 import json
 import math
