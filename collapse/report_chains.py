@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from collapse import storage
-from collapse.report import PRIMARY, mean_ci, md_table as _md_table, write_csv as _write_csv, write_text as _write_text
+from collapse.report import PRIMARY, mean_ci, md_table, write_csv, write_text
 
 DISTILL = "generations.distill"
 POLICY = "generations.data"
@@ -156,29 +156,29 @@ def write_chains(name: str, sweep: dict, by_key: dict, out: Path) -> list[Path]:
                                                       _fmt(s.get("min"), 4), _fmt(s.get("max"), 4), s["n"]])
     long_header = [SHORT.get(k, k) for k in panel_keys] + ["distill", "generation", metric_label, "ci95",
                                                            "min", "max", "seeds"]
-    written = [_write_csv(out / f"{name}_by_generation.csv", long_header, long_rows)]
+    written = [write_csv(out / f"{name}_by_generation.csv", long_header, long_rows)]
 
     # the final generation; when the sweep is unfinished, also the last generation every chain has reached
     reached = [t for t in range(G + 1) if all(len(v) > t and v[t] is not None
                                               for g in groups.values() for v in g["seeds"].values())]
     T = max(reached) if reached else 0
     header, table, answers = generation_table(groups, G, panel_keys, metric_label, direction)
-    written.append(_write_csv(out / f"{name}.csv", header, table))
+    written.append(write_csv(out / f"{name}.csv", header, table))
     md = [f"# {name}: iterative retraining, {G} generations after the teacher", "",
           f"{metric_label} on the real test set ({direction} is better) of generation {G}, seeds pooled "
           "(mean, 95% t-interval, min and max over seeds). Generation 0 is the teacher M0. "
           "distill_effect = distilled minus `none` in the same policy, paired by seed "
           "(the same teacher), with its 95% t-interval; mean_effect averages that difference over "
           f"generations 1..t. Every generation: {name}_by_generation.csv and {name}_by_generation.png.", ""]
-    md += _md_table(header, table)
+    md += md_table(header, table)
     if 1 <= T < G:
         header_t, table_t, answers_t = generation_table(groups, T, panel_keys, metric_label, direction)
         md += ["", f"## Generation {T}, the last that every chain has reached (the sweep is unfinished)", ""]
-        md += _md_table(header_t, table_t)
+        md += md_table(header_t, table_t)
         answers = answers or answers_t
     if answers:
         md += ["", "## Does distillation still help?", ""] + [f"- {a}" for a in answers]
-    written.append(_write_text(out / f"{name}.md", md))
+    written.append(write_text(out / f"{name}.md", md))
     written.append(plot_chains(name, groups, panels, modes, G, metric_label, out))
     return written
 
@@ -265,15 +265,15 @@ def write_gaussian(name: str, sweep: dict, by_key: dict, out: Path) -> list[Path
                 m["sigma2_q50"][t], m["sigma2_q75"][t], m["sigma2_q95"][t]])
     long_header = keys + ["generation", "train_size", "closed_form", "measured_mean", "se",
                           "q05", "q25", "q50", "q75", "q95"]
-    written = [_write_csv(out / f"{name}.csv", keys + final, table),
-               _write_csv(out / f"{name}_by_generation.csv", long_header, long_rows)]
+    written = [write_csv(out / f"{name}.csv", keys + final, table),
+               write_csv(out / f"{name}_by_generation.csv", long_header, long_rows)]
     md = [f"# {name}: Gaussian toy model, measured against closed form", "",
           "sigma2_t = trace(Sigma_t)/d of generation t's fit (generation 0: the fit to the real data). "
           "Measured: mean over chains, its standard error, quantiles; closed form: "
           "collapse.gaussian.expected_sigma2; z = (measured - closed form) / se at the final generation. "
           f"Every generation: {name}_by_generation.csv and {name}_by_generation.png.", ""]
-    md += _md_table(keys + final, table)
-    written.append(_write_text(out / f"{name}.md", md))
+    md += md_table(keys + final, table)
+    written.append(write_text(out / f"{name}.md", md))
     if any(rec for _, _, rec, _ in runs):
         written.append(plot_gaussian(name, runs, out))
     return written

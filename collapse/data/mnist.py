@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from collapse.storage import atomic_write
+
 IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 
 
@@ -40,7 +42,6 @@ def _from_package(split: str) -> np.ndarray:
             pass   # torn or foreign: decode again and replace it
     images = _decode_package(split)
     try:
-        from collapse.storage import atomic_write
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.save(f, images, allow_pickle=False)
