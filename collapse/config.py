@@ -27,7 +27,17 @@ class ConfigError(ValueError):
 
 
 def bad(key: str, value, allowed: str) -> ConfigError:
-    return ConfigError(f"key '{key}': value {value!r} is not allowed; expected {allowed}")
+    shown = repr(value)
+    if len(shown) > 60:   # a pasted blob or a number of thousands of digits stays one readable line
+        shown = f"{shown[:40]}...({len(shown)} characters)"
+    return ConfigError(f"key '{key}': value {shown} is not allowed; expected {allowed}")
+
+
+# Seeds feed torch and numpy generators as seed * 1_000_003 + step (collapse/train.py), which must
+# stay inside a signed 64-bit integer; counts (sizes, epochs) are bounded far above any real use.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**31 - 1
+REDUCTIONS = ("sum", "pixel", "element")   # VAE loss readings, see collapse/tasks/vae.py
 
 
 def _check(cond: bool, key: str, value, allowed: str) -> None:
@@ -46,7 +56,7 @@ class DataConfig:
         _check(self.dataset in ("mnist",), p + "dataset", self.dataset, "one of: mnist")
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
-            _check(v is None or v >= 1, p + name, v, "an integer >= 1 or null")
+            _check(v is None or 1 <= v <= MAX_COUNT, p + name, v, f"an integer in [1, {MAX_COUNT}] or null")
         if self.root is not None:
             _check(Path(self.root).is_dir(), p + "root", self.root, "an existing directory")
 
@@ -71,8 +81,9 @@ class TrainConfig:
     eval_every: int = 1             # epochs between test-loss evaluations
     checkpoint_every: int = 2000    # steps between resumable checkpoints (also at each epoch end)
     zero_stage: int = 0             # configs/deepspeed/zero<N>.json
-    bf16: bool = True               # on GPU only; CPU runs are fp32
+    bf16: bool | None = None        # mixed precision; null: bf16 on GPU, fp32 on CPU; true: bf16 on CPU too
     threads: int = 0                # torch threads per stage process; 0: the executor's share of the cores
+    reduction: str = "sum"          # VAE: how L_VAE sums a sample's elements (collapse/tasks/vae.py REDUCTIONS)
 
     def check(self, p):
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
@@ -80,7 +91,10 @@ class TrainConfig:
         _check(self.threads >= 0, p + "threads", self.threads, "an integer >= 0 (0: the executor's share)")
         _check(0 < self.lr < float("inf"), p + "lr", self.lr, "a finite float > 0")
         _check(0 <= self.weight_decay < float("inf"), p + "weight_decay", self.weight_decay, "a finite float >= 0")
-        _check(self.seed >= 0, p + "seed", self.seed, "an integer >= 0")
+        _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+        _check(self.epochs <= MAX_COUNT, p + "epochs", self.epochs, f"an integer in [1, {MAX_COUNT}]")
+        _check(self.batch_size <= MAX_COUNT, p + "batch_size", self.batch_size, f"an integer in [1, {MAX_COUNT}]")
+        _check(self.reduction in REDUCTIONS, p + "reduction", self.reduction, "one of: " + ", ".join(REDUCTIONS))
         _check(self.zero_stage in (0, 1, 2, 3), p + "zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
 
 
@@ -104,7 +118,9 @@ class SynthConfig:
     binarize: bool = False    # VAE: Bernoulli draws of the decoder's pixel probabilities, not the probabilities
 
     def check(self, p):
-        _check(self.size is None or self.size >= 1, p + "size", self.size, "an integer >= 1 or null")
+        _check(self.size is None or 1 <= self.size <= MAX_COUNT, p + "size", self.size,
+               f"an integer in [1, {MAX_COUNT}] or null")
+        _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
 
 
 @dataclass
@@ -304,6 +320,7 @@ def _coerce(hint, value, key):
         _check(isinstance(value, bool), key, value, "true or false")
     elif hint is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        _check(-2**63 <= value < 2**63, key, value, "an integer that fits in 64 bits")
     elif hint is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number")
         value = float(value)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from collapse import manifest, plan as planning, storage, tasks
 from collapse.config import ConfigError, bad
-from collapse.executors import choose_backend
+from collapse.executors import choose_backend, slurm_reachable
 from collapse.grid import load_sweep
 from collapse.run import artifact, write_spec
 
@@ -54,6 +54,9 @@ def prepare(argv: list[str]):
         tasks.get(point.config.task).check_data(point.config)
     plan = planning.build(sweep)
     backend = choose_backend(sweep.base.cluster)
+    if backend == "slurm" and not slurm_reachable():
+        raise bad("cluster.backend", "slurm", "a reachable SLURM cluster (sinfo does not answer: start the "
+                  "local one with `bash slurm/start.sh`, or use cluster=local)")
     return sweep, plan, root, backend
 
 

@@ -30,7 +30,10 @@ KEY_SECTIONS = {
 }
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every")}
 # Fields added after results existed: left out of the key at their default, so those results keep their keys.
-ADDED_LATER = {("synth", "binarize"): False}
+ADDED_LATER = {("synth", "binarize"): False, ("train", "reduction"): "sum"}
+# Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
+# was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
+RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
 KINDS = tuple(KEY_SECTIONS)
 
 
@@ -54,7 +57,8 @@ def key_material(kind: str, config: dict) -> dict:
         if name:
             value = value[name]
         elif isinstance(value, dict):
-            value = {k: v for k, v in value.items() if (section, k) not in NOT_IN_KEY
+            value = {k: RESPELLED.get((section, k), {}).get(v, v) for k, v in value.items()
+                     if (section, k) not in NOT_IN_KEY
                      and not ((section, k) in ADDED_LATER and v == ADDED_LATER[(section, k)])}
         out[item] = value
     return out

@@ -171,7 +171,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
             elif distilling:
                 with torch.no_grad():
                     targets = task.teacher_outputs(teacher, batch, step_generator(tc.seed, noise_id))
-            loss, _ = task.loss(engine, batch, step_generator(tc.seed, noise_id), targets, cfg.distill)
+            loss, _ = task.loss(engine, batch, step_generator(tc.seed, noise_id), cfg, targets)
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
             engine.backward(loss)

@@ -70,15 +70,22 @@ CASES = [
     ("lr-inf", ["train.lr=.inf"], ["key 'train.lr'", "inf", "finite"]),
     ("zero-stage", ["train.zero_stage=5"], ["key 'train.zero_stage'", "5", "one of 0, 1, 2, 3"]),
     ("bool", ["train.bf16=maybe"], ["key 'train.bf16'", "'maybe'", "true or false"]),
-    ("seed-negative", ["train.seed=-1"], ["key 'train.seed'", "-1", ">= 0"]),
+    ("seed-negative", ["train.seed=-1"], ["key 'train.seed'", "-1", "in [0, 4294967295]"]),
+    ("seed-huge", ["train.seed=" + "9" * 3000], ["key 'train.seed'", "(3000 characters)", "64 bits"]),
+    ("seed-past-32-bits", ["train.seed=4294967296"], ["key 'train.seed'", "4294967296", "in [0, 4294967295]"]),
+    ("synth-seed-huge", ["synth.seed=" + "7" * 25], ["key 'synth.seed'", "64 bits"]),
+    ("train-size-past-the-set", ["data.train_size=99999999"], ["key 'data.train_size'", "99999999",
+                                                               "at most 60000"]),
+    ("test-size-past-the-set", ["data.test_size=10001"], ["key 'data.test_size'", "10001", "at most 10000"]),
+    ("reduction", ["train.reduction=mean"], ["key 'train.reduction'", "'mean'", "sum, pixel, element"]),
     ("lam-negative", ["distill.lam=-0.5"], ["key 'distill.lam'", "-0.5", ">= 0"]),
     ("beta-nan", ["distill.beta=.nan"], ["key 'distill.beta'", "nan"]),
     ("gamma-inf", ["distill.gamma=.inf"], ["key 'distill.gamma'", "inf", "finite"]),
     ("hidden-zero", ["model.hidden=0"], ["key 'model.hidden'", "0", ">= 1"]),
     ("grid-samples", ["eval.grid_samples=5000"], ["key 'eval.grid_samples'", "5000", "[1, 1024]"]),
-    ("synth-size", ["synth.size=0"], ["key 'synth.size'", "0", ">= 1"]),
+    ("synth-size", ["synth.size=0"], ["key 'synth.size'", "0", "in [1, "]),
     ("synth-binarize", ["synth.binarize=yes please"], ["key 'synth.binarize'", "'yes please'", "true or false"]),
-    ("train-size-zero", ["data.train_size=0"], ["key 'data.train_size'", "0", ">= 1"]),
+    ("train-size-zero", ["data.train_size=0"], ["key 'data.train_size'", "0", "in [1, "]),
     ("dataset", ["data.dataset=cifar"], ["key 'data.dataset'", "'cifar'", "mnist"]),
     ("task", ["task=gan"], ["key 'task'", "'gan'", "vae"]),
     ("seeds-negative", ["seeds=[-1]"], ["key 'seeds'", "[-1]", "integers >= 0"]),
@@ -318,3 +325,16 @@ def test_records_left_by_an_older_version_trip_neither_launch_nor_report(tmp_pat
         "path": "stages/00000000deadbeef/best.safetensors", "sha256": "0" * 64, "bytes": 7}}})
     assert not launch_module.reusable(root, SimpleNamespace(key="00000000deadbeef", name="teacher[seed=0]"))
     assert "best.safetensors is corrupt" in capsys.readouterr().err
+
+
+def test_slurm_without_a_cluster_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """cluster=slurm where sinfo is not on PATH: one line, nothing under results_root (not even a spec)."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))
+    root = tmp_path / "results"
+    code = launch_module.launch(["grid=vae_smoke3", "profile=smoke", "cluster=slurm", f"results_root={root}"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1
+    assert "key 'cluster.backend'" in err[0] and "sinfo does not answer" in err[0]
+    assert not root.exists(), sorted(str(p) for p in root.rglob("*"))

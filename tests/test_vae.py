@@ -7,13 +7,18 @@ import torch
 
 from collapse import train
 from collapse.config import from_dict
-from collapse.data.mnist import load_mnist
+from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.models.vae import VAE
 from collapse.tasks import vae
 
 
 def coeffs(lam=0.0, beta=0.0, gamma=0.0):
     return SimpleNamespace(lam=lam, beta=beta, gamma=gamma)
+
+
+def cfg_with(c=None, reduction="sum"):
+    """What vae.loss reads of an experiment config: the coefficients and the reduction."""
+    return SimpleNamespace(distill=c or coeffs(), train=SimpleNamespace(reduction=reduction))
 
 
 def test_parameter_count_is_the_papers_887k():
@@ -25,6 +30,7 @@ def test_parameter_count_is_the_papers_887k():
 def test_real_mnist_is_60k_train_10k_test_padded_to_32():
     train_x, test_x = load_mnist("train"), load_mnist("test")
     assert train_x.shape == (60_000, 32, 32) and test_x.shape == (10_000, 32, 32)
+    assert (len(train_x), len(test_x)) == (PACKAGE_SIZES["train"], PACKAGE_SIZES["test"])   # what launch checks
     assert train_x.dtype == torch.uint8
     assert train_x[:, :2].max() == 0 and train_x[:, :, -2:].max() == 0  # the 2-pixel pad
     assert train_x[:, 2:-2, 2:-2].float().mean().item() == pytest.approx(33.32, abs=0.01)  # MNIST's mean grey
@@ -61,7 +67,7 @@ def test_student_loss_is_eq1_term_by_term():
     with torch.no_grad():
         t = vae.teacher_outputs(teacher, x)
     c = coeffs(lam=0.7, beta=3.0, gamma=0.5)
-    got, out = vae.loss(student, x, torch.Generator().manual_seed(1), t, c)
+    got, out = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with(c), t)
     s = student(x, vae._noise(x, 4, torch.Generator().manual_seed(1)))
     by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"])
                + 0.7 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"])
@@ -74,8 +80,8 @@ def test_zero_coefficients_give_the_plain_loss():
     torch.manual_seed(0)
     student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
     x = torch.rand(8, 1024)
-    plain = vae.loss(student, x, torch.Generator().manual_seed(1))[0]
-    zero = vae.loss(student, x, torch.Generator().manual_seed(1), vae.teacher_outputs(teacher, x), coeffs())[0]
+    plain = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with())[0]
+    zero = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with(coeffs()), vae.teacher_outputs(teacher, x))[0]
     assert torch.equal(plain, zero)
     assert not vae.distills(coeffs()) and vae.distills(coeffs(gamma=0.1))
 
@@ -88,7 +94,7 @@ def test_teacher_receives_no_gradient_and_student_does():
     with torch.no_grad():
         target = vae.teacher_outputs(teacher, x)
     before = [p.clone() for p in teacher.parameters()]
-    vae.loss(student, x, torch.Generator().manual_seed(0), target, coeffs(1.0, 1.0, 1.0))[0].backward()
+    vae.loss(student, x, torch.Generator().manual_seed(0), cfg_with(coeffs(1.0, 1.0, 1.0)), target)[0].backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
@@ -129,3 +135,31 @@ def test_synthetic_images_are_grey_means_or_binary_draws():
     assert len(means.unique()) > 2                       # grey levels
     # each pixel is 255 with the decoder's probability: on average the draws match the means
     assert abs(draws.float().mean() - means.float().mean()) < 5
+
+
+def test_reductions_are_the_same_loss_on_three_scales():
+    """pixel = sum / 1,024 (the paper's per-element scale); element averages BCE over pixels and KL over latents."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 1024), torch.rand(4, 1024)
+    mean, logvar = torch.randn(4, 20), torch.randn(4, 20)
+    total = vae.vae_loss(logits, target, mean, logvar, "sum")
+    assert vae.vae_loss(logits, target, mean, logvar, "pixel").item() == pytest.approx(total.item() / 1024, rel=1e-6)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+    kl = (-0.5 * (1 + logvar - mean ** 2 - logvar.exp())).mean(1)
+    assert vae.vae_loss(logits, target, mean, logvar, "element").item() == pytest.approx((bce + kl).mean().item(),
+                                                                                          rel=1e-6)
+
+
+def test_the_folded_lambda_term_holds_under_the_pixel_reduction():
+    torch.manual_seed(0)
+    student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
+    x = torch.rand(8, 1024)
+    with torch.no_grad():
+        t = vae.teacher_outputs(teacher, x)
+    c = coeffs(lam=0.5, beta=1.0, gamma=1.0)
+    got, _ = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with(c, "pixel"), t)
+    s = student(x, vae._noise(x, 4, torch.Generator().manual_seed(1)))
+    by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"], "pixel")
+               + 0.5 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"], "pixel")
+               + ((s["mean"] - t["mean"]) ** 2).mean() + ((s["logvar"] - t["logvar"]) ** 2).mean())
+    assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)

