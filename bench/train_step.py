@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import torch
 
 from collapse import train
+from collapse.device import StepNoise
 from collapse.tasks import vae
 
 
@@ -27,7 +28,7 @@ def config(zero_stage, lam=0.0, beta=0.0, gamma=0.0):
 
 def bare_step(model, opt, data, index, step, cfg):
     x = vae.batch(data, index)
-    loss, out = vae.loss(model, x, train.step_generator(0, step), cfg)
+    loss, out = vae.loss(model, x, StepNoise(train.step_generator(0, step), len(x)), cfg)
     if not torch.isfinite(loss):
         raise RuntimeError
     loss.backward()
@@ -39,7 +40,7 @@ def engine_step(engine, _opt, data, index, step, cfg, targets=None):
     """What collapse.train.train does per step (teacher outputs precomputed, as train() does)."""
     x = vae.batch(data, index)
     t = {k: v[index] for k, v in targets.items()} if targets is not None else None
-    loss, out = vae.loss(engine, x, train.step_generator(0, step), cfg, t)
+    loss, out = vae.loss(engine, x, StepNoise(train.step_generator(0, step), len(x)), cfg, t)
     if not torch.isfinite(loss):
         raise RuntimeError
     engine.backward(loss)

@@ -207,12 +207,14 @@ class SlurmResources:
     constraint: str | None = None
     time_min: int = 60              # wall-clock limit; on timeout the stage is requeued and resumes
     nodes: int = 1
-    gpus_per_node: int = 0          # also the tasks (ranks) per node when > 0
+    gpus_per_node: int = 0
+    tasks_per_node: int = 0         # data-parallel ranks per node; 0: one per GPU (one without GPUs)
     cpus_per_task: int = 1
     mem_gb: float | None = None     # None: the partition's default
     array_parallelism: int = 256    # tasks of one job array running at once
     signal_delay_s: int = 90        # USR2 this long before time_min: checkpoint and requeue
     sbatch: dict = field(default_factory=dict)   # other sbatch options, e.g. {exclusive: true, mail-type: END}
+    setup: list[str] = field(default_factory=list)   # shell lines run before each job, e.g. module load cuda/12.4
 
     def check(self, p):
         for name in ("partition", "account", "qos", "constraint"):
@@ -222,6 +224,14 @@ class SlurmResources:
         for name in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
             _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
         _check(self.gpus_per_node >= 0, p + "gpus_per_node", self.gpus_per_node, "an integer >= 0")
+        _check(self.tasks_per_node >= 0, p + "tasks_per_node", self.tasks_per_node,
+               "an integer >= 0 (0: one per GPU)")
+        _check(not (self.gpus_per_node and self.tasks_per_node not in (0, self.gpus_per_node)), p + "tasks_per_node",
+               self.tasks_per_node, f"0 or gpus_per_node ({self.gpus_per_node}): each task drives one GPU")
+        for i, line in enumerate(self.setup):
+            # each line goes into the job script as it is: one line, no control characters
+            _check(line.strip() != "" and line.isprintable(), p + f"setup[{i}]", line,
+                   "a non-empty shell line without newlines or control characters")
         _check(self.mem_gb is None or self.mem_gb > 0, p + "mem_gb", self.mem_gb, "a number > 0 or null")
         _check(0 <= self.signal_delay_s < self.time_min * 60, p + "signal_delay_s", self.signal_delay_s,
                f"an integer >= 0 and < time_min * 60 = {self.time_min * 60}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from collapse import config, generations, manifest, storage, tasks, train
+from collapse.device import device_of, generator, this_device
 
 
 class StageInputError(RuntimeError):
@@ -58,7 +59,7 @@ def load_model(task, root, record: dict):
     cfg = config.from_dict(record["config"])
     model = task.build_model(cfg)
     storage.load_weights(artifact(root, record, "weights"), model)
-    return model.eval().requires_grad_(False)
+    return model.to(this_device()).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------- the stages
@@ -71,7 +72,7 @@ def run_teacher(task, cfg, inputs, root, out: Path, log):
 def run_synth(task, cfg, inputs, root, out: Path, log):
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
-    data = task.sample(teacher, n, torch.Generator().manual_seed(cfg.synth.seed), cfg.synth.binarize)
+    data = task.sample(teacher, n, generator(cfg.synth.seed, device_of(teacher)), cfg.synth.binarize)
     path = storage.save_tensors(out / "data.safetensors", {"data": data},
                                 {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
     log(f"sampled {n} items from teacher {inputs['teacher']['key']}")
@@ -98,10 +99,9 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     log(f"generation {t + 1} ({gen.data}): {len(data)} training items {made_of}")
     teacher = load_model(task, root, inputs["distill_from"]) if "distill_from" in inputs else None
     state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
-    model = task.build_model(cfg)
-    storage.load_weights(out / "best.safetensors", model)
+    model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
-    samples = task.sample(model.eval().requires_grad_(False), len(real), torch.Generator().manual_seed(seed),
+    samples = task.sample(model.eval().requires_grad_(False), len(real), generator(seed, device_of(model)),
                           cfg.synth.binarize)
     path = storage.save_tensors(out / "data.safetensors", {"data": samples},
                                 {"generation": t + 1, "n": len(real), "seed": seed})
@@ -124,7 +124,7 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
     metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg)
-    samples = task.sample(model, cfg.eval.grid_samples, torch.Generator().manual_seed(0))
+    samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)))
     png = save_grid(task.as_images(samples), out / "samples.png")
     log(f"{model_record['name']}: {metrics}")
     return metrics, {"samples": png}

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from collapse import storage
+from collapse.device import StepNoise, generator, this_device, to_device
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Tests only: seconds to sleep after each step, so that an outside requeue lands mid-run however
@@ -80,19 +81,28 @@ def ensure_distributed() -> None:
             rendezvous = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         os.environ.update(rendezvous)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(this_device())   # each task of a multi-GPU job: the GPU of its local rank
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def uses_bf16(train_cfg) -> bool:
+    """train.bf16: null (auto) is bf16 on GPU and fp32 on CPU; true forces bf16 on CPU too."""
+    return torch.cuda.is_available() if train_cfg.bf16 is None else train_cfg.bf16
 
 
 def deepspeed_config(train_cfg) -> dict:
     with open(CONFIG_DIR / "deepspeed" / f"zero{train_cfg.zero_stage}.json") as f:
         ds = json.load(f)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if train_cfg.batch_size % world:
+        raise ValueError(f"train.batch_size {train_cfg.batch_size} does not split evenly over {world} ranks")
     ds.update(train_micro_batch_size_per_gpu=train_cfg.batch_size // world,
-              gradient_accumulation_steps=1,
-              train_batch_size=(train_cfg.batch_size // world) * world)
-    ds["bf16"] = {"enabled": torch.cuda.is_available() and train_cfg.bf16}
+              gradient_accumulation_steps=1, train_batch_size=train_cfg.batch_size)
+    # DeepSpeed's mixed precision: bf16 parameters and gradients, fp32 master weights in the optimizer
+    ds["bf16"] = {"enabled": uses_bf16(train_cfg)}
     return ds
 
 
@@ -111,15 +121,32 @@ def make_engine(model: torch.nn.Module, train_cfg):
 
 
 def full_state_dict(engine) -> dict:
-    """The model's whole state dict; ZeRO-3 gathers its partitioned parameters onto rank 0."""
+    """The model's whole state dict in fp32, on the CPU. Under bf16 these are the optimizer's fp32
+    master weights, not the bf16 copies the forward uses. Collective under ZeRO: every rank calls it."""
+    if engine.bfloat16_enabled():
+        return _master_weights(engine)
     if engine.zero_optimization_stage() == 3:
         return engine._zero3_consolidated_16bit_state_dict()
     return engine.module.state_dict()
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The noise of one step, a pure function of (seed, step)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def _master_weights(engine) -> dict:
+    from deepspeed.utils import safe_get_full_fp32_param
+    master = {}
+    if engine.zero_optimization_stage() == 0:   # FP16_UnfusedOptimizer: fp32 copies beside the bf16 groups
+        master = {id(p): m for group, fp32 in zip(engine.optimizer.fp16_groups, engine.optimizer.fp32_groups)
+                  for p, m in zip(group, fp32)}
+    state = {}
+    for name, p in engine.module.named_parameters():
+        state[name] = (master[id(p)] if id(p) in master else safe_get_full_fp32_param(p)).detach().float().cpu()
+    for name, b in engine.module.named_buffers():
+        state[name] = b.detach().float().cpu() if b.is_floating_point() else b.detach().cpu()
+    return state
+
+
+def step_generator(seed: int, step: int, device: torch.device | None = None) -> torch.Generator:
+    """The noise of one step, a pure function of (seed, step) on each kind of device."""
+    return generator(seed * 1_000_003 + step, device or torch.device("cpu"))
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -131,7 +158,9 @@ def teacher_targets(task, teacher, data, chunk: int = 4096) -> dict | None:
     """The teacher's outputs for every training item, when they do not depend on the step's noise."""
     if not getattr(task, "TEACHER_OUTPUTS_DETERMINISTIC", False):
         return None
-    parts = [task.teacher_outputs(teacher, task.batch(data, torch.arange(i, min(i + chunk, len(data)))))
+    device = next(teacher.parameters()).device
+    parts = [task.teacher_outputs(teacher, to_device(task.batch(data, torch.arange(i, min(i + chunk, len(data)))),
+                                                     device))
              for i in range(0, len(data), chunk)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -151,6 +180,9 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     if state.step:
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
     distilling = teacher is not None and task.distills(cfg.distill)
+    device = engine.device
+    if distilling:
+        teacher = teacher.to(device)
     n, b = len(train_data), tc.batch_size
     cached_targets = teacher_targets(task, teacher, train_data) if distilling else None
     batches_per_epoch = math.ceil(n / b)
@@ -162,18 +194,21 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
         order = epoch_order(tc.seed, state.epoch, n)
         engine.train()
         while state.batch < batches_per_epoch:
-            index = order[state.batch * b:(state.batch + 1) * b][rank::world]
-            batch = task.batch(train_data, index)
-            noise_id = state.step * world + rank   # = step on one process
+            global_index = order[state.batch * b:(state.batch + 1) * b]
+            index = global_index[rank::world]
+            batch = to_device(task.batch(train_data, index), device)
+            noise = StepNoise(step_generator(tc.seed, state.step, device), len(global_index), rank, world)
             targets = None
             if cached_targets is not None:
-                targets = {k: v[index] for k, v in cached_targets.items()}
+                targets = {k: v[index.to(v.device)] for k, v in cached_targets.items()}
             elif distilling:
                 with torch.no_grad():
-                    targets = task.teacher_outputs(teacher, batch, step_generator(tc.seed, noise_id))
-            loss, _ = task.loss(engine, batch, step_generator(tc.seed, noise_id), cfg, targets)
+                    targets = task.teacher_outputs(teacher, batch, noise)
+            loss, _ = task.loss(engine, batch, noise, cfg, targets)
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
+            if len(index) * world != len(global_index):   # an epoch's uneven last batch
+                loss = loss * (len(index) * world / len(global_index))   # ranks' mean = the global batch's
             engine.backward(loss)
             engine.step()
             if step_delay:

@@ -7,6 +7,7 @@ import torch
 
 from collapse import train
 from collapse.config import from_dict
+from collapse.device import StepNoise
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.models.vae import VAE
 from collapse.tasks import vae
@@ -14,6 +15,10 @@ from collapse.tasks import vae
 
 def coeffs(lam=0.0, beta=0.0, gamma=0.0):
     return SimpleNamespace(lam=lam, beta=beta, gamma=gamma)
+
+
+def noise(seed, n):
+    return StepNoise(torch.Generator().manual_seed(seed), n)
 
 
 def cfg_with(c=None, reduction="sum"):
@@ -67,8 +72,8 @@ def test_student_loss_is_eq1_term_by_term():
     with torch.no_grad():
         t = vae.teacher_outputs(teacher, x)
     c = coeffs(lam=0.7, beta=3.0, gamma=0.5)
-    got, out = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with(c), t)
-    s = student(x, vae._noise(x, 4, torch.Generator().manual_seed(1)))
+    got, out = vae.loss(student, x, noise(1, 8), cfg_with(c), t)
+    s = student(x, torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
     by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"])
                + 0.7 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"])
                + 3.0 * ((s["mean"] - t["mean"]) ** 2).mean() + 0.5 * ((s["logvar"] - t["logvar"]) ** 2).mean())
@@ -80,8 +85,8 @@ def test_zero_coefficients_give_the_plain_loss():
     torch.manual_seed(0)
     student, teacher = VAE(hidden=16, latent=4), VAE(hidden=16, latent=4)
     x = torch.rand(8, 1024)
-    plain = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with())[0]
-    zero = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with(coeffs()), vae.teacher_outputs(teacher, x))[0]
+    plain = vae.loss(student, x, noise(1, 8), cfg_with())[0]
+    zero = vae.loss(student, x, noise(1, 8), cfg_with(coeffs()), vae.teacher_outputs(teacher, x))[0]
     assert torch.equal(plain, zero)
     assert not vae.distills(coeffs()) and vae.distills(coeffs(gamma=0.1))
 
@@ -94,7 +99,7 @@ def test_teacher_receives_no_gradient_and_student_does():
     with torch.no_grad():
         target = vae.teacher_outputs(teacher, x)
     before = [p.clone() for p in teacher.parameters()]
-    vae.loss(student, x, torch.Generator().manual_seed(0), cfg_with(coeffs(1.0, 1.0, 1.0)), target)[0].backward()
+    vae.loss(student, x, noise(0, 8), cfg_with(coeffs(1.0, 1.0, 1.0)), target)[0].backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
@@ -157,8 +162,8 @@ def test_the_folded_lambda_term_holds_under_the_pixel_reduction():
     with torch.no_grad():
         t = vae.teacher_outputs(teacher, x)
     c = coeffs(lam=0.5, beta=1.0, gamma=1.0)
-    got, _ = vae.loss(student, x, torch.Generator().manual_seed(1), cfg_with(c, "pixel"), t)
-    s = student(x, vae._noise(x, 4, torch.Generator().manual_seed(1)))
+    got, _ = vae.loss(student, x, noise(1, 8), cfg_with(c, "pixel"), t)
+    s = student(x, torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
     by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"], "pixel")
                + 0.5 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"], "pixel")
                + ((s["mean"] - t["mean"]) ** 2).mean() + ((s["logvar"] - t["logvar"]) ** 2).mean())

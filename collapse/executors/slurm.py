@@ -376,13 +376,13 @@ def cancel(job_ids) -> str | None:
 
 def sbatch_parameters(res, job_name: str, dependency: str | None) -> dict:
     """submitit SlurmExecutor parameters for one group from its SlurmResources."""
-    tasks = max(1, res.gpus_per_node)
+    tasks = res.tasks_per_node or max(1, res.gpus_per_node)
     params = {"job_name": job_name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": tasks,
               "cpus_per_task": res.cpus_per_task, "signal_delay_s": res.signal_delay_s,
               "array_parallelism": res.array_parallelism, "stderr_to_stdout": True,
               "setup": [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
                         f"export OMP_NUM_THREADS={res.cpus_per_task} MKL_NUM_THREADS={res.cpus_per_task}",
-                        "unset RANK LOCAL_RANK WORLD_SIZE MASTER_ADDR MASTER_PORT"]}
+                        "unset RANK LOCAL_RANK WORLD_SIZE MASTER_ADDR MASTER_PORT", *res.setup]}
     for name in ("partition", "account", "qos", "constraint"):
         if getattr(res, name):
             params[name] = getattr(res, name)

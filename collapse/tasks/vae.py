@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
+from collapse.device import StepNoise, device_of, dtype_of
 from collapse.models.vae import VAE
 
 EVAL_SEED = 12345
@@ -30,10 +31,6 @@ def batch(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return data[index].reshape(len(index), -1).float().div_(255.0)
 
 
-def _noise(x: torch.Tensor, latent: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(x.shape[0], latent, generator=generator)
-
-
 def vae_loss(logits, target, mean, logvar, reduction: str = "sum") -> torch.Tensor:
     """L_VAE averaged over the batch's images; `reduction` says how one image's elements combine:
 
@@ -44,6 +41,7 @@ def vae_loss(logits, target, mean, logvar, reduction: str = "sum") -> torch.Tens
     element  BCE averaged over pixels + KL averaged over latents: shifts the balance to the KL
              (measured: it collapses the posterior, M0 = M1 = 0.20)
     """
+    logits, target, mean, logvar = logits.float(), target.float(), mean.float(), logvar.float()  # fp32 loss
     pixels, latent = target.shape[1], mean.shape[1]
     recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
     kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
@@ -54,16 +52,18 @@ def vae_loss(logits, target, mean, logvar, reduction: str = "sum") -> torch.Tens
     return (recon + kl) / target.shape[0]
 
 
-def loss(model, x, generator, cfg, teacher=None):
+def loss(model, x, noise: StepNoise, cfg, teacher=None):
     """L_VAE on a batch, or L_SD (eq. 1) given the teacher's outputs; cfg.distill holds the coefficients.
+
+    x: fp32 pixels in [0, 1] on the model's device, the target; the model sees them in its own dtype.
 
     Returns (loss, the student's outputs). The lam-term shares the student's reconstruction and
     KL with L_VAE, and BCE is linear in its target, so
         L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) = (1 + lam) * L_VAE(Ys, (Y + lam * Yt) / (1 + lam)):
     one BCE pass instead of two (27 -> 23 ms a distilled step on one CPU core).
     """
-    reduction = cfg.train.reduction
-    out = model(x, _noise(x, model_latent(model), generator))
+    reduction, dtype = cfg.train.reduction, dtype_of(model)
+    out = model(x.to(dtype), noise.randn(model_latent(model), dtype=dtype))
     if teacher is None:
         return vae_loss(out["logits"], x, out["mean"], out["logvar"], reduction), out
     coeffs = cfg.distill
@@ -87,8 +87,9 @@ TEACHER_OUTPUTS_DETERMINISTIC = True
 def teacher_outputs(teacher, x, generator=None):
     """The frozen teacher's encoder statistics and its reconstruction (pixel probabilities) from
     the posterior mean."""
-    out = teacher(x)
-    return {"probs": torch.sigmoid(out["logits"]), "mean": out["mean"], "logvar": out["logvar"]}
+    out = teacher(x.to(dtype_of(teacher)))
+    return {"probs": torch.sigmoid(out["logits"].float()), "mean": out["mean"].float(),
+            "logvar": out["logvar"].float()}
 
 
 def distills(coeffs) -> bool:
@@ -97,36 +98,37 @@ def distills(coeffs) -> bool:
 
 def encoder_loss(student, teacher, coeffs) -> torch.Tensor:
     """beta * MSE(Es, Et) + gamma * MSE(Vs, Vt); a zero coefficient skips its term."""
-    total = torch.zeros(())
+    terms = []
     if coeffs.beta:
-        total = total + coeffs.beta * F.mse_loss(student["mean"], teacher["mean"])
+        terms.append(coeffs.beta * F.mse_loss(student["mean"].float(), teacher["mean"]))
     if coeffs.gamma:
-        total = total + coeffs.gamma * F.mse_loss(student["logvar"], teacher["logvar"])
-    return total
+        terms.append(coeffs.gamma * F.mse_loss(student["logvar"].float(), teacher["logvar"]))
+    return sum(terms) if terms else torch.zeros(())   # a 0-dim CPU zero adds to a loss on any device
 
 
 @torch.no_grad()
 def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
     """L_M(Test): mean L_VAE per image, with fixed noise so the number is repeatable."""
-    generator = torch.Generator().manual_seed(EVAL_SEED)
+    device = device_of(model)
+    generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
     total = 0.0
     for start in range(0, len(data), batch_size):
-        x = batch(data, torch.arange(start, min(start + batch_size, len(data))))
-        total += loss(model, x, generator, cfg)[0].item() * len(x)
+        x = batch(data, torch.arange(start, min(start + batch_size, len(data)))).to(device)
+        total += loss(model, x, StepNoise(generator, len(x)), cfg)[0].item() * len(x)
     return total / len(data)
 
 
 @torch.no_grad()
 def sample(model, n: int, generator: torch.Generator, binarize: bool = False, batch_size: int = 5000) -> torch.Tensor:
     """n images from the prior, as uint8 [n, 32, 32]: the decoder's Bernoulli means as grey levels,
-    or with `binarize` a draw from those Bernoullis (0 or 255)."""
+    or with `binarize` a draw from those Bernoullis (0 or 255). `generator` lives on the model's device."""
     chunks = []
     for start in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - start), model.latent, generator=generator)
-        probs = torch.sigmoid(model.decode(z))
+        z = torch.randn(min(batch_size, n - start), model.latent, generator=generator, device=generator.device)
+        probs = torch.sigmoid(model.decode(z.to(dtype_of(model))).float())
         if binarize:
             probs = torch.bernoulli(probs, generator=generator)
-        chunks.append(probs.mul(255).round_().to(torch.uint8).reshape(-1, 32, 32))
+        chunks.append(probs.mul(255).round_().to(torch.uint8).reshape(-1, 32, 32).cpu())
     return torch.cat(chunks)
 
 
