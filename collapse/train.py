@@ -188,6 +188,8 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     batches_per_epoch = math.ceil(n / b)
     # Data parallel: every rank draws the same global batch and trains on its own slice of it.
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
+        f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
     started = time.time()
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
     while state.epoch < tc.epochs:
