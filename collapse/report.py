@@ -1,21 +1,35 @@
 """Manifest -> tables (csv, md) and plots (png), one set per grid, in <results_root>/report/.
 
 Rows are grid points (seeds pooled: mean, and a 95% t-interval when there are several seeds),
-M0 is the reference row, and each row shows its change against M1 (the plain student, all
-distillation coefficients 0) and the share of the M1 -> M0 gap it closes.
+M0 is the reference row, and each row is compared with M1 (the plain student, all distillation
+coefficients 0). Students of one seed share that seed's teacher and synthetic set, so a row is
+compared with M1 of the same seeds (paired t-test) wherever they share two or more, and by
+Welch's unpaired test otherwise. Seeds that another sweep ran with the very same configuration
+(e.g. vae_coeffs_key's seeds 1-2 of five vae_coeffs rows) join the row. Where
+collapse/paper_values.yaml holds the paper's table for the task, the paper's value stands beside
+ours, and the rank correlation, the signs against M1 and the "setting X to 0 costs" follow the table.
 """
 import csv
+import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
-from collapse import manifest, storage
+from collapse import manifest, plan, storage
 
 PRIMARY = {"vae": ("test_loss", "L_M(Test)", "lower")}
-ALPHA = 0.05   # significance level of the Welch t-tests against M1
+ALPHA = 0.05   # two-sided level of the tests against M1, after Holm's correction
 PAPER_VALUES = Path(__file__).with_name("paper_values.yaml")
 SHORT = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}
+LEAF = {k.split(".")[-1]: v for k, v in SHORT.items()}   # the paper table's keys: lam -> lambda
+SEED = "train.seed"
+UNITS = {"vae": {   # train.reduction -> what one L_M(Test) value is
+    "pixel": "nats per pixel (L_VAE / 1,024 pixels; train.reduction = pixel), the paper's scale",
+    "sum": "nats per image (L_VAE summed over the 1,024 pixels; train.reduction = sum); the paper's "
+           "values are per pixel, so compare its ranks, signs and % figures, not its values",
+    "element": "BCE averaged over pixels + KL averaged over latents (train.reduction = element), "
+               "not the paper's scale"}}
 
 
 def latest_sweeps(records: list[dict]) -> dict:
@@ -36,41 +50,129 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
     return m, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def sweep_rows(sweep: dict, by_key: dict) -> tuple[list[dict], dict]:
-    """One row per grid point (seeds pooled) plus the M0 reference row."""
+# ---------------------------------------------------------------- rows
+
+def replicate_of(record: dict | None) -> str | None:
+    """What two grid points must share to be seeds of one row: every field that decides the
+    student's, its synthetic set's and its eval's numbers, train.seed left out (None without a config)."""
+    config = (record or {}).get("config")
+    try:
+        material = {kind: plan.key_material(kind, config) for kind in ("student", "synth", "eval")}
+        material["student"]["train"].pop("seed", None)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return json.dumps(material, sort_keys=True, default=str)
+
+
+def sweep_rows(sweep: dict, by_key: dict, others: list[dict] = ()) -> tuple[list[dict], dict]:
+    """One row per grid point (seeds pooled, with those of `others` that replicate it) plus the M0 reference."""
     task = sweep["config"]["task"]
     metric = PRIMARY[task][0]
-    groups: dict = {}
-    teacher_values = {}
+    groups, replicates, teachers = {}, {}, {}
     for p in sweep["config"]["points"]:
-        label = {k: v for k, v in p["label"].items() if k != "train.seed"}
-        g = groups.setdefault(tuple(sorted(label.items())), {"label": label, "values": [], "failed": [], "evals": []})
-        rec = by_key.get(p["eval"])
-        if rec and rec["status"] == "done" and metric in (rec.get("metrics") or {}):
-            g["values"].append(rec["metrics"][metric])
-            g["evals"].append(rec)
-        else:
-            g["failed"].append(_why(p, by_key))
-        t = by_key.get(p["teacher_eval"])
-        if t and t["status"] == "done" and metric in (t.get("metrics") or {}):
-            teacher_values[p["teacher_eval"]] = t["metrics"][metric]
-    rows = []
-    for g in groups.values():
-        row = {**g["label"], "seeds": len(g["values"]), "evals": g["evals"], "values": g["values"]}
-        if g["values"]:
-            row["mean"], row["ci95"] = mean_ci(g["values"])
-        row["status"] = "done" if not g["failed"] else "; ".join(g["failed"])
-        rows.append(row)
-    m0 = mean_ci(list(teacher_values.values())) if teacher_values else (None, None)
+        label = {k: v for k, v in p["label"].items() if k != SEED}
+        g = groups.setdefault(tuple(sorted(label.items())), {"label": label, "values": [], "by_seed": {},
+                                                             "failed": [], "evals": [], "pooled": {}})
+        _add_point(g, p, by_key, metric, teachers)
+        fingerprint = replicate_of(by_key.get(p.get("eval")) or by_key.get(p.get("student")))
+        if fingerprint:
+            replicates.setdefault(fingerprint, g)
+    for g, p, source in pooled_points(sweep, others, replicates, by_key):
+        _add_point(g, p, by_key, metric, teachers)
+        g["pooled"].setdefault(source, []).append(p["label"].get(SEED))
+    rows = [_row(g) for g in groups.values()]
+    m0_by_seed = {seed: v for seed, v in teachers.values() if seed is not None}
+    m0 = mean_ci([v for _, v in teachers.values()]) if teachers else (None, None)
     m1 = next((r for r in rows if all(not r.get(k) for k in SHORT) and "mean" in r), None)
+    ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "metric": PRIMARY[task], "task": task,
+           "paper": paper_reference(task)}
     for r in rows:
-        if m1 and "mean" in r:
-            r["change_pct"] = 100.0 * (r["mean"] - m1["mean"]) / abs(m1["mean"])
-            if m0[0] is not None and m1["mean"] != m0[0]:
-                r["gap_closed_pct"] = 100.0 * (m1["mean"] - r["mean"]) / (m1["mean"] - m0[0])
-            if r is not m1:
-                r["p_welch"] = welch_p(r["values"], m1["values"])
-    return rows, {"m0": m0, "m1": m1, "metric": PRIMARY[task], "task": task}
+        if m1 and "mean" in r and r is not m1:
+            r["vs_m1"] = compare_with_m1(r, m1, ref)
+    tested = [r for r in rows if (r.get("vs_m1") or {}).get("p") is not None]
+    for r, p in zip(tested, holm([r["vs_m1"]["p"] for r in tested])):
+        r["vs_m1"]["p_holm"] = p
+    for r in rows:
+        r["paper"] = paper_value(r, ref["paper"])
+    return rows, ref
+
+
+def _add_point(g: dict, p: dict, by_key: dict, metric: str, teachers: dict) -> None:
+    seed = p["label"].get(SEED)
+    rec = by_key.get(p["eval"])
+    if rec and rec["status"] == "done" and metric in (rec.get("metrics") or {}):
+        g["values"].append(rec["metrics"][metric])
+        g["evals"].append(rec)
+        if seed is not None:
+            g["by_seed"][seed] = rec["metrics"][metric]
+    else:
+        g["failed"].append(_why(p, by_key))
+    t = by_key.get(p["teacher_eval"])
+    if t and t["status"] == "done" and metric in (t.get("metrics") or {}):
+        teachers[p["teacher_eval"]] = (seed, t["metrics"][metric])
+
+
+def pooled_points(sweep: dict, others: list[dict], replicates: dict, by_key: dict):
+    """(row group, point, sweep name) for each finished point of another one-generation sweep that
+    repeats a row of this one with the very same configuration under a seed the row lacks."""
+    seeds = {id(g): set(g["by_seed"]) | {None} for g in replicates.values()}
+    for other in others:
+        cfg = other.get("config") or {}
+        if other is sweep or cfg.get("task") != sweep["config"]["task"] or cfg.get("plan", "one_generation") != "one_generation":
+            continue
+        for p in cfg.get("points") or []:
+            rec = by_key.get(p.get("eval"))
+            g = replicates.get(replicate_of(rec)) if rec and rec.get("status") == "done" else None
+            if g is not None and p["label"].get(SEED) not in seeds[id(g)]:
+                seeds[id(g)].add(p["label"].get(SEED))
+                yield g, p, other["name"]
+
+
+def _row(g: dict) -> dict:
+    row = {**g["label"], "label": g["label"], "seeds": len(g["values"]), "evals": g["evals"],
+           "values": g["values"], "by_seed": g["by_seed"], "pooled": g["pooled"]}
+    if g["values"]:
+        row["mean"], row["ci95"] = mean_ci(g["values"])
+    row["status"] = "done" if not g["failed"] else "; ".join(g["failed"])
+    return row
+
+
+# ---------------------------------------------------------------- comparison with M1
+
+def compare_with_m1(row: dict, m1: dict, ref: dict) -> dict:
+    """row - M1: paired by seed over the seeds both have (2 or more: paired t-test), else Welch's
+    test across seeds (2 or more a side), else the bare difference (that seed's M1 where M1 has it)."""
+    shared = sorted(set(row["by_seed"]) & set(m1["by_seed"]))
+    if len(shared) >= 2:
+        diffs = [row["by_seed"][s] - m1["by_seed"][s] for s in shared]
+        diff, ci = mean_ci(diffs)
+        out = {"test": f"paired t (n={len(shared)})", "diff": diff, "ci95": ci,
+               "p": paired_p([row["by_seed"][s] for s in shared], [m1["by_seed"][s] for s in shared])}
+    elif len(row["values"]) >= 2 and len(m1["values"]) >= 2:
+        diff, ci = welch_interval(row["values"], m1["values"])
+        out = {"test": f"Welch ({len(row['values'])} vs {len(m1['values'])})", "diff": diff, "ci95": ci,
+               "p": welch_p(row["values"], m1["values"])}
+        shared = []
+    elif shared:
+        out = {"test": f"none: 1 seed (M1 of seed {shared[0]})", "ci95": None, "p": None,
+               "diff": row["by_seed"][shared[0]] - m1["by_seed"][shared[0]]}
+    else:
+        out = {"test": "none: 1 seed", "diff": row["mean"] - m1["mean"], "ci95": None, "p": None}
+    # M1 and M0 over the seeds the difference was taken on
+    m1_ref = statistics.fmean(m1["by_seed"][s] for s in shared) if shared else m1["mean"]
+    m0_seeds = [ref["m0_by_seed"][s] for s in shared if s in ref["m0_by_seed"]]
+    m0_ref = statistics.fmean(m0_seeds) if shared and len(m0_seeds) == len(shared) else ref["m0"][0]
+    out["pct"] = 100.0 * out["diff"] / abs(m1_ref) if m1_ref else None
+    if m0_ref is not None and m1_ref != m0_ref:
+        out["gap_closed_pct"] = 100.0 * -out["diff"] / (m1_ref - m0_ref)
+    return out
+
+
+def paired_p(values: list[float], reference: list[float]) -> float | None:
+    """Two-sided p-value of the paired t-test (scipy.stats.ttest_rel); None when undefined."""
+    from scipy import stats
+    p = stats.ttest_rel(values, reference).pvalue
+    return None if math.isnan(p) else float(p)
 
 
 def welch_p(values: list[float], reference: list[float]) -> float | None:
@@ -82,9 +184,35 @@ def welch_p(values: list[float], reference: list[float]) -> float | None:
     return None if math.isnan(p) else float(p)
 
 
+def welch_interval(values: list[float], reference: list[float]) -> tuple[float, float]:
+    """Difference of means and the half-width of its 95% interval (Welch-Satterthwaite degrees of freedom)."""
+    from scipy import stats
+    va, vb = statistics.variance(values) / len(values), statistics.variance(reference) / len(reference)
+    diff = statistics.fmean(values) - statistics.fmean(reference)
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(reference) - 1))
+    return diff, stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error rate), in the order given."""
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(sorted(range(len(ps)), key=ps.__getitem__)):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def significance_mark(p: float | None) -> str:
     return "*" if p is not None and p < ALPHA else ""
 
+
+def _sign(x: float | None) -> str:
+    return "" if x is None else "-" if x < 0 else "+" if x > 0 else "0"
+
+
+# ---------------------------------------------------------------- the paper's numbers
 
 def paper_values(task: str) -> dict:
     """What collapse/paper_values.yaml knows of the paper's own numbers for `task` (often nothing)."""
@@ -95,24 +223,175 @@ def paper_values(task: str) -> dict:
         return {}
 
 
+def paper_reference(task: str) -> dict | None:
+    """The paper's table for `task` (entries keyed by coefficient leaf names, e.g. lam), its M1 and
+    best entries and its "setting X to 0 costs"; None when paper_values.yaml has no table for it."""
+    section = paper_values(task)
+    table = section.get("table") or []
+    if not table:
+        return None
+    metric = section.get("metric") or PRIMARY[task][0]
+    coeffs = [k for k in table[0] if k != metric]
+    entries = [({k: float(e[k]) for k in coeffs}, float(e[metric])) for e in table]
+    lower = PRIMARY[task][2] == "lower"
+    return {"coeffs": coeffs, "entries": entries,
+            "m1": next((v for c, v in entries if not any(c.values())), None),
+            "best": (min if lower else max)(entries, key=lambda e: e[1])[0],
+            "zero_costs": section.get("zero_costs_pct") or {}}
+
+
+def coefficients(row: dict, names: list[str]) -> dict | None:
+    """The row's value of each paper coefficient (lam -> its distill.lam label, or its config's
+    distill.lam when the grid does not sweep it); None when one is unknown."""
+    config = (row["evals"][0].get("config") or {}) if row["evals"] else {}
+    out = {}
+    for name in names:
+        value = next((v for k, v in row["label"].items() if k.split(".")[-1] == name),
+                     (config.get("distill") or {}).get(name))
+        if not isinstance(value, (int, float)):
+            return None
+        out[name] = float(value)
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], abs_tol=1e-9) for k in a)
+
+
+def paper_value(row: dict, paper: dict | None) -> float | None:
+    mine = coefficients(row, paper["coeffs"]) if paper else None
+    return next((v for c, v in paper["entries"] if _same(c, mine)), None) if mine else None
+
+
+def row_at(rows: list[dict], coeffs: dict, names: list[str]) -> dict | None:
+    return next((r for r in rows if (c := coefficients(r, names)) and _same(c, coeffs)), None)
+
+
+def spearman_line(rows: list[dict], ref: dict) -> str:
+    both = [(r["mean"], r["paper"]) for r in rows if "mean" in r and r["paper"] is not None]
+    if len(both) < 3:
+        return f"Spearman rank correlation with the paper: not computed ({len(both)} rows in both, 3 needed)."
+    from scipy import stats
+    result = stats.spearmanr([o for o, _ in both], [p for _, p in both])
+    if math.isnan(result.statistic):
+        return f"Spearman rank correlation with the paper: undefined (n = {len(both)}; one side has no spread)."
+    return (f"Spearman rank correlation of our row means with the paper's values: rho = {result.statistic:.3f} "
+            f"(n = {len(both)} rows in both, two-sided p = {result.pvalue:.3g}; scipy.stats.spearmanr, ties averaged).")
+
+
+def sign_line(rows: list[dict], ref: dict) -> str | None:
+    pairs = [(_sign(r["vs_m1"]["diff"]), _paper_sign(r, ref)) for r in rows
+             if r.get("vs_m1") and _paper_sign(r, ref)]
+    if not pairs:
+        return None
+    agree = sum(o == p for o, p in pairs)
+    return (f"Sign of the change against M1 (column sign_vs_M1_ours/paper; '-' = lower {ref['metric'][1]} than M1): "
+            f"ours and the paper's agree on {agree} of {len(pairs)} rows.")
+
+
+def _signs(row: dict, ref: dict) -> str:
+    ours = _sign((row.get("vs_m1") or {}).get("diff"))
+    return f"{ours} / {paper}" if ours and (paper := _paper_sign(row, ref)) else ours
+
+
+def _paper_sign(row: dict, ref: dict) -> str:
+    paper = ref["paper"]
+    if row.get("paper") is None or not paper or paper["m1"] is None:
+        return ""
+    return _sign(row["paper"] - paper["m1"])
+
+
+def zero_cost_lines(rows: list[dict], ref: dict) -> list[str]:
+    """The paper's "setting X to 0 costs" beside ours: the best row with one coefficient set to 0,
+    % worse than the best row (from row means, as the paper's single runs; and per seed where paired)."""
+    paper, lower = ref["paper"], ref["metric"][2] == "lower"
+    best = paper["best"]
+    best_name = ", ".join(f"{LEAF.get(k, k)}={v:g}" for k, v in best.items())
+    ours_best = row_at(rows, best, paper["coeffs"])
+    lines = [f"Setting one coefficient of the paper's best row ({best_name}) to 0 costs, in % of that row's "
+             f"{ref['metric'][1]} (positive = worse):", "",
+             "| set to 0 | paper % | ours % (row means) | ours % per seed (mean +- 95% CI) | note |", "|---|---|---|---|---|"]
+    for name, value in best.items():
+        if not value:
+            continue
+        zero = {**best, name: 0.0}
+        paper_pct = paper["zero_costs"].get(name)
+        if paper_pct is None:   # not quoted: computed from the paper's table
+            zero_v = next((v for c, v in paper["entries"] if _same(c, zero)), None)
+            best_v = next(v for c, v in paper["entries"] if _same(c, best))
+            paper_pct = None if zero_v is None else _cost(zero_v, best_v, lower)
+        ours_zero = row_at(rows, zero, paper["coeffs"])
+        ours = per_seed = ""
+        if ours_best is None or "mean" not in ours_best:
+            note = f"our row {best_name} is missing"
+        elif ours_zero is None or "mean" not in ours_zero:
+            note = f"our row with {LEAF.get(name, name)}=0 is missing"
+        else:
+            note = ""
+            ours = f"{_cost(ours_zero['mean'], ours_best['mean'], lower):.2f}"
+            per_seed = _per_seed_cost(ours_zero, ours_best, lower)
+        lines.append(f"| {LEAF.get(name, name)} | {_fmt(paper_pct, 2)} | {ours} | {per_seed} | {note} |")
+    return lines
+
+
+def _cost(zero: float, best: float, lower: bool) -> float:
+    return 100.0 * (zero - best) / abs(best) * (1 if lower else -1)
+
+
+def _per_seed_cost(zero: dict, best: dict, lower: bool) -> str:
+    shared = sorted(set(zero["by_seed"]) & set(best["by_seed"]))
+    if len(shared) < 2:
+        return ""
+    mean, ci = mean_ci([_cost(zero["by_seed"][s], best["by_seed"][s], lower) for s in shared])
+    return f"{mean:.2f} +- {ci:.2f} (n={len(shared)})"
+
+
+# ---------------------------------------------------------------- text
+
 def summary_line(rows: list[dict], ref: dict) -> str | None:
     """Best distilled row against M1, with the paper's own figure beside ours where it has one."""
     m1, (_, label, direction) = ref["m1"], ref["metric"]
-    distilled = [r for r in rows if r is not m1 and "mean" in r]
-    if not m1 or not distilled or not m1["mean"]:
+    distilled = [r for r in rows if r.get("vs_m1") and r["vs_m1"]["pct"] is not None]
+    if not m1 or not distilled:
         return None
     lower = direction == "lower"
-    best = min(distilled, key=lambda r: r["mean"] if lower else -r["mean"])
-    ours = 100.0 * ((m1["mean"] - best["mean"]) if lower else (best["mean"] - m1["mean"])) / abs(m1["mean"])
+    best = min(distilled, key=lambda r: r["vs_m1"]["pct"] if lower else -r["vs_m1"]["pct"])
+    cmp = best["vs_m1"]
+    ours = -cmp["pct"] if lower else cmp["pct"]
     name = ", ".join(f"{SHORT[k]}={best[k]:g}" for k in SHORT if k in best) or "best distilled"
-    p = best.get("p_welch")
-    test = (f"Welch p = {p:.3g}, {'significant' if p < ALPHA else 'not significant'} at alpha = {ALPHA}"
-            if p is not None else "no test: fewer than 2 seeds")
+    if cmp["p"] is not None:
+        verdict = "significant" if cmp["p_holm"] < ALPHA else "not significant"
+        test = f"{cmp['test']}: p = {cmp['p']:.3g}, Holm-adjusted p = {cmp['p_holm']:.3g}, {verdict} at alpha = {ALPHA}"
+    else:
+        test = "no test: fewer than 2 seeds"
     line = f"Best distilled student ({name}): {abs(ours):.1f}% {'better' if ours >= 0 else 'worse'} {label} than M1 ({test})"
     paper = paper_values(ref.get("task", "")).get("best_distilled_vs_M1_improvement_pct")
     if paper is not None:
         line += f"; the paper reports {paper:.1f}% (ours - paper = {ours - paper:+.1f} points)"
     return line + "."
+
+
+def unit_line(rows: list[dict], task: str) -> str | None:
+    units = UNITS.get(task)
+    reductions = sorted({((rec.get("config") or {}).get("train") or {}).get("reduction", plan.ADDED_LATER[("train", "reduction")])
+                         for r in rows for rec in r["evals"] if isinstance(rec.get("config"), dict)})
+    if not units or not reductions:
+        return None
+    if len(reductions) > 1:
+        return f"Unit: rows mix train.reduction = {', '.join(reductions)}; their values are not comparable."
+    return f"Unit: {units.get(reductions[0], f'train.reduction = {reductions[0]}')}."
+
+
+def pooled_line(rows: list[dict]) -> str | None:
+    sources = {}
+    for r in rows:
+        for name, seeds in r["pooled"].items():
+            sources.setdefault(name, set()).update(seeds)
+    if not sources:
+        return None
+    parts = [f"{name} (seeds {', '.join(str(s) for s in sorted(seeds, key=str))})" for name, seeds in sorted(sources.items())]
+    return ("Seeds pooled from other sweeps that ran the same rows with the very same configuration: "
+            + "; ".join(parts) + ".")
 
 
 def _why(point, by_key) -> str:
@@ -140,7 +419,10 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-ROW_FIELDS = ("seeds", "evals", "values", "mean", "ci95", "status", "change_pct", "gap_closed_pct", "p_welch")
+def _metric_digits(rows: list[dict]) -> int:
+    """Decimals that keep 4 significant digits of the metric's scale (0.0563 per pixel, 101.4 per image)."""
+    means = [abs(r["mean"]) for r in rows if r.get("mean")]
+    return max(3, 3 - math.floor(math.log10(statistics.median(means)))) if means else 3
 
 
 def _column_order(key: str):
@@ -148,26 +430,55 @@ def _column_order(key: str):
 
 
 def write_tables(name: str, rows: list[dict], ref: dict, out: Path) -> list[Path]:
-    keys = sorted({k for r in rows for k in r if k not in ROW_FIELDS}, key=_column_order)
-    metric = ref["metric"][1]
-    header = ["model"] + [SHORT.get(k, k) for k in keys] + [metric, "ci95", "change_vs_M1_%", "gap_closed_%",
-                                                            "p_welch_vs_M1", "sig_vs_M1", "seeds", "status"]
-    table = []
+    keys = sorted({k for r in rows for k in r["label"]}, key=_column_order)
+    metric, paper, d = ref["metric"][1], ref["paper"], _metric_digits(rows)
+    header = (["model"] + [SHORT.get(k, k) for k in keys] + [metric, "ci95"] + (["paper"] if paper else [])
+              + ["diff_vs_M1", "diff_ci95", "change_vs_M1_%"] + (["sign_vs_M1_ours/paper"] if paper else [])
+              + ["test_vs_M1", "p_vs_M1", "p_holm", "sig_vs_M1", "gap_closed_%", "seeds", "status"])
     m0, m0_ci = ref["m0"]
-    table.append(["M0 (teacher)"] + [""] * len(keys) + [_fmt(m0), _fmt(m0_ci), "", "", "", "", "", "reference"])
+    cells = [{"model": "M0 (teacher)", metric: _fmt(m0, d), "ci95": _fmt(m0_ci, d),
+              "seeds": len(ref["m0_by_seed"]) or "", "status": "reference"}]
     for r in rows:
-        table.append(["M1" if r is ref["m1"] else "student"] + [_fmt(r.get(k)) for k in keys] + [_fmt(r.get("mean")), _fmt(r.get("ci95")),
-                     _fmt(r.get("change_pct"), 2), _fmt(r.get("gap_closed_pct"), 1),
-                     _fmt_p(r.get("p_welch")), significance_mark(r.get("p_welch")), r["seeds"], r["status"]])
+        c = r.get("vs_m1") or {}
+        cells.append({"model": "M1" if r is ref["m1"] else "student",
+                      **{SHORT.get(k, k): _fmt(r.get(k)) for k in keys},
+                      metric: _fmt(r.get("mean"), d), "ci95": _fmt(r.get("ci95"), d), "paper": _fmt_paper(r["paper"]),
+                      "diff_vs_M1": _fmt(c.get("diff"), d), "diff_ci95": _fmt(c.get("ci95"), d),
+                      "change_vs_M1_%": _fmt(c.get("pct"), 2),
+                      "sign_vs_M1_ours/paper": "M1" if r is ref["m1"] else _signs(r, ref),
+                      "test_vs_M1": c.get("test", ""), "p_vs_M1": _fmt_p(c.get("p")), "p_holm": _fmt_p(c.get("p_holm")),
+                      "sig_vs_M1": significance_mark(c.get("p_holm")), "gap_closed_%": _fmt(c.get("gap_closed_pct"), 1),
+                      "seeds": r["seeds"], "status": r["status"]})
+    table = [[row.get(h, "") for h in header] for row in cells]
     csv_path = write_csv(out / f"{name}.csv", header, table)
-    md = [f"# {name}", "", f"{metric} on the real test set ({ref['metric'][2]} is better). "
-          "Change and gap are against M1, the plain student (all coefficients 0); "
-          "gap closed = (M1 - row) / (M1 - M0). Mean +- ci95 is a 95% Student-t interval across seeds.",
-          "", f"Significance: Welch's two-sided t-test (unequal variances; scipy.stats.ttest_ind, equal_var=False) "
-          f"of each row's per-seed values against M1's; sig_vs_M1 '*' marks p < alpha = {ALPHA} "
-          "(not corrected for multiple comparisons). Rows with fewer than 2 seeds, or M1 with fewer than 2, are not tested.",
+    n_tested = sum(1 for r in rows if (r.get("vs_m1") or {}).get("p") is not None)
+    md = [f"# {name}", "",
+          f"{metric} on the real test set ({ref['metric'][2]} is better); mean +- ci95 is a 95% Student-t interval "
+          "across seeds.", *_optional(unit_line(rows, ref["task"])), *_optional(pooled_line(rows)), "",
+          "Against M1, the plain student (all coefficients 0): diff_vs_M1 = row - M1 with its 95% t-interval and "
+          "change_vs_M1_% = diff / M1. Students of one seed share that seed's teacher and synthetic set, so a row "
+          "that shares 2 or more seeds with M1 is compared with M1 of the same seeds: the mean of the per-seed "
+          "differences and a paired t-test (scipy.stats.ttest_rel). A row that shares fewer takes Welch's "
+          "unpaired t-test (scipy.stats.ttest_ind, equal_var=False; difference of means, Welch-Satterthwaite "
+          "interval) when both sides have 2 or more seeds; a row with one seed shows its difference from M1 of "
+          "that seed (or from M1's mean when M1 lacks it) and is not tested. test_vs_M1 names each row's test. "
+          f"Tests are two-sided at alpha = {ALPHA}; p_vs_M1 is unadjusted, p_holm is Holm's step-down "
+          f"correction over the {n_tested} rows tested, and sig_vs_M1 '*' marks p_holm < {ALPHA}. "
+          "gap_closed_% = (M1 - row) / (M1 - M0) on the same seeds.",
           *(["", summary] if (summary := summary_line(rows, ref)) else []), "", *md_table(header, table)]
+    if paper:
+        md += ["", "## Against the paper's table", "",
+               "paper: the paper's value of the row with the same coefficients (blank: not in the paper).", "",
+               spearman_line(rows, ref), *_optional(sign_line(rows, ref)), "", *zero_cost_lines(rows, ref)]
     return [csv_path, write_text(out / f"{name}.md", md)]
+
+
+def _optional(line: str | None) -> list[str]:
+    return ["", line] if line else []
+
+
+def _fmt_paper(v: float | None) -> str:
+    return "" if v is None else f"{v:g}"   # as printed in the paper
 
 
 # ---------------------------------------------------------------- writers shared with report_chains
@@ -255,16 +566,21 @@ def write_reports(root) -> list[Path]:
     out = root / "report"
     written = []
     from collapse import report_chains
+    sweeps = [r for r in records if r.get("kind") == "sweep" and r.get("status") == "done" and _well_formed(r)]
     for name, sweep in sorted(latest_sweeps(records).items()):
-        if not isinstance(sweep.get("config"), dict) or not isinstance(sweep["config"].get("points"), list):
+        if not _well_formed(sweep):
             print(f"warning: report: sweep record {sweep.get('key')} ({name}) is malformed (no config.points); "
                   "skipped", file=sys.stderr)
             continue
         if report_chains.handles(sweep):   # iterative retraining: metric against generation
             written += report_chains.write(name, sweep, by_key, root, out)
             continue
-        rows, ref = sweep_rows(sweep, by_key)
+        rows, ref = sweep_rows(sweep, by_key, sorted(sweeps, key=lambda r: r.get("ended", 0)))
         written += write_tables(name, rows, ref, out)
         written += [p for p in (plot_coefficients(name, rows, ref, out),
                                 plot_samples(name, rows, ref, root, out)) if p]
     return written
+
+
+def _well_formed(sweep: dict) -> bool:
+    return isinstance(sweep.get("config"), dict) and isinstance(sweep["config"].get("points"), list)
