@@ -323,15 +323,19 @@ def zero_cost_lines(rows: list[dict], ref: dict) -> list[str]:
         ours_zero = row_at(rows, zero, paper["coeffs"])
         ours = per_seed = ""
         if ours_best is None or "mean" not in ours_best:
-            note = f"our row {best_name} is missing"
+            note = f"our row {best_name} {_missing(ours_best)}"
         elif ours_zero is None or "mean" not in ours_zero:
-            note = f"our row with {LEAF.get(name, name)}=0 is missing"
+            note = f"our row with {LEAF.get(name, name)}=0 {_missing(ours_zero)}"
         else:
             note = ""
             ours = f"{_cost(ours_zero['mean'], ours_best['mean'], lower):.2f}"
             per_seed = _per_seed_cost(ours_zero, ours_best, lower)
         lines.append(f"| {LEAF.get(name, name)} | {_fmt(paper_pct, 2)} | {ours} | {per_seed} | {note} |")
     return lines
+
+
+def _missing(row: dict | None) -> str:
+    return "is not in this grid" if row is None else "has no finished seed yet"
 
 
 def _cost(zero: float, best: float, lower: bool) -> float:
@@ -371,10 +375,12 @@ def summary_line(rows: list[dict], ref: dict) -> str | None:
     return line + "."
 
 
-def unit_line(rows: list[dict], task: str) -> str | None:
-    units = UNITS.get(task)
+def unit_line(sweep: dict, by_key: dict) -> str | None:
+    """What one value is, from the train.reduction of the sweep's stage records (known before any eval ends)."""
+    units = UNITS.get(sweep["config"]["task"])
+    records = [by_key.get(p.get(role)) for p in sweep["config"]["points"] for role in ("eval", "student", "teacher")]
     reductions = sorted({((rec.get("config") or {}).get("train") or {}).get("reduction", plan.ADDED_LATER[("train", "reduction")])
-                         for r in rows for rec in r["evals"] if isinstance(rec.get("config"), dict)})
+                         for rec in records if rec and isinstance(rec.get("config"), dict)})
     if not units or not reductions:
         return None
     if len(reductions) > 1:
@@ -429,7 +435,7 @@ def _column_order(key: str):
     return (list(SHORT).index(key) if key in SHORT else len(SHORT), key)
 
 
-def write_tables(name: str, rows: list[dict], ref: dict, out: Path) -> list[Path]:
+def write_tables(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, out: Path) -> list[Path]:
     keys = sorted({k for r in rows for k in r["label"]}, key=_column_order)
     metric, paper, d = ref["metric"][1], ref["paper"], _metric_digits(rows)
     header = (["model"] + [SHORT.get(k, k) for k in keys] + [metric, "ci95"] + (["paper"] if paper else [])
@@ -454,7 +460,7 @@ def write_tables(name: str, rows: list[dict], ref: dict, out: Path) -> list[Path
     n_tested = sum(1 for r in rows if (r.get("vs_m1") or {}).get("p") is not None)
     md = [f"# {name}", "",
           f"{metric} on the real test set ({ref['metric'][2]} is better); mean +- ci95 is a 95% Student-t interval "
-          "across seeds.", *_optional(unit_line(rows, ref["task"])), *_optional(pooled_line(rows)), "",
+          "across seeds.", *_optional(unit_line(sweep, by_key)), *_optional(pooled_line(rows)), "",
           "Against M1, the plain student (all coefficients 0): diff_vs_M1 = row - M1 with its 95% t-interval and "
           "change_vs_M1_% = diff / M1. Students of one seed share that seed's teacher and synthetic set, so a row "
           "that shares 2 or more seeds with M1 is compared with M1 of the same seeds: the mean of the per-seed "
@@ -576,7 +582,7 @@ def write_reports(root) -> list[Path]:
             written += report_chains.write(name, sweep, by_key, root, out)
             continue
         rows, ref = sweep_rows(sweep, by_key, sorted(sweeps, key=lambda r: r.get("ended", 0)))
-        written += write_tables(name, rows, ref, out)
+        written += write_tables(name, sweep, by_key, rows, ref, out)
         written += [p for p in (plot_coefficients(name, rows, ref, out),
                                 plot_samples(name, rows, ref, root, out)) if p]
     return written

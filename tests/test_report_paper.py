@@ -72,7 +72,7 @@ def test_zero_costs_beside_the_papers(table):
         half = stats.t.ppf(0.975, 2) * np.std(per, ddof=1) / np.sqrt(3)
         assert per_seed == f"{np.mean(per):.2f} +- {half:.2f} (n=3)" and note == ""
     assert costs["lambda"][0] == "0.12" and costs["beta"][0] == "12.91"
-    assert costs["gamma"] == ("4.83", "", "", "our row with gamma=0 is missing")
+    assert costs["gamma"] == ("4.83", "", "", "our row with gamma=0 is not in this grid")
 
 
 def test_rows_are_compared_with_m1_of_their_own_seed(table):
