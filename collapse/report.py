@@ -267,16 +267,28 @@ def row_at(rows: list[dict], coeffs: dict, names: list[str]) -> dict | None:
     return next((r for r in rows if (c := coefficients(r, names)) and _same(c, coeffs)), None)
 
 
-def spearman_line(rows: list[dict], ref: dict) -> str:
-    both = [(r["mean"], r["paper"]) for r in rows if "mean" in r and r["paper"] is not None]
+def spearman_lines(rows: list[dict]) -> list[str]:
+    """Rank correlation of our row means with the paper's values; with mixed seed counts also on the one
+    seed every row has, whose values carry no between-seed differences."""
+    both = [r for r in rows if "mean" in r and r["paper"] is not None]
     if len(both) < 3:
-        return f"Spearman rank correlation with the paper: not computed ({len(both)} rows in both, 3 needed)."
+        return [f"Spearman rank correlation with the paper: not computed ({len(both)} rows in both, 3 needed)."]
+    lines = [_spearman("our row means", [r["mean"] for r in both], [r["paper"] for r in both])]
+    common = sorted(set.intersection(*(set(r["by_seed"]) for r in both)), key=str)
+    if common and len({r["seeds"] for r in both}) > 1:
+        seed = common[0]
+        lines.append(_spearman(f"seed {seed} alone (the seed every row has)",
+                               [r["by_seed"][seed] for r in both], [r["paper"] for r in both]))
+    return lines
+
+
+def _spearman(what: str, ours: list[float], paper: list[float]) -> str:
     from scipy import stats
-    result = stats.spearmanr([o for o, _ in both], [p for _, p in both])
+    result = stats.spearmanr(ours, paper)
     if math.isnan(result.statistic):
-        return f"Spearman rank correlation with the paper: undefined (n = {len(both)}; one side has no spread)."
-    return (f"Spearman rank correlation of our row means with the paper's values: rho = {result.statistic:.3f} "
-            f"(n = {len(both)} rows in both, two-sided p = {result.pvalue:.3g}; scipy.stats.spearmanr, ties averaged).")
+        return f"Spearman rank correlation with the paper, {what}: undefined (n = {len(ours)}; one side has no spread)."
+    return (f"Spearman rank correlation with the paper's values, {what}: rho = {result.statistic:.3f} "
+            f"(n = {len(ours)} rows in both, two-sided p = {result.pvalue:.3g}; scipy.stats.spearmanr, ties averaged).")
 
 
 def sign_line(rows: list[dict], ref: dict) -> str | None:
@@ -475,7 +487,7 @@ def write_tables(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
     if paper:
         md += ["", "## Against the paper's table", "",
                "paper: the paper's value of the row with the same coefficients (blank: not in the paper).", "",
-               spearman_line(rows, ref), *_optional(sign_line(rows, ref)), "", *zero_cost_lines(rows, ref)]
+               *spearman_lines(rows), *_optional(sign_line(rows, ref)), "", *zero_cost_lines(rows, ref)]
     return [csv_path, write_text(out / f"{name}.md", md)]
 
 
@@ -484,7 +496,8 @@ def _optional(line: str | None) -> list[str]:
 
 
 def _fmt_paper(v: float | None) -> str:
-    return "" if v is None else f"{v:g}"   # as printed in the paper
+    """4 significant digits, trailing zeros kept: as the paper prints its values (0.05630)."""
+    return "" if v is None else f"{v:.{max(0, 3 - math.floor(math.log10(abs(v))))}f}" if v else "0"
 
 
 # ---------------------------------------------------------------- writers shared with report_chains
