@@ -118,7 +118,7 @@ def pooled_points(sweep: dict, others: list[dict], replicates: dict, by_key: dic
     seeds = {id(g): set(g["by_seed"]) | {None} for g in replicates.values()}
     for other in others:
         cfg = other.get("config") or {}
-        if other is sweep or cfg.get("task") != sweep["config"]["task"] or cfg.get("plan", "one_generation") != "one_generation":
+        if other is sweep or cfg.get("task") != sweep["config"]["task"] or cfg.get("plan") not in (None, "one_generation"):
             continue
         for p in cfg.get("points") or []:
             rec = by_key.get(p.get("eval"))
@@ -154,10 +154,10 @@ def compare_with_m1(row: dict, m1: dict, ref: dict) -> dict:
                "p": welch_p(row["values"], m1["values"])}
         shared = []
     elif shared:
-        out = {"test": f"none: 1 seed (M1 of seed {shared[0]})", "ci95": None, "p": None,
+        out = {"test": f"none: 1 pair (seed {shared[0]})", "ci95": None, "p": None,
                "diff": row["by_seed"][shared[0]] - m1["by_seed"][shared[0]]}
     else:
-        out = {"test": "none: 1 seed", "diff": row["mean"] - m1["mean"], "ci95": None, "p": None}
+        out = {"test": "none: 1 seed, none shared", "diff": row["mean"] - m1["mean"], "ci95": None, "p": None}
     # M1 and M0 over the seeds the difference was taken on
     m1_ref = statistics.fmean(m1["by_seed"][s] for s in shared) if shared else m1["mean"]
     m0_seeds = [ref["m0_by_seed"][s] for s in shared if s in ref["m0_by_seed"]]
@@ -322,7 +322,7 @@ def zero_cost_lines(rows: list[dict], ref: dict) -> list[str]:
     ours_best = row_at(rows, best, paper["coeffs"])
     lines = [f"Setting one coefficient of the paper's best row ({best_name}) to 0 costs, in % of that row's "
              f"{ref['metric'][1]} (positive = worse):", "",
-             "| set to 0 | paper % | ours % (row means) | ours % per seed (mean +- 95% CI) | note |", "|---|---|---|---|---|"]
+             *md_table(["set to 0", "paper %", "ours % (row means)", "ours % per seed (mean +- 95% CI)", "note"], [])]
     for name, value in best.items():
         if not value:
             continue
@@ -380,7 +380,8 @@ def summary_line(rows: list[dict], ref: dict) -> str | None:
         test = f"{cmp['test']}: p = {cmp['p']:.3g}, Holm-adjusted p = {cmp['p_holm']:.3g}, {verdict} at alpha = {ALPHA}"
     else:
         test = "no test: fewer than 2 seeds"
-    line = f"Best distilled student ({name}): {abs(ours):.1f}% {'better' if ours >= 0 else 'worse'} {label} than M1 ({test})"
+    better = "better" if ours >= 0 else "worse"
+    line = f"Best distilled student ({name}): {abs(ours):.1f}% {better} {label} than M1 ({test})"
     paper = paper_values(ref.get("task", "")).get("best_distilled_vs_M1_improvement_pct")
     if paper is not None:
         line += f"; the paper reports {paper:.1f}% (ours - paper = {ours - paper:+.1f} points)"
@@ -391,7 +392,8 @@ def unit_line(sweep: dict, by_key: dict) -> str | None:
     """What one value is, from the train.reduction of the sweep's stage records (known before any eval ends)."""
     units = UNITS.get(sweep["config"]["task"])
     records = [by_key.get(p.get(role)) for p in sweep["config"]["points"] for role in ("eval", "student", "teacher")]
-    reductions = sorted({((rec.get("config") or {}).get("train") or {}).get("reduction", plan.ADDED_LATER[("train", "reduction")])
+    default = plan.ADDED_LATER[("train", "reduction")]   # records older than the field
+    reductions = sorted({(rec["config"].get("train") or {}).get("reduction", default)
                          for rec in records if rec and isinstance(rec.get("config"), dict)})
     if not units or not reductions:
         return None
@@ -407,7 +409,8 @@ def pooled_line(rows: list[dict]) -> str | None:
             sources.setdefault(name, set()).update(seeds)
     if not sources:
         return None
-    parts = [f"{name} (seeds {', '.join(str(s) for s in sorted(seeds, key=str))})" for name, seeds in sorted(sources.items())]
+    parts = [f"{name} (seeds {', '.join(str(s) for s in sorted(seeds, key=str))})"
+             for name, seeds in sorted(sources.items())]
     return ("Seeds pooled from other sweeps that ran the same rows with the very same configuration: "
             + "; ".join(parts) + ".")
 
@@ -478,8 +481,9 @@ def write_tables(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
           "that shares 2 or more seeds with M1 is compared with M1 of the same seeds: the mean of the per-seed "
           "differences and a paired t-test (scipy.stats.ttest_rel). A row that shares fewer takes Welch's "
           "unpaired t-test (scipy.stats.ttest_ind, equal_var=False; difference of means, Welch-Satterthwaite "
-          "interval) when both sides have 2 or more seeds; a row with one seed shows its difference from M1 of "
-          "that seed (or from M1's mean when M1 lacks it) and is not tested. test_vs_M1 names each row's test. "
+          "interval) when both sides have 2 or more seeds. Otherwise (one seed) the row shows its difference "
+          "from M1 of the same seed (or from M1's mean when M1 lacks it) and is not tested. test_vs_M1 names "
+          "each row's test. "
           f"Tests are two-sided at alpha = {ALPHA}; p_vs_M1 is unadjusted, p_holm is Holm's step-down "
           f"correction over the {n_tested} rows tested, and sig_vs_M1 '*' marks p_holm < {ALPHA}. "
           "gap_closed_% = (M1 - row) / (M1 - M0) on the same seeds.",

@@ -83,7 +83,7 @@ def test_zero_costs_beside_the_papers(table):
 def test_rows_are_compared_with_m1_of_their_own_seed(table):
     rows, _ = table
     lone = row_of(rows, (0.25, 1.0, 1.0))
-    assert lone["test_vs_M1"] == "none: 1 seed (M1 of seed 0)"
+    assert lone["test_vs_M1"] == "none: 1 pair (seed 0)"
     assert float(lone["diff_vs_M1"]) == pytest.approx(0.0635 - 0.0630, abs=5e-6)
     paired = row_of(rows, BEST)
     seeds = sorted(ROWS[BEST])

@@ -136,7 +136,7 @@ def test_rows_sharing_no_seed_with_m1_take_welch(table):
 def test_a_lone_seed_is_compared_with_m1_of_its_seed_and_not_tested(table):
     rows, _ = table
     r = row_of(rows, (0.0, 0.0, 1.0))
-    assert r["test_vs_M1"] == "none: 1 seed (M1 of seed 0)"
+    assert r["test_vs_M1"] == "none: 1 pair (seed 0)"
     assert float(r["diff_vs_M1"]) == pytest.approx(104.0 - 110.0, abs=5e-4)
     assert r["p_vs_M1"] == r["p_holm"] == r["sig_vs_M1"] == r["diff_ci95"] == r["ci95"] == ""
 
