@@ -123,3 +123,21 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
         train.deepspeed_config(cfg(1).train)
+
+
+def test_cluster_setup_lines_and_tasks_per_node_reach_the_job_script(tmp_path):
+    """cluster.setup goes into every job script after our own exports; tasks_per_node sets the ranks."""
+    from collapse.config import ConfigError
+    from collapse.executors import slurm
+    c = from_dict({"cluster": {"setup": ["module load cuda/12.4", "export NCCL_DEBUG=WARN"],
+                               "tasks_per_node": 2}}).cluster
+    executor = slurm._executor(tmp_path, c.resources("teacher"), "collapse-teacher", None)
+    script = executor._make_submission_file_text("python -m something", "uid")
+    assert "#SBATCH --ntasks-per-node=2" in script
+    lines = script.splitlines()
+    assert lines.index("module load cuda/12.4") > lines.index("unset RANK LOCAL_RANK WORLD_SIZE MASTER_ADDR MASTER_PORT")
+    assert "export NCCL_DEBUG=WARN" in lines
+    with pytest.raises(ConfigError, match=r"cluster.setup\[0\]"):
+        from_dict({"cluster": {"setup": ["module load cuda\nrm -rf /"]}})
+    with pytest.raises(ConfigError, match="cluster.stages.teacher.tasks_per_node"):
+        from_dict({"cluster": {"gpus_per_node": 4, "stages": {"teacher": {"tasks_per_node": 3}}}})
