@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import config, generations, manifest, storage, tasks, train
+from collapse import config, generations, lease, manifest, storage, tasks, train
 from collapse.device import device_of, generator, this_device
 
 
@@ -148,22 +148,51 @@ RUNNERS = {"teacher": run_teacher, "synth": run_synth, "student": run_student, "
 # ---------------------------------------------------------------- the entry point
 
 def run_stage(root, key: str) -> dict:
+    """Run stage `key` under its lease (collapse/lease.py). When another live runner holds it, return
+    at once with status 'held', having written nothing; the lease is released at the end, failed or not."""
     root = Path(root)
     spec = read_spec(root, key)
     log_file = log_path(root, spec)
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {msg}", flush=True)
+
+    primary = train.global_rank() == 0     # in a multi-task SLURM job only rank 0 holds the lease, writes the record
+    try:
+        held = lease.acquire(root, key) if primary else lease.follow(root, key)
+    except lease.Held as e:
+        log(f"not run: {e}")
+        return {"kind": spec["kind"], "key": key, "name": spec["name"], "status": "held", "error": str(e),
+                "log": str(log_file.relative_to(root))}
+    try:
+        return _run_held(root, key, spec, log_file, primary, held, log)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, held, log) -> dict:
+    """run_stage's work, once this process holds the stage's lease (or, rank > 0, its rank 0 does)."""
+    previous = manifest.read(root, key)
+    if lease.planned_by_launch() and previous is not None and previous["status"] == "done":
+        try:   # finished by another runner since this one's launch planned it: not run twice
+            for name in previous.get("artifacts") or {}:
+                artifact(root, previous, name)
+            log(f"not run: done meanwhile by {previous.get('host')}:{previous.get('pid')}")
+            return previous
+        except (storage.CorruptFileError, OSError, KeyError, TypeError):
+            pass   # its artifacts are damaged: this run redoes it
+    if held is not None:
+        log(f"starting on {held.who}" + (f"; took over the lease of {held.taken_from}" if held.taken_from else ""))
     started = manifest.now()
     base = {"kind": spec["kind"], "key": key, "name": spec["name"], "deps": spec["deps"],
             "config": spec["config"], "log": str(log_file.relative_to(root)), "started": started,
             **manifest.provenance()}
-    primary = train.global_rank() == 0     # in a multi-task SLURM job only rank 0 writes the record
     if primary:
         # a kill mid-write in an earlier run of this stage leaves temporary files; nothing else writes them
         storage.remove_temps(stage_dir(root, key))
         storage.remove_temps(root / "manifest", f".{key}.json.*.tmp")
         manifest.write(root, {**base, "status": "running"})
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {msg}", flush=True)
 
     try:
         cfg = config.from_dict(spec["config"])
@@ -202,7 +231,8 @@ def main(argv=None) -> int:
               "(letters, digits, '_', '.', '-'; no '/' and no leading '.')", file=sys.stderr)
         return 2
     try:
-        return 0 if run_stage(argv[0], argv[1])["status"] == "done" else 1
+        status = run_stage(argv[0], argv[1])["status"]
+        return 0 if status == "done" else lease.HELD_EXIT if status == "held" else 1
     except OSError as e:   # no spec to read, or the 'running' record cannot be written
         print(f"error: stage {argv[1]} in {argv[0]}: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,9 @@ States: done (recorded done), running, pending (queued, or requeued after preemp
 missing (not run: never submitted, or its job was removed because an input failed). The manifest
 decides done and failed; squeue and sacct (one call each, not one per stage) add the job id,
 the queue state and the elapsed time. Without SLURM it shows what the manifest says.
+A stage's lease (collapse/lease.py) says who runs it now, on any node and under either executor:
+host, pid or SLURM job, and the age of its last heartbeat; a stage recorded running whose lease
+is dead (its runner was killed, its node lost) shows as failed, to be rerun by the next launch.
 """
 import json
 import os
@@ -16,6 +19,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from collapse import lease
 
 # No torch here (collapse.manifest imports it through collapse.storage): status must answer in well
 # under a second, so it reads the manifest's JSON records itself, with manifest's rules.
@@ -144,6 +149,7 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
     jobs = {k: index["stages"][k]["job"] for k in keys if k in index["stages"]}
     queue = squeue_fn(jobs.values())
     acct = sacct_fn(jobs.values())
+    leased = set(os.listdir(lease.folder(root))) if lease.folder(root).is_dir() else set()
 
     rows = []
     for key in keys:
@@ -198,10 +204,26 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
             row.note = f"job {row.job} {sacct_state or 'unknown to SLURM'}, nothing recorded"
         else:
             row.note = "not submitted"
+        holder = lease.read(root, key) if f"{key}.json" in leased else None
+        if holder is not None:
+            _show_holder(row, holder, status, q)
         rows.append(row)
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     rows.sort(key=lambda r: (order.get(r.kind, len(order)), r.name))
     return rows, sweeps
+
+
+def _show_holder(row: Row, holder, status: str | None, queued) -> None:
+    """Who runs the stage now (a live lease), or that its runner died (a dead one)."""
+    why = holder.dead_because()
+    if why is None:
+        row.state = "running"
+        row.job = row.job or (holder.job or "")
+        row.elapsed = row.elapsed or _seconds(time.time() - holder.acquired)
+        row.note = f"held by {holder}"
+    elif status == "running" and row.state == "running" and not (queued and queued[0] in RUNNING):
+        row.state = "failed"
+        row.note = f"its runner {holder.host}:{holder.pid} died ({why}); the next launch reruns it"
 
 
 def render(rows: list[Row], root, sweeps: list[dict]) -> str:

@@ -3,6 +3,13 @@
 Up to `max_parallel` stages run at once, each `python -m collapse.run ROOT KEY` with its own
 log file. A stage whose input failed is not started (it is reported as blocked); the other
 branches of the graph go on.
+
+One run per stage (collapse/lease.py): a stage whose lease a live runner holds (another launch, a
+SLURM job, on any node) is not started but waited for, polling its lease every second; so is one
+whose subprocess exits with lease.HELD_EXIT (the other runner took the lease first). When the
+holder is gone, its record decides: done is done (its dependents start), failed is failed, and a
+holder that died without an end (killed, node lost) leaves the stage to be run here, from its
+checkpoint.
 """
 import os
 import subprocess
@@ -12,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from collapse import manifest
+from collapse import lease, manifest
 from collapse.config import REPO
 from collapse.run import log_path
 
@@ -24,7 +31,10 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
     max_parallel = max_parallel or cores
     waiting = {s.key: s for s in stages}
     running: dict[str, tuple] = {}
+    held: dict[str, object] = {}      # stages another runner is running: waited for
+    planned = {s.key: _started(root, s.key) for s in stages}
     result: dict[str, str] = {}
+    checked = 0.0
     interactive = sys.stderr.isatty()
     bar = tqdm(total=len(stages), unit="stage", dynamic_ncols=True, file=sys.stderr, disable=not interactive)
 
@@ -37,11 +47,20 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
     def state_of(key):
         if key in result:
             return result[key]
-        if key in waiting or key in running:
+        if key in waiting or key in running or key in held:
             return "pending"
         return "done" if manifest.is_done(root, key) else "missing"
 
-    while waiting or running:
+    def wait_for(stage, holder, why):
+        held[stage.key] = stage
+        say(f"{why}: {stage.name} is running under {holder}; waiting for it")
+
+    def finished(key, stage, state, msg):
+        result[key] = state
+        bar.update()
+        say(msg)
+
+    while waiting or running or held:
         ready = []
         for key, stage in list(waiting.items()):
             deps = [state_of(k) for k in stage.deps.values()]
@@ -57,6 +76,13 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
         for stage in ready[:max(0, max_parallel - len(running))]:
             key = stage.key
             del waiting[key]
+            holder = lease.live_holder(root, key)
+            if holder is not None:
+                wait_for(stage, holder, "not started")
+                continue
+            if _started(root, key) != planned[key] and manifest.is_done(root, key):
+                finished(key, stage, "done", f"done {stage.name} meanwhile, by another runner")
+                continue
             try:
                 running[key] = (stage, _start(root, stage, threads))
             except OSError as e:   # its log cannot be opened (disk full, read-only)
@@ -69,12 +95,30 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
             if proc.poll() is None:
                 continue
             del running[key]
+            holder = lease.live_holder(root, key) if proc.returncode else None
+            if proc.returncode == lease.HELD_EXIT or holder is not None:
+                wait_for(stage, holder or lease.read(root, key) or "another runner", "held")
+                continue
             result[key] = _finish(root, stage, proc.returncode)
             bar.update()
             if result[key] == "done":
                 say(f"done {stage.name} ({len(result)}/{len(stages)})")
             else:
                 say(f"failed {stage.name}: see {log_path(root, stage.spec())}")
+        if held and time.monotonic() - checked >= 1.0:
+            checked = time.monotonic()
+            for key, stage in list(held.items()):
+                if lease.live_holder(root, key) is not None:
+                    continue
+                del held[key]
+                record = manifest.read(root, key)
+                status = record["status"] if record else "missing"
+                if status in ("done", "failed"):
+                    finished(key, stage, status, f"{status} {stage.name}, run by another runner: "
+                                                 f"see {log_path(root, stage.spec())}")
+                else:   # its runner died without recording an end: run it here (it resumes)
+                    waiting[key] = stage
+                    say(f"{stage.name}: its runner died without recording an end; running it here")
         time.sleep(poll_s)
     bar.close()
     return result
@@ -91,13 +135,19 @@ def _start(root: Path, stage, share: int) -> subprocess.Popen:
     log = log_path(root, stage.spec())
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = str(stage.config["train"]["threads"] or share)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)  # each stage forms its own process group
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "collapse.run", str(root), stage.key],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def _started(root: Path, key: str):
+    """When the stage's recorded run started (None: no record): a change means another runner ran it."""
+    record = manifest.read(root, key)
+    return record.get("started") if record else None
 
 
 def _finish(root: Path, stage, returncode: int) -> str:

@@ -439,6 +439,33 @@ def submit(sweep, plan, todo: list, root, out=sys.stdout) -> int:
         return 1
 
 
+def _held_by_leases(todo: list, root, running: dict) -> dict:
+    """Stages of `todo` a live runner holds (collapse/lease.py) that the index does not show queued:
+    a SLURM job's is added to `running` (dependents wait on it); a local runner's is returned."""
+    from collapse import lease
+    local = {}
+    for s in todo:
+        holder = None if s.key in running else lease.live_holder(root, s.key)
+        if holder is not None and holder.job:
+            running[s.key] = holder.job
+        elif holder is not None:
+            local[s.key] = holder
+    return local
+
+
+def _with_dependents(todo: list, keys: set, running: dict) -> set:
+    """`keys` and the stages of `todo` that read them, directly or not (those already queued aside)."""
+    keys = set(keys)
+    grew = True
+    while grew:
+        grew = False
+        for s in todo:
+            if s.key not in keys and s.key not in running and any(d in keys for d in s.deps.values()):
+                keys.add(s.key)
+                grew = True
+    return keys
+
+
 def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_path, started) -> int:
     index = read_index(root)
     entries = {s.key: index["stages"][s.key] for s in todo if s.key in index["stages"]}
@@ -446,14 +473,27 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_
     report_ids = [r["job"] for r in index["reports"][-1:]]
     states = squeue_states(list(known.values()) + report_ids)     # the one squeue call
     running = {k: j for k, j in known.items() if is_active(j, states, entries[k].get("job_name"))}
-    fresh = [s for s in todo if s.key not in running]
+    local = _held_by_leases(todo, root, running)
+    blocked = _with_dependents(todo, set(local), running)
+    fresh = [s for s in todo if s.key not in running and s.key not in blocked]
     launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     launch = {"id": launch_id, "sweep": sweep_key, "grid": sweep.grid, "user": getpass.getuser(),
-              "submitted": round(time.time(), 3), "arrays": [], "report": None, "skipped": sorted(running)}
+              "submitted": round(time.time(), 3), "arrays": [], "report": None, "skipped": sorted(running),
+              "held_locally": sorted(blocked)}
+    if blocked:
+        names = "; ".join(f"{s.name} ({s.key}) held by {local[s.key]}" for s in todo if s.key in local)
+        say(f"not submitted: {len(local)} stage{'s' if len(local) > 1 else ''} running under a local launch, which "
+            f"SLURM cannot wait on ({names}), and {len(blocked) - len(local)} stages that depend on them; "
+            f"launch again when they have finished")
+    if not fresh and not running:
+        index["launches"].append(launch)
+        write_index(root, index)
+        say("nothing submitted")
+        return 0
 
     if not fresh:
         live_report = [j for j in report_ids if is_active(j, states)]
-        say(f"nothing new to submit: all {len(todo)} stages to run are already queued or running "
+        say(f"nothing new to submit: all {len(todo) - len(blocked)} stages to run are already queued or running "
             f"(jobs {', '.join(sorted({base_id(j) for j in running.values()}, key=int))})")
         if live_report:
             say(f"their report job {live_report[0]} will write the report")
