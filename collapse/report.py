@@ -440,9 +440,9 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _metric_digits(rows: list[dict]) -> int:
+def _metric_digits(rows: list[dict], m0: float | None) -> int:
     """Decimals that keep 4 significant digits of the metric's scale (0.0563 per pixel, 101.4 per image)."""
-    means = [abs(r["mean"]) for r in rows if r.get("mean")]
+    means = [abs(v) for v in [m0] + [r.get("mean") for r in rows] if v]
     return max(3, 3 - math.floor(math.log10(statistics.median(means)))) if means else 3
 
 
@@ -452,7 +452,7 @@ def _column_order(key: str):
 
 def write_tables(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, out: Path) -> list[Path]:
     keys = sorted({k for r in rows for k in r["label"]}, key=_column_order)
-    metric, paper, d = ref["metric"][1], ref["paper"], _metric_digits(rows)
+    metric, paper, d = ref["metric"][1], ref["paper"], _metric_digits(rows, ref["m0"][0])
     header = (["model"] + [SHORT.get(k, k) for k in keys] + [metric, "ci95"] + (["paper"] if paper else [])
               + ["diff_vs_M1", "diff_ci95", "change_vs_M1_%"] + (["sign_vs_M1_ours/paper"] if paper else [])
               + ["test_vs_M1", "p_vs_M1", "p_holm", "sig_vs_M1", "gap_closed_%", "seeds", "status"])
