@@ -85,7 +85,7 @@ def main():
     torch.manual_seed(0)
     engine_bf16 = train.make_engine(vae.build_model(plain), plain_bf16.train)
     teacher = vae.build_model(plain).to(device).eval().requires_grad_(False)
-    targets = train.teacher_targets(vae, teacher, data)
+    targets = train.teacher_targets(vae, teacher, data, plain)
 
     runners = {
         "bare": lambda d, i, s: bare_step(bare_model, bare_opt, d, i, s, plain),

@@ -74,11 +74,13 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 70
+    steps: int | None = None        # a step budget instead of epochs (null: epochs x batches per epoch)
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.01
     seed: int = 0
     eval_every: int = 1             # epochs between test-loss evaluations
+    eval_every_steps: int | None = None   # steps between them instead (null: every eval_every epochs)
     checkpoint_every: int = 2000    # steps between resumable checkpoints (also at each epoch end)
     zero_stage: int = 0             # configs/deepspeed/zero<N>.json
     bf16: bool | None = None        # mixed precision; null: bf16 on GPU, fp32 on CPU; true: bf16 on CPU too
@@ -88,6 +90,9 @@ class TrainConfig:
     def check(self, p):
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
             _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
+        for name in ("steps", "eval_every_steps"):
+            v = getattr(self, name)
+            _check(v is None or 1 <= v <= MAX_COUNT, p + name, v, f"an integer in [1, {MAX_COUNT}] or null")
         _check(self.threads >= 0, p + "threads", self.threads, "an integer >= 0 (0: the executor's share)")
         _check(0 < self.lr < float("inf"), p + "lr", self.lr, "a finite float > 0")
         _check(0 <= self.weight_decay < float("inf"), p + "weight_decay", self.weight_decay, "a finite float >= 0")

@@ -137,7 +137,8 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
 
 
 def _trained(state) -> dict:
-    return {"best_test_loss": state.best_loss, "best_epoch": state.best_epoch, "steps": state.step,
+    return {"best_test_loss": state.best_loss, "best_epoch": state.best_epoch, "best_step": state.best_step,
+            "steps": state.step,
             "threads": torch.get_num_threads(), "history": state.history}
 
 

@@ -36,6 +36,7 @@ class TrainState:
     step: int = 0
     best_loss: float = math.inf
     best_epoch: int = -1
+    best_step: int = -1
     history: list = field(default_factory=list)
 
 
@@ -154,13 +155,13 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_targets(task, teacher, data, chunk: int = 4096) -> dict | None:
+def teacher_targets(task, teacher, data, cfg, chunk: int = 4096) -> dict | None:
     """The teacher's outputs for every training item, when they do not depend on the step's noise."""
     if not getattr(task, "TEACHER_OUTPUTS_DETERMINISTIC", False):
         return None
     device = next(teacher.parameters()).device
     parts = [task.teacher_outputs(teacher, to_device(task.batch(data, torch.arange(i, min(i + chunk, len(data)))),
-                                                     device))
+                                                     device), None, cfg)
              for i in range(0, len(data), chunk)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -184,58 +185,80 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     if distilling:
         teacher = teacher.to(device)
     n, b = len(train_data), tc.batch_size
-    cached_targets = teacher_targets(task, teacher, train_data) if distilling else None
+    cached_targets = teacher_targets(task, teacher, train_data, cfg) if distilling else None
     batches_per_epoch = math.ceil(n / b)
     # Data parallel: every rank draws the same global batch and trains on its own slice of it.
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
         f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
+    total_steps = tc.steps or tc.epochs * batches_per_epoch
     started = time.time()
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
-    while state.epoch < tc.epochs:
-        order = epoch_order(tc.seed, state.epoch, n)
-        engine.train()
-        while state.batch < batches_per_epoch:
-            global_index = order[state.batch * b:(state.batch + 1) * b]
-            index = global_index[rank::world]
-            batch = to_device(task.batch(train_data, index), device)
-            noise = StepNoise(step_generator(tc.seed, state.step, device), len(global_index), rank, world)
-            targets = None
-            if cached_targets is not None:
-                targets = {k: v[index.to(v.device)] for k, v in cached_targets.items()}
-            elif distilling:
-                with torch.no_grad():
-                    targets = task.teacher_outputs(teacher, batch, noise)
-            loss, _ = task.loss(engine, batch, noise, cfg, targets)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
-            if len(index) * world != len(global_index):   # an epoch's uneven last batch
-                loss = loss * (len(index) * world / len(global_index))   # ranks' mean = the global batch's
-            engine.backward(loss)
-            engine.step()
-            if step_delay:
-                time.sleep(step_delay)
-            state.step += 1
-            state.batch += 1
-            if state.step % tc.checkpoint_every == 0 and state.batch < batches_per_epoch:
-                checkpoints.save(engine, vars(state), state.step, keep)   # the epoch's end saves its own
-        state.epoch, state.batch = state.epoch + 1, 0
-        if state.epoch % tc.eval_every == 0 or state.epoch == tc.epochs:
+    order = epoch_order(tc.seed, state.epoch, n)
+    engine.train()
+    while state.step < total_steps:
+        global_index = order[state.batch * b:(state.batch + 1) * b]
+        index = global_index[rank::world]
+        batch = to_device(task.batch(train_data, index), device)
+        def step_noise():   # the teacher and the student draw the same t and noise from fresh copies
+            return StepNoise(step_generator(tc.seed, state.step, device), len(global_index), rank, world)
+        targets = None
+        if cached_targets is not None:
+            targets = {k: v[index.to(v.device)] for k, v in cached_targets.items()}
+        elif distilling:
+            with torch.no_grad():
+                targets = task.teacher_outputs(teacher, batch, step_noise(), cfg)
+        loss, _ = task.loss(engine, batch, step_noise(), cfg, targets)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
+        if len(index) * world != len(global_index):   # an epoch's uneven last batch
+            loss = loss * (len(index) * world / len(global_index))   # ranks' mean = the global batch's
+        engine.backward(loss)
+        engine.step()
+        if step_delay:
+            time.sleep(step_delay)
+        state.step += 1
+        state.batch += 1
+        epoch_ended = state.batch == batches_per_epoch
+        if epoch_ended:
+            state.epoch, state.batch = state.epoch + 1, 0
+            order = epoch_order(tc.seed, state.epoch, n)
+        if evaluation_due(tc, state, epoch_ended, total_steps):
             engine.eval()
-            test_loss = task.test_loss(engine.module, test_data, cfg)
-            if not math.isfinite(test_loss):
-                raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
-            state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": loss.item(),
-                                  "test_loss": test_loss, "seconds": round(time.time() - started, 2)})
-            if test_loss < state.best_loss:
-                state.best_loss, state.best_epoch = test_loss, state.epoch
-                weights = full_state_dict(engine)   # collective under ZeRO-3: every rank calls it
-                if rank == 0:
-                    storage.save_tensors(out_dir / "best.safetensors", weights)
-            log(f"epoch {state.epoch}/{tc.epochs} step {state.step} train {loss.item():.3f} "
-                f"test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
-        checkpoints.save(engine, vars(state), state.step, keep)
+            evaluate(task, engine, test_data, cfg, state, loss.item(), started, out_dir, total_steps, log)
+            engine.train()
+            checkpoints.save(engine, vars(state), state.step, keep)
+        elif epoch_ended or state.step % tc.checkpoint_every == 0:
+            checkpoints.save(engine, vars(state), state.step, keep)
     return state
+
+
+def evaluation_due(tc, state: TrainState, epoch_ended: bool, total_steps: int) -> bool:
+    """After every train.eval_every_steps steps when set, else after every train.eval_every epochs;
+    always after the last step."""
+    if state.step == total_steps:
+        return True
+    if tc.eval_every_steps:
+        return state.step % tc.eval_every_steps == 0
+    return epoch_ended and state.epoch % tc.eval_every == 0
+
+
+def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float, started: float, out_dir: Path,
+             total_steps: int, log) -> None:
+    """L_M(Test) now; the best weights so far (fp32) go to out_dir/best.safetensors."""
+    test_loss = task.test_loss(engine.module, test_data, cfg)
+    if not math.isfinite(test_loss):
+        raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
+    state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
+                          "test_loss": test_loss, "seconds": round(time.time() - started, 2)})
+    if test_loss < state.best_loss:
+        state.best_loss, state.best_epoch, state.best_step = test_loss, state.epoch, state.step
+        weights = full_state_dict(engine)   # collective under ZeRO: every rank calls it
+        if torch.distributed.get_rank() == 0:
+            storage.save_tensors(out_dir / "best.safetensors", weights)
+    where = (f"step {state.step}/{total_steps} (epoch {state.epoch})" if cfg.train.steps
+             else f"epoch {state.epoch}/{cfg.train.epochs} step {state.step}")
+    log(f"{where} train {train_loss:.3f} test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
 
 
 def resume(task, cfg, checkpoints, keep: dict, log=print):

@@ -109,7 +109,7 @@ def test_teacher_targets_are_precomputed_exactly():
     torch.manual_seed(0)
     teacher = VAE(hidden=16, latent=4).eval()
     data = torch.randint(0, 256, (50, 32, 32), dtype=torch.uint8)
-    cached = train.teacher_targets(vae, teacher, data, chunk=16)
+    cached = train.teacher_targets(vae, teacher, data, None, chunk=16)
     index = torch.tensor([3, 49, 17])
     direct = vae.teacher_outputs(teacher, vae.batch(data, index))
     for k in direct:

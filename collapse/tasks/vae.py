@@ -84,7 +84,7 @@ DISTILL_MODES = ("none", "teacher", "previous")
 TEACHER_OUTPUTS_DETERMINISTIC = True
 
 
-def teacher_outputs(teacher, x, generator=None):
+def teacher_outputs(teacher, x, noise=None, cfg=None):
     """The frozen teacher's encoder statistics and its reconstruction (pixel probabilities) from
     the posterior mean."""
     out = teacher(x.to(dtype_of(teacher)))

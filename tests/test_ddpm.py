@@ -1,0 +1,114 @@
+"""The DDPM modality's parts: the UNet, the noise schedule, the loss and L_SD, sampling."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from collapse import diffusion, train
+from collapse.device import StepNoise
+from collapse.models.unet import UNet
+from collapse.tasks import ddpm
+
+
+def tiny_cfg(lam=0.0, encoder_mse=0.0, steps=60, sampler="ddim", sample_steps=5):
+    return SimpleNamespace(
+        model=SimpleNamespace(image_size=16, channels=1, block_channels=[8, 16, 16], attention_level=1,
+                              layers_per_block=1, dropout=0.0, norm_groups=4),
+        diffusion=SimpleNamespace(timesteps=100, beta_start=1e-4, beta_end=0.02),
+        synth=SimpleNamespace(sampler=sampler, steps=sample_steps),
+        distill=SimpleNamespace(lam=lam, encoder_mse=encoder_mse),
+        train=SimpleNamespace(lr=2e-3, weight_decay=0.0, batch_size=8, zero_stage=0, bf16=False, threads=0,
+                              seed=0, epochs=1, steps=steps, eval_every=1, eval_every_steps=steps,
+                              checkpoint_every=1000))
+
+
+def noise(seed, n):
+    return StepNoise(torch.Generator().manual_seed(seed), n)
+
+
+def test_the_papers_unet_has_about_39m_parameters():
+    n = sum(p.numel() for p in UNet().parameters())
+    assert n == 38_390_019
+    assert abs(n - 39e6) / 39e6 < 0.02
+
+
+def test_q_xt_given_x0_has_the_closed_form_moments():
+    scheduler = diffusion.make_scheduler(1000)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    x0 = torch.full((20_000, 1), 0.7)
+    for t in (0, 10, 500, 999):
+        abar = torch.prod(1 - betas[:t + 1]).item()
+        eps = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(t))
+        xt = diffusion.add_noise(scheduler, x0, eps, torch.full((20_000,), t))
+        assert xt.mean().item() == pytest.approx(math.sqrt(abar) * 0.7, abs=4 * math.sqrt((1 - abar) / 20_000) + 1e-4)
+        assert xt.var().item() == pytest.approx(1 - abar, rel=0.05, abs=1e-4)
+
+
+def test_zero_coefficients_give_the_plain_loss_and_the_teacher_gets_no_gradient():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    student, teacher = ddpm.build_model(cfg), ddpm.build_model(cfg).requires_grad_(False)
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    plain = ddpm.loss(student, x0, noise(3, 4), cfg)[0]
+    targets = ddpm.teacher_outputs(teacher, x0, noise(3, 4), cfg)
+    assert torch.equal(ddpm.loss(student, x0, noise(3, 4), cfg, targets)[0], plain)
+    distilled = tiny_cfg(lam=0.5, encoder_mse=0.5)
+    total = ddpm.loss(student, x0, noise(3, 4), distilled, targets)[0]
+    out = student(diffusion.add_noise(ddpm.scheduler(cfg), x0, *_draws(cfg)[::-1]), _draws(cfg)[0])
+    by_hand = (torch.nn.functional.smooth_l1_loss(out["eps"], _draws(cfg)[1].reshape(4, 1, 16, 16))
+               + 0.5 * torch.nn.functional.smooth_l1_loss(out["eps"], targets["eps"])
+               + 0.5 * torch.nn.functional.mse_loss(out["encoded"], targets["encoded"]))
+    assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def _draws(cfg):
+    """t and eps as StepNoise(seed 3) draws them for a batch of 4: t first, then eps."""
+    n = noise(3, 4)
+    t = n.randint(0, cfg.diffusion.timesteps)
+    eps = n.randn(1, 16, 16)
+    return t, eps
+
+
+def test_sampling_is_a_pure_function_of_the_seed():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = ddpm.build_model(cfg).eval()
+    a = ddpm.sample(model, 3, torch.Generator().manual_seed(1), cfg)
+    b = ddpm.sample(model, 3, torch.Generator().manual_seed(1), cfg)
+    c = ddpm.sample(model, 3, torch.Generator().manual_seed(2), cfg)
+    assert a.dtype == torch.uint8 and a.shape == (3, 1, 16, 16)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    ancestral = ddpm.sample(model, 2, torch.Generator().manual_seed(1), tiny_cfg(sampler="ddpm", sample_steps=None))
+    assert ancestral.shape == (2, 1, 16, 16)
+
+
+def test_a_small_unet_overfits_a_handful_of_images_through_the_shared_loop(tmp_path):
+    """Eight fixed images, the real DeepSpeed loop with a step budget: the test loss (on the same
+    images) falls well below its start."""
+    cfg = tiny_cfg(steps=150)
+    images = (torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8) * 255
+    torch.manual_seed(0)
+    before = ddpm.test_loss(ddpm.build_model(cfg), images, cfg)
+    state = train.train(ddpm, cfg, images, images, tmp_path, log=lambda m: None)
+    assert state.step == 150
+    assert state.best_loss < 0.5 * before, (before, state.best_loss)
+
+
+def test_distilled_training_sees_the_same_noisy_input_as_its_teacher(tmp_path):
+    """L_SD towards a teacher identical to the student's start: at step 0 the lam-term is zero only
+    if the teacher saw the student's own x_t and t (fresh copies of the step's noise)."""
+    cfg = tiny_cfg(lam=1.0, steps=1)
+    torch.manual_seed(cfg.train.seed)
+    teacher = ddpm.build_model(cfg).eval().requires_grad_(False)   # same seed: the student's initial weights
+    x0 = torch.rand(8, 1, 16, 16) * 2 - 1
+    student = ddpm.build_model(cfg).eval()
+    student.load_state_dict(teacher.state_dict())
+    n = lambda: StepNoise(train.step_generator(0, 0), 8)   # noqa: E731
+    targets = ddpm.teacher_outputs(teacher, x0, n(), cfg)
+    plain = ddpm.loss(student, x0, n(), tiny_cfg())[0]
+    distilled = ddpm.loss(student, x0, n(), cfg, targets)[0]
+    assert distilled.item() == pytest.approx(plain.item(), abs=1e-7)
