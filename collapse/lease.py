@@ -226,16 +226,23 @@ class Lease:
 def acquire(root, key: str) -> Lease:
     """Take stage `key`'s lease, taking over a dead holder's; raise Held when a live runner holds it."""
     p = path(root, key)
-    p.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     facts = {"host": HOST, "pid": os.getpid(), "pidns": PIDNS, "job": slurm_job(), "restart": restart,
              "acquired": round(time.time(), 3), "token": token, "key": key}
     tmp = p.with_name(f".{p.name}.{token}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(facts, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(facts, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:    # disk full, read-only: say which file, as storage's errors do
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OSError(e.errno, f"cannot write {p}: {e.strerror or e}") from None
     taken_from = None
     try:
         for _ in range(10):
