@@ -47,19 +47,23 @@ def _check(cond: bool, key: str, value, allowed: str) -> None:
 
 @dataclass
 class DataConfig:
+    DATASETS = ("mnist",)            # a task's own DataConfig may allow more
     dataset: str = "mnist"
     root: str | None = None          # None: the copy shipped in a package; else a directory
     train_size: int | None = None    # use the first N real training items (None: all)
     test_size: int | None = None
 
     def check(self, p):
-        _check(self.dataset in ("mnist",), p + "dataset", self.dataset, "one of: mnist")
+        _check(self.dataset in self.DATASETS, p + "dataset", self.dataset, "one of: " + ", ".join(self.DATASETS))
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             _check(v is None or 1 <= v <= MAX_COUNT, p + name, v, f"an integer in [1, {MAX_COUNT}] or null")
         if self.root is not None:
             _check(Path(self.root).is_dir(), p + "root", self.root, "an existing directory")
 
+
+# The sections below (model, distill, synth, eval) are the VAE's, the default task's. Another task
+# brings its own in its module's CONFIG_SECTIONS (e.g. collapse/tasks/ddpm.py), checked the same way.
 
 @dataclass
 class ModelConfig:
@@ -170,9 +174,9 @@ class GenerationsConfig:
         modes = getattr(importlib.import_module(f"collapse.tasks.{cfg.task}"), "DISTILL_MODES", ("none",))
         _check(self.distill in modes, g + "distill", self.distill, f"one of: {', '.join(modes)} (task {cfg.task})")
         if self.distill != "none":
-            coeffs = cfg.distill
-            _check(any((coeffs.lam, coeffs.beta, coeffs.gamma)), g + "distill", self.distill,
-                   "'none' when distill.lam, distill.beta and distill.gamma are all 0")
+            module = importlib.import_module(f"collapse.tasks.{cfg.task}")
+            _check(module.distills(cfg.distill), g + "distill", self.distill,
+                   "'none' when every distill.* coefficient is 0")
         _check(cfg.synth.size is None, p + "synth.size", cfg.synth.size,
                "null with generations.count set (each generation samples as many items as the real set)")
 
@@ -397,5 +401,18 @@ def merge(*dicts: dict) -> dict:
     return out
 
 
+def schema(task: str) -> type:
+    """ExperimentConfig with the task's own sections (its module's CONFIG_SECTIONS) in place of the VAE's."""
+    if task not in TASKS:
+        raise bad("task", task, "one of: " + ", ".join(TASKS))
+    sections = getattr(importlib.import_module(f"collapse.tasks.{task}"), "CONFIG_SECTIONS", {})
+    if not sections:
+        return ExperimentConfig
+    return dataclasses.make_dataclass(f"{task.capitalize()}ExperimentConfig",
+                                      [(name, cls, field(default_factory=cls)) for name, cls in sections.items()],
+                                      bases=(ExperimentConfig,))
+
+
 def from_dict(data: dict) -> ExperimentConfig:
-    return build(ExperimentConfig, data)
+    task = data.get("task", ExperimentConfig.task) if isinstance(data, dict) else None
+    return build(schema(task) if isinstance(task, str) else ExperimentConfig, data)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from collapse.config import DistillConfig, ExperimentConfig, GenerationsConfig
+from collapse.config import ExperimentConfig, GenerationsConfig
 from collapse.gaussian import POLICIES
 
 REAL = -1   # source id of a real item in training_set's `source`
@@ -93,5 +93,5 @@ def canonical(cfg: ExperimentConfig) -> ExperimentConfig:
         gen,
         mix_ratio=gen.mix_ratio if gen.data == "mix" else default.mix_ratio,
         subsample_size=gen.subsample_size if gen.data == "accumulate_subsample" else default.subsample_size)
-    distill = cfg.distill if gen.distill != "none" else DistillConfig()
+    distill = cfg.distill if gen.distill != "none" else type(cfg.distill)()
     return dataclasses.replace(cfg, generations=gen, distill=distill)

@@ -15,14 +15,14 @@ from collapse.grid import Sweep
 # Which config sections decide a stage's output. Execution details (where the data lives,
 # ZeRO stage, threads, checkpoint interval) do not change the numbers and stay out of the key.
 KEY_SECTIONS = {
-    "teacher": ("task", "data", "model", "train"),
+    "teacher": ("task", "data", "model", "diffusion", "train"),
     "synth": ("task", "synth"),
-    "student": ("task", "data", "model", "train", "distill"),   # data: the test set picks the best epoch
+    "student": ("task", "data", "model", "diffusion", "train", "distill"),   # data: the test set picks the best epoch
     "eval": ("task", "data", "eval"),
     # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
     # the next generation's data. generations.count and .distill stay out: chains that share a prefix
     # share its stages (the model distilled from is a dep), whatever their length.
-    "generation": ("task", "data", "model", "train", "distill", "synth",
+    "generation": ("task", "data", "model", "diffusion", "train", "distill", "synth",
                    "generations.data", "generations.mix_ratio", "generations.subsample_size"),
     # The Gaussian toy model: one stage simulates every chain of a grid point.
     "gaussian": ("task", "gaussian", "generations.count", "generations.data", "generations.mix_ratio",
@@ -54,11 +54,13 @@ def key_material(kind: str, config: dict) -> dict:
     out = {}
     for item in KEY_SECTIONS[kind]:        # a section, or one field of it ("section.field")
         section, _, name = item.partition(".")
+        if section not in config:          # a task's own section (e.g. diffusion) other tasks lack
+            continue
         value = config[section]
         if name:
             value = value[name]
         elif isinstance(value, dict):
-            value = {k: RESPELLED.get((section, k), {}).get(v, v) for k, v in value.items()
+            value = {k: RESPELLED[(section, k)].get(v, v) if (section, k) in RESPELLED else v for k, v in value.items()
                      if (section, k) not in NOT_IN_KEY
                      and not ((section, k) in ADDED_LATER and v == ADDED_LATER[(section, k)])}
         out[item] = value

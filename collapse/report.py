@@ -18,10 +18,11 @@ from pathlib import Path
 
 from collapse import manifest, plan, storage
 
-PRIMARY = {"vae": ("test_loss", "L_M(Test)", "lower")}
+PRIMARY = {"vae": ("test_loss", "L_M(Test)", "lower"), "ddpm": ("fid", "FID", "lower")}
 ALPHA = 0.05   # two-sided level of the tests against M1, after Holm's correction
 PAPER_VALUES = Path(__file__).with_name("paper_values.yaml")
-SHORT = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}
+SHORT = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma",
+         "distill.encoder_mse": "encoder_mse"}
 LEAF = {k.split(".")[-1]: v for k, v in SHORT.items()}   # the paper table's keys: lam -> lambda
 SEED = "train.seed"
 UNITS = {"vae": {   # train.reduction -> what one L_M(Test) value is
@@ -382,8 +383,9 @@ def summary_line(rows: list[dict], ref: dict) -> str | None:
         test = "no test: fewer than 2 seeds"
     better = "better" if ours >= 0 else "worse"
     line = f"Best distilled student ({name}): {abs(ours):.1f}% {better} {label} than M1 ({test})"
-    paper = paper_values(ref.get("task", "")).get("best_distilled_vs_M1_improvement_pct")
-    if paper is not None:
+    section = paper_values(ref.get("task", ""))
+    paper = section.get("best_distilled_vs_M1_improvement_pct")
+    if paper is not None and section.get("metric", ref["metric"][0]) == ref["metric"][0]:   # the same metric
         line += f"; the paper reports {paper:.1f}% (ours - paper = {ours - paper:+.1f} points)"
     return line + "."
 

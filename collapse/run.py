@@ -72,7 +72,7 @@ def run_teacher(task, cfg, inputs, root, out: Path, log):
 def run_synth(task, cfg, inputs, root, out: Path, log):
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
-    data = task.sample(teacher, n, generator(cfg.synth.seed, device_of(teacher)), cfg.synth.binarize)
+    data = task.sample(teacher, n, generator(cfg.synth.seed, device_of(teacher)), cfg)
     path = storage.save_tensors(out / "data.safetensors", {"data": data},
                                 {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
     log(f"sampled {n} items from teacher {inputs['teacher']['key']}")
@@ -101,8 +101,7 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
-    samples = task.sample(model.eval().requires_grad_(False), len(real), generator(seed, device_of(model)),
-                          cfg.synth.binarize)
+    samples = task.sample(model.eval().requires_grad_(False), len(real), generator(seed, device_of(model)), cfg)
     path = storage.save_tensors(out / "data.safetensors", {"data": samples},
                                 {"generation": t + 1, "n": len(real), "seed": seed})
     metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,
@@ -124,7 +123,7 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
     metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg)
-    samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)))
+    samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)), cfg, grid=True)
     png = save_grid(task.as_images(samples), out / "samples.png")
     log(f"{model_record['name']}: {metrics}")
     return metrics, {"samples": png}

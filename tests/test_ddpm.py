@@ -112,3 +112,32 @@ def test_distilled_training_sees_the_same_noisy_input_as_its_teacher(tmp_path):
     plain = ddpm.loss(student, x0, n(), tiny_cfg())[0]
     distilled = ddpm.loss(student, x0, n(), cfg, targets)[0]
     assert distilled.item() == pytest.approx(plain.item(), abs=1e-7)
+
+
+def test_a_tiny_ddpm_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkeypatch):
+    """Teacher, synth (DDIM), M1 and a distilled student, their evals and the report, as real
+    subprocesses through the same plan, runner and executor as the VAE."""
+    import json
+
+    from conftest import launch
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "ddpm_two.yaml").write_text(
+        "experiment: ddpm_mnist\nrows:\n  - {distill.lam: 0.0}\n  - {distill.lam: 0.5, distill.encoder_mse: 0.5}\n")
+    monkeypatch.setenv("COLLAPSE_GRID_DIR", str(grids))
+    root = tmp_path / "r"
+    out = launch("grid=ddpm_two", "cluster=local", f"results_root={root}", "data.train_size=32", "data.test_size=16",
+                 "train.steps=2", "train.eval_every_steps=1", "train.batch_size=16", "model.block_channels=[8,16,16]",
+                 "model.layers_per_block=1", "diffusion.timesteps=20", "synth.steps=2", "eval.grid_samples=4", "eval.fid_samples=4")
+    assert "7 stages" in out.stdout and "done: 7 stages ran, 0 failed" in out.stdout, out.stdout
+    records = [json.loads(p.read_text()) for p in (root / "manifest").glob("*.json")]
+    stages = [r for r in records if r["kind"] != "sweep"]
+    assert len(stages) == 7 and all(r["status"] == "done" for r in stages)
+    synth = next(r for r in stages if r["kind"] == "synth")
+    assert synth["metrics"]["n"] == 32
+    teacher = next(r for r in stages if r["kind"] == "teacher")
+    assert [h["step"] for h in teacher["metrics"]["history"]] == [1, 2]
+    evals = [r for r in stages if r["kind"] == "eval"]
+    assert all(r["metrics"]["fid"] > 0 and r["metrics"]["fid_samples"] == 4 for r in evals), evals
+    table = (root / "report" / "ddpm_two.md").read_text()
+    assert "| M0 (teacher) |" in table and "| M1 |" in table and "| student | 0.500 | 0.500 |" in table

@@ -100,7 +100,8 @@ def test_every_tensor_a_stage_hands_the_model_matches_its_device_and_dtype(tmp_p
     model = storage.load_weights(tmp_path / "best.safetensors", task.build_model(c)).to(device).to(torch.bfloat16)
     loss = vae.test_loss(model, test, c)
     assert abs(loss - state.best_loss) < 0.01 * state.best_loss   # bf16 weights rounded from the fp32 masters
-    images = vae.sample(model, 8, generator(0, torch.device(device)), binarize=True)
+    c.synth.binarize = True
+    images = vae.sample(model, 8, generator(0, torch.device(device)), c)
     assert images.device.type == "cpu" and images.dtype == torch.uint8 and images.shape == (8, 32, 32)
 
 

@@ -133,8 +133,10 @@ def test_torchvision_layout_directory_loads_the_same_images(tmp_path):
 def test_synthetic_images_are_grey_means_or_binary_draws():
     torch.manual_seed(0)
     model = VAE(hidden=16, latent=4).eval()
-    means = vae.sample(model, 64, torch.Generator().manual_seed(0))
-    draws = vae.sample(model, 64, torch.Generator().manual_seed(0), binarize=True)
+    means = vae.sample(model, 64, torch.Generator().manual_seed(0), SimpleNamespace(synth=SimpleNamespace(binarize=False)))
+    binary = SimpleNamespace(synth=SimpleNamespace(binarize=True))
+    draws = vae.sample(model, 64, torch.Generator().manual_seed(0), binary)
+    assert torch.equal(vae.sample(model, 64, torch.Generator().manual_seed(0), binary, grid=True), means)
     assert means.dtype == draws.dtype == torch.uint8 and means.shape == draws.shape == (64, 32, 32)
     assert set(draws.unique().tolist()) == {0, 255}
     assert len(means.unique()) > 2                       # grey levels

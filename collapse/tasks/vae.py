@@ -119,9 +119,11 @@ def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
 
 
 @torch.no_grad()
-def sample(model, n: int, generator: torch.Generator, binarize: bool = False, batch_size: int = 5000) -> torch.Tensor:
+def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, batch_size: int = 5000) -> torch.Tensor:
     """n images from the prior, as uint8 [n, 32, 32]: the decoder's Bernoulli means as grey levels,
-    or with `binarize` a draw from those Bernoullis (0 or 255). `generator` lives on the model's device."""
+    or with synth.binarize a draw from those Bernoullis (0 or 255; never for a `grid` to look at).
+    `generator` lives on the model's device."""
+    binarize = cfg.synth.binarize and not grid
     chunks = []
     for start in range(0, n, batch_size):
         z = torch.randn(min(batch_size, n - start), model.latent, generator=generator, device=generator.device)
