@@ -26,7 +26,8 @@ SHORT = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamm
 LEAF = {k.split(".")[-1]: v for k, v in SHORT.items()}   # the paper table's keys: lam -> lambda
 SEED = "train.seed"
 UNITS = {"vae": {   # train.reduction -> what one L_M(Test) value is
-    "pixel": "nats per pixel (L_VAE / 1,024 pixels; train.reduction = pixel), the paper's scale",
+    "pixel": "nats per pixel (L_VAE / 1,024 pixels; train.reduction = pixel), the paper's per-element "
+             "kind of value, though not its level (our M0 is above its M1): compare ranks, signs and %",
     "sum": "nats per image (L_VAE summed over the 1,024 pixels; train.reduction = sum); the paper's "
            "values are per pixel, so compare its ranks, signs and % figures, not its values",
     "element": "BCE averaged over pixels + KL averaged over latents (train.reduction = element), "

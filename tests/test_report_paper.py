@@ -43,7 +43,7 @@ def test_the_papers_value_sits_beside_ours(table):
         assert (float(cell) == PAPER[coeffs]) if coeffs in PAPER else cell == ""
     assert row_of(rows, BEST)["paper"] == "0.05630"     # as the paper prints it
     assert rows[0]["model"] == "M0 (teacher)" and rows[0]["paper"] == ""
-    assert "Unit: nats per pixel" in md and "the paper's scale" in md
+    assert "Unit: nats per pixel" in md and "compare ranks, signs and %" in md
 
 
 def test_signs_against_m1_ours_and_the_papers(table):
