@@ -87,7 +87,7 @@ class Holder:
     age: float
 
     def __str__(self) -> str:
-        job = f" (SLURM job {self.job})" if self.job else ""
+        job = f" (job {self.job})" if self.job else ""
         return f"{self.host}:{self.pid}{job}, last heartbeat {self.age:.0f}s ago"
 
     def dead_because(self) -> str | None:
@@ -176,7 +176,7 @@ class Lease:
         self.path, self.token, self.inode = p, token, inode
         self.taken_from = taken_from     # whose dead lease this replaced, and why it was dead
         job = slurm_job()
-        self.who = f"{HOST} pid {os.getpid()}" + (f", SLURM job {job}" if job else "")
+        self.who = f"{HOST} pid {os.getpid()}" + (f", job {job}" if job else "")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease {p.stem}", daemon=True)
         self._thread.start()
@@ -257,7 +257,7 @@ def acquire(root, key: str) -> Lease:
             if why is None:
                 raise Held(holder)
             if _remove_dead(p, holder.token, token):
-                taken_from = f"{holder.host}:{holder.pid}{f' (SLURM job {holder.job})' if holder.job else ''}: {why}"
+                taken_from = f"{holder.host}:{holder.pid}{f' (job {holder.job})' if holder.job else ''}: {why}"
         holder = read(root, key)
         raise Held(holder or Holder("?", -1, "", None, 0, 0.0, "?", 0.0))
     finally:
@@ -291,14 +291,15 @@ def _remove_dead(p: Path, dead_token: str, token: str) -> bool:
     return True
 
 
-def follow(root, key: str) -> None:
+def follow(root, key: str, done=lambda: False) -> None:
     """Ranks other than 0 of a multi-task job: wait until rank 0 holds the lease for this very job
-    (and restart); raise Held when it does not within STALE_S (another runner holds the stage)."""
+    (and restart), or `done()` (the stage is recorded done: rank 0 may find it needs no run); raise
+    Held when neither comes within STALE_S (another runner holds the stage)."""
     job, restart = slurm_job(), int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     deadline = time.monotonic() + stale_s()
     while True:
         holder = read(root, key)
-        if holder is not None and holder.job == job and holder.restart == restart:
+        if holder is not None and holder.job == job and holder.restart == restart or done():
             return
         if time.monotonic() > deadline:
             raise Held(holder or Holder("?", -1, "", None, 0, 0.0, "?", 0.0))

@@ -159,7 +159,7 @@ def run_stage(root, key: str) -> dict:
 
     primary = train.global_rank() == 0     # in a multi-task SLURM job only rank 0 holds the lease, writes the record
     try:
-        held = lease.acquire(root, key) if primary else lease.follow(root, key)
+        held = lease.acquire(root, key) if primary else lease.follow(root, key, lambda: manifest.is_done(root, key))
     except lease.Held as e:
         log(f"not run: {e}")
         return {"kind": spec["kind"], "key": key, "name": spec["name"], "status": "held", "error": str(e),

@@ -170,12 +170,12 @@ def test_local_launch_waits_for_stages_running_as_slurm_jobs(cluster, tmp_path):
     assert holder.job == teacher_job, holder
     table = subprocess.run([sys.executable, str(REPO / "sweeps" / "status.py"), f"results_root={root}"],
                            capture_output=True, text=True, timeout=60).stdout
-    assert re.search(rf"held by {re.escape(lease.HOST)}:\d+ \(SLURM job {teacher_job}\), last heartbeat \d+s ago",
+    assert re.search(rf"held by {re.escape(lease.HOST)}:\d+ \(job {teacher_job}\), last heartbeat \d+s ago",
                      table), table
 
     code, text = finish(launch_proc(root, "cluster=local", "train.batch_size=32"))
     assert code == 0, text
-    assert re.search(rf"not started: teacher\[seed=0\] is running under .*\(SLURM job {teacher_job}\)", text), text
+    assert re.search(rf"not started: teacher\[seed=0\] is running under .*\(job {teacher_job}\)", text), text
     wait_done(launch_jobs(index["launches"][-1]))
     runs = runs_per_stage(root)
     assert len(runs) == 9 and set(runs.values()) == {1}, runs
