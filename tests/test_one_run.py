@@ -296,3 +296,32 @@ def test_runner_killed_on_another_host_is_taken_over_when_its_lease_goes_stale(
     assert waited >= stale
     print(f"another host: last heartbeat -> taken over in {waited:.1f}s (stale after {stale}s, "
           f"polled every 1s, plus a new process's start)")
+
+
+HOLDER = """
+import sys, time
+from collapse import lease
+held = lease.acquire(sys.argv[1], sys.argv[2])
+print("holding", flush=True)
+time.sleep(float(sys.argv[3]))
+held.release()
+"""
+
+
+def test_a_slurm_job_that_finds_its_stage_held_waits_for_the_holder_then_finishes_it(tmp_path, data_root,  # noqa: F811
+                                                                                    capsys):
+    """The race a submission cannot see: a local runner takes the stage between sbatch and the job's
+    start. The job (StageJob, here called in this process) waits for the holder to end instead of
+    failing, which would cancel its dependents, then runs the stage (nothing was recorded done)."""
+    root = tmp_path / "r"
+    teacher = teacher_of(plan_stages(root, data_root, "train.threads=1"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), teacher.key, "3"], env=child_env(),
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    started = time.monotonic()
+    result = slurm.StageJob(str(root), teacher.key, teacher.name)()
+    assert result == {"key": teacher.key, "status": "done"}
+    assert holder.wait(timeout=60) == 0 and time.monotonic() - started >= 2.5
+    out = capsys.readouterr().out
+    assert "not run: held by" in out and out.index("not run: held by") < out.index("starting on"), out
+    assert manifest.read(root, teacher.key)["status"] == "done"

@@ -90,6 +90,11 @@ class StageJob(submitit.helpers.Checkpointable):
             print(f"[{time.strftime('%H:%M:%S')}] SLURM job {job} on {os.uname().nodename}, "
                   f"restart {env.get('SLURM_RESTART_COUNT', '0')}", flush=True)
             record = run_stage(self.root, self.key)
+            while record["status"] == "held":   # another runner (a local launch) has it: wait, then take what it left
+                from collapse import lease
+                while lease.live_holder(self.root, self.key) is not None:
+                    time.sleep(lease.heartbeat_s())
+                record = run_stage(self.root, self.key)   # done meanwhile: returned as is; else run (resuming)
         _leave_process_group()
         _exit_fast_after_job(0 if record["status"] == "done" else 1)
         if record["status"] != "done":
