@@ -586,6 +586,47 @@ def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) 
     return path
 
 
+def curve_models(sweep: dict, by_key: dict) -> list[tuple[str, dict]]:
+    """(legend label, training record) of each model of a one-generation grid that has a history:
+    the teachers M0 (one per seed), then the students; M1 is the student without distillation."""
+    several_seeds = len({p["label"].get(SEED) for p in sweep["config"]["points"]}) > 1
+    teachers, students = {}, []
+    for p in sweep["config"]["points"]:
+        seed = f" seed={p['label'].get(SEED)}" if several_seeds else ""
+        teachers.setdefault(p.get("teacher"), "M0" + seed)
+        coeffs = {k: v for k, v in p["label"].items() if k != SEED}
+        distilled = [f"{SHORT.get(k, k)}={v:g}" for k, v in coeffs.items() if k in SHORT and v]
+        others = [f"{k}={v}" for k, v in coeffs.items() if k not in SHORT]
+        students.append((p.get("student"), ", ".join(distilled or ["M1"]) + "".join(f" {o}" for o in others) + seed))
+    return [(label, by_key[key]) for key, label in [*teachers.items(), *students]
+            if key in by_key and (by_key[key].get("metrics") or {}).get("history")]
+
+
+def plot_curves(name: str, sweep: dict, by_key: dict, out: Path) -> Path | None:
+    """Test loss against step for each model of a grid, from the training records' metrics.history."""
+    models = curve_models(sweep, by_key)
+    if not models:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, record in models:
+        history = [h for h in record["metrics"]["history"] if "step" in h and "test_loss" in h]
+        style = ({"color": "0.45", "ls": "--"} if label.startswith("M0") else
+                 {"color": "k", "lw": 2} if label.startswith("M1") else {"lw": 1})
+        ax.plot([h["step"] for h in history], [h["test_loss"] for h in history], marker=".", label=label, **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("L_M(Test)")
+    ax.legend(fontsize=6, ncol=2 if len(models) > 8 else 1)
+    ax.set_title(f"{name}: test loss during training")
+    fig.tight_layout()
+    path = out / f"{name}_curves.png"
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
 def write_reports(root) -> list[Path]:
     root = Path(root)
     records = manifest.read_all(root)
@@ -605,7 +646,10 @@ def write_reports(root) -> list[Path]:
         rows, ref = sweep_rows(sweep, by_key, sorted(sweeps, key=lambda r: r.get("ended", 0)))
         written += write_tables(name, sweep, by_key, rows, ref, out)
         written += [p for p in (plot_coefficients(name, rows, ref, out),
-                                plot_samples(name, rows, ref, root, out)) if p]
+                                plot_samples(name, rows, ref, root, out),
+                                plot_curves(name, sweep, by_key, out)) if p]
+    from collapse.results import write_table
+    written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
     return written
 
 

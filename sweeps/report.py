@@ -1,4 +1,5 @@
-"""Write tables and plots for every grid in a results root: python sweeps/report.py results_root=DIR"""
+"""Write tables and plots for every grid in a results root, and every stage record as one table
+(report/results.csv, .parquet with pyarrow): python sweeps/report.py results_root=DIR"""
 import sys
 from pathlib import Path
 

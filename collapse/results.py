@@ -1,0 +1,69 @@
+"""Every stage record of a results root as one table: collapse.results(results_root) -> pandas DataFrame.
+
+One row per stage record (sweep records left out). Columns: the record's own fields (key, kind,
+name, status, started, ended, seconds, host, git_commit, log, ...), the flattened config
+(`config.train.seed`, `config.distill.lam`), the stages it read (`deps.teacher`) and the scalar
+metrics (`metrics.best_test_loss`). Lists in the config (e.g. `config.model.block_channels`) are
+one column of JSON text, so that every column can be grouped on and round-trips through CSV;
+lists in the metrics (`history`, the Gaussian's per-generation arrays) are left out: they stay in
+the record, and the loss curves are in TensorBoard and the report's <grid>_curves.png.
+"""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+FIELDS = ("key", "kind", "name", "status", "started", "ended", "seconds", "host", "user", "pid",
+          "slurm_job_id", "git_commit", "log", "error")
+
+
+def results(results_root):
+    """One pandas DataFrame of every stage record under results_root/manifest/."""
+    import pandas as pd
+    from collapse import manifest   # imports torch (via storage): not at `import collapse`
+    rows = [record_row(r) for r in manifest.read_all(results_root) if r.get("kind") != "sweep"]
+    frame = pd.DataFrame(rows, columns=_columns(rows))
+    return frame.sort_values(["started", "key"], na_position="last", ignore_index=True)
+
+
+def record_row(record: dict) -> dict:
+    row = {f: record.get(f) for f in FIELDS}
+    if isinstance(record.get("started"), (int, float)) and isinstance(record.get("ended"), (int, float)):
+        row["seconds"] = round(record["ended"] - record["started"], 3)
+    row.update(_flatten(record.get("config"), "config", lists="json"))
+    row.update(_flatten(record.get("deps"), "deps", lists="json"))
+    row.update(_flatten(record.get("metrics"), "metrics", lists="drop"))
+    return row
+
+
+def _flatten(value, prefix: str, lists: str) -> dict:
+    """{"a": {"b": 1}} -> {"<prefix>.a.b": 1}; a list becomes JSON text (lists="json") or is dropped."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}", lists))
+        return out
+    if isinstance(value, (list, tuple)):
+        return {prefix: json.dumps(value, default=str)} if lists == "json" else {}
+    return {prefix: value}
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    """The record's fields first, then config.*, deps.*, metrics.*, each group sorted."""
+    seen = {c for row in rows for c in row}
+    groups = [sorted(c for c in seen if c.startswith(p)) for p in ("config.", "deps.", "metrics.")]
+    return list(FIELDS) + [c for group in groups for c in group]
+
+
+def write_table(results_root, out: Path) -> list[Path]:
+    """out/results.csv, and out/results.parquet when pyarrow is installed."""
+    from collapse import storage
+    frame = results(results_root)
+    written = [storage.atomic_write(Path(out) / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))]
+    if importlib.util.find_spec("pyarrow") is not None:
+        try:
+            written.append(storage.atomic_write(Path(out) / "results.parquet",
+                                                lambda tmp: frame.to_parquet(tmp, index=False)))
+        except (ValueError, TypeError) as e:   # a column pyarrow cannot type (mixed values): the csv stands
+            print(f"warning: report: results.parquet not written: {e}", file=sys.stderr)
+    return written
