@@ -192,6 +192,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
         f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
     total_steps = tc.steps or tc.epochs * batches_per_epoch
+    curves = curve_writer(out_dir) if rank == 0 else None
     started = time.time()
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
     order = epoch_order(tc.seed, state.epoch, n)
@@ -226,11 +227,30 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
         if evaluation_due(tc, state, epoch_ended, total_steps):
             engine.eval()
             evaluate(task, engine, test_data, cfg, state, loss.item(), started, out_dir, total_steps, log)
+            if curves is not None:
+                add_curves(curves, state.history[-1])
             engine.train()
             checkpoints.save(engine, vars(state), state.step, keep)
         elif epoch_ended or state.step % tc.checkpoint_every == 0:
             checkpoints.save(engine, vars(state), state.step, keep)
+    if curves is not None:
+        curves.close()
     return state
+
+
+def curve_writer(out_dir: Path):
+    """A TensorBoard writer for this stage's loss curves, in out_dir/tensorboard."""
+    from torch.utils.tensorboard import SummaryWriter   # here: only rank 0 of a training stage needs it
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def add_curves(writer, entry: dict) -> None:
+    """One evaluation's train and test loss at its step. A resumed run opens a new event file and adds
+    only the evaluations after its checkpoint (a step evaluated again after a kill between evaluation
+    and checkpoint appears twice, with the same value)."""
+    writer.add_scalar("loss/test", entry["test_loss"], entry["step"])
+    writer.add_scalar("loss/train", entry["train_loss"], entry["step"])
+    writer.flush()   # evaluations are rare: a killed run keeps every point it logged
 
 
 def evaluation_due(tc, state: TrainState, epoch_ended: bool, total_steps: int) -> bool:
