@@ -3,6 +3,7 @@
 Every check a user can fail happens before anything is written or submitted.
 """
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -80,7 +81,14 @@ def launch(argv: list[str], out=sys.stdout) -> int:
     if backend == "local":
         from collapse.executors import local
         from collapse import report
-        result = local.run(todo, root, sweep.base.cluster.max_parallel)
+        try:
+            result = local.run(todo, root, sweep.base.cluster.max_parallel)
+        except local.Cancelled as e:
+            names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
+            print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
+                  f"recorded cancelled; {len(e.not_started)} not started. Resume from their checkpoints: "
+                  f"python sweeps/launch.py {' '.join(argv)}", file=sys.stderr, flush=True)
+            return e.exit_code
         failed = sorted(k for k, v in result.items() if v != "done")
         try:
             written = report.write_reports(root)

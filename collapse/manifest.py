@@ -16,7 +16,7 @@ from pathlib import Path
 from collapse import storage
 
 VERSION = 1
-STATUSES = ("running", "done", "failed")
+STATUSES = ("running", "done", "failed", "cancelled")   # cancelled: stopped, not done; rerun next launch
 REQUIRED = ("version", "kind", "key", "name", "status")
 
 

@@ -4,7 +4,8 @@
 
 States: done (recorded done), running, pending (queued, or requeued after preemption), failed
 (recorded failed, or its job ended without recording an end: killed, timed out, out of memory),
-missing (not run: never submitted, or its job was removed because an input failed). The manifest
+missing (not run: never submitted, or its job was removed because an input failed), cancelled
+(stopped by sweeps/cancel.py or by Ctrl-C to a local launch: the next launch resumes it). The manifest
 decides done and failed; squeue and sacct (one call each, not one per stage) add the job id,
 the queue state and the elapsed time. Without SLURM it shows what the manifest says.
 A stage's lease (collapse/lease.py) says who runs it now, on any node and under either executor:
@@ -29,7 +30,7 @@ MANIFEST_VERSION = 1
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED")
 RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
-STATES = ("done", "running", "pending", "failed", "missing")
+STATES = ("done", "running", "pending", "failed", "missing", "cancelled")
 KIND_ORDER = ("teacher", "synth", "student", "generation", "gaussian", "eval")
 
 
@@ -179,6 +180,8 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
             row.note = q[2] if q[2] not in ("None", "(null)") else ""
             if status == "failed":
                 row.note = (row.note + "; " if row.note else "") + "rerun of a failed stage"
+        elif status == "cancelled":   # sweeps/cancel.py or a stopped local launch; the next launch resumes it
+            row.state, row.elapsed, row.note = "cancelled", recorded, str(rec.get("error") or "")[:100]
         elif status == "failed":
             row.state, row.elapsed = "failed", recorded or (a[1] if a else "")
             row.note = f"{root / rec['log']}" if rec.get("log") else ""

@@ -10,10 +10,19 @@ whose subprocess exits with lease.HELD_EXIT (the other runner took the lease fir
 holder is gone, its record decides: done is done (its dependents start), failed is failed, and a
 holder that died without an end (killed, node lost) leaves the stage to be run here, from its
 checkpoint.
+
+Stopping: SIGINT (Ctrl-C) or SIGTERM to the launch stops the run. Each stage runs in its own
+process group, so a terminal's Ctrl-C reaches only the launch, which then sends SIGINT to every
+stage's group (the stage unwinds: its lease is released, its log flushed), SIGKILLs what is left
+after STOP_GRACE_S, records the stopped stages as cancelled and raises Cancelled. Every file is
+written atomically, so a stopped stage leaves its last checkpoint, from which the next launch
+resumes it. A second signal while stopping SIGKILLs the stages at once.
 """
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,8 +33,23 @@ from collapse.config import REPO
 from collapse.run import log_path
 
 
+STOP_GRACE_S = 10.0     # how long stopped stages get to exit on SIGINT before they are SIGKILLed
+
+
+class Cancelled(Exception):
+    """The run was stopped by a signal; `stopped`: the stages that were running (now recorded cancelled,
+    or done if they finished meanwhile), `not_started`: those that had not started."""
+
+    def __init__(self, signum: int, stopped: dict, not_started: list):
+        self.signum, self.stopped, self.not_started = signum, stopped, not_started
+        self.exit_code = 128 + signum
+        super().__init__(f"{signal.Signals(signum).name}: stopped {len(stopped)} running stages")
+
+
 def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
-    """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}."""
+    """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}.
+
+    Raises Cancelled on SIGINT or SIGTERM (when run in the main thread), with no stage process left."""
     root = Path(root)
     cores = available_cores()
     max_parallel = max_parallel or cores
@@ -60,68 +84,139 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
         bar.update()
         say(msg)
 
-    while waiting or running or held:
-        ready = []
-        for key, stage in list(waiting.items()):
-            deps = [state_of(k) for k in stage.deps.values()]
-            if any(d in ("failed", "blocked", "missing") for d in deps):
-                result[key] = "blocked"
+    stop: list[int] = []      # the signals received: the first stops the run, a second kills at once
+    previous = _catch_stop_signals(stop, lambda: [proc for _, proc in running.values()])
+    try:
+        while (waiting or running or held) and not stop:
+            ready = []
+            for key, stage in list(waiting.items()):
+                deps = [state_of(k) for k in stage.deps.values()]
+                if any(d in ("failed", "blocked", "missing") for d in deps):
+                    result[key] = "blocked"
+                    del waiting[key]
+                    bar.update()
+                    say(f"blocked {stage.name}: an input failed")
+                elif all(d == "done" for d in deps):
+                    ready.append(stage)
+            # A stage that runs alone (the teacher) gets every core; a full row of students one each.
+            threads = max(1, cores // max(1, min(max_parallel, len(running) + len(ready))))
+            for stage in ready[:max(0, max_parallel - len(running))]:
+                key = stage.key
                 del waiting[key]
-                bar.update()
-                say(f"blocked {stage.name}: an input failed")
-            elif all(d == "done" for d in deps):
-                ready.append(stage)
-        # A stage that runs alone (the teacher) gets every core; a full row of students one each.
-        threads = max(1, cores // max(1, min(max_parallel, len(running) + len(ready))))
-        for stage in ready[:max(0, max_parallel - len(running))]:
-            key = stage.key
-            del waiting[key]
-            holder = lease.live_holder(root, key)
-            if holder is not None:
-                wait_for(stage, holder, "not started")
-                continue
-            if _started(root, key) != planned[key] and manifest.is_done(root, key):
-                finished(key, stage, "done", f"done {stage.name} meanwhile, by another runner")
-                continue
-            try:
-                running[key] = (stage, _start(root, stage, threads))
-            except OSError as e:   # its log cannot be opened (disk full, read-only)
-                result[key] = "failed"
-                bar.update()
-                print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
-                continue
-            say(f"started {stage.name}")
-        for key, (stage, proc) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[key]
-            holder = lease.live_holder(root, key) if proc.returncode else None
-            if proc.returncode == lease.HELD_EXIT or holder is not None:
-                wait_for(stage, holder or lease.read(root, key) or "another runner", "held")
-                continue
-            result[key] = _finish(root, stage, proc.returncode)
-            bar.update()
-            if result[key] == "done":
-                say(f"done {stage.name} ({len(result)}/{len(stages)})")
-            else:
-                say(f"failed {stage.name}: see {log_path(root, stage.spec())}")
-        if held and time.monotonic() - checked >= 1.0:
-            checked = time.monotonic()
-            for key, stage in list(held.items()):
-                if lease.live_holder(root, key) is not None:
+                holder = lease.live_holder(root, key)
+                if holder is not None:
+                    wait_for(stage, holder, "not started")
                     continue
-                del held[key]
-                record = manifest.read(root, key)
-                status = record["status"] if record else "missing"
-                if status in ("done", "failed"):
-                    finished(key, stage, status, f"{status} {stage.name}, run by another runner: "
-                                                 f"see {log_path(root, stage.spec())}")
-                else:   # its runner died without recording an end: run it here (it resumes)
-                    waiting[key] = stage
-                    say(f"{stage.name}: its runner died without recording an end; running it here")
-        time.sleep(poll_s)
+                if _started(root, key) != planned[key] and manifest.is_done(root, key):
+                    finished(key, stage, "done", f"done {stage.name} meanwhile, by another runner")
+                    continue
+                try:
+                    running[key] = (stage, _start(root, stage, threads))
+                except OSError as e:   # its log cannot be opened (disk full, read-only)
+                    result[key] = "failed"
+                    bar.update()
+                    print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
+                    continue
+                say(f"started {stage.name}")
+            for key, (stage, proc) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[key]
+                holder = lease.live_holder(root, key) if proc.returncode else None
+                if proc.returncode == lease.HELD_EXIT or holder is not None:
+                    wait_for(stage, holder or lease.read(root, key) or "another runner", "held")
+                    continue
+                result[key] = _finish(root, stage, proc.returncode)
+                bar.update()
+                if result[key] == "done":
+                    say(f"done {stage.name} ({len(result)}/{len(stages)})")
+                else:
+                    say(f"failed {stage.name}: see {log_path(root, stage.spec())}")
+            if held and time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                for key, stage in list(held.items()):
+                    if lease.live_holder(root, key) is not None:
+                        continue
+                    del held[key]
+                    record = manifest.read(root, key)
+                    status = record["status"] if record else "missing"
+                    if status in ("done", "failed"):
+                        finished(key, stage, status, f"{status} {stage.name}, run by another runner: "
+                                                     f"see {log_path(root, stage.spec())}")
+                    else:   # its runner died without recording an end: run it here (it resumes)
+                        waiting[key] = stage
+                        say(f"{stage.name}: its runner died without recording an end; running it here")
+            time.sleep(poll_s)
+        if stop:
+            bar.close()
+            raise _cancel_running(root, running, waiting, held, stop[0])
+    finally:
+        _restore_signals(previous)
     bar.close()
     return result
+
+
+def _catch_stop_signals(stop: list, procs) -> dict:
+    """Route SIGINT and SIGTERM into `stop` (the run loop checks it); return the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        if stop:    # a second signal: do not wait for the stages
+            for proc in procs():
+                _signal_group(proc, signal.SIGKILL)
+        stop.append(signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)     # the stage and anything it started
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_processes(procs: list, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGINT each process's group, SIGKILL the groups after `grace_s`; return once every one is reaped."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:      # the leader may be gone while something it started is not
+        _signal_group(proc, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
+def _cancel_running(root: Path, running: dict, waiting: dict, held: dict, signum: int) -> Cancelled:
+    from collapse.cancel import record_cancelled
+    name = signal.Signals(signum).name
+    stopped_at = time.monotonic()
+    stop_processes([proc for _, proc in running.values()])
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: stopped {len(running)} running stages in "
+          f"{time.monotonic() - stopped_at:.1f}s", file=sys.stderr, flush=True)
+    stopped = {}
+    for key, (stage, _) in running.items():
+        why = f"cancelled: {name} to the launch (pid {os.getpid()})"
+        try:
+            stopped[key] = record_cancelled(root, key, why)
+        except OSError as e:
+            print(f"error: cannot record {stage.name} ({key}) as cancelled: {e}", file=sys.stderr, flush=True)
+            stopped[key] = "unrecorded"
+        try:
+            with open(log_path(root, stage.spec()), "a") as f:
+                f.write(f"[{time.strftime('%H:%M:%S')}] {stage.name}: {why}; a relaunch resumes it from its "
+                        f"last checkpoint\n")
+        except OSError:
+            pass
+    return Cancelled(signum, stopped, [*waiting, *held])
 
 
 def available_cores() -> int:
@@ -141,7 +236,7 @@ def _start(root: Path, stage, share: int) -> subprocess.Popen:
         env.pop(var, None)  # each stage forms its own process group
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "collapse.run", str(root), stage.key],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
 
 
 def _started(root: Path, key: str):
