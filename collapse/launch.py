@@ -1,6 +1,9 @@
 """Launching a sweep: load and check everything, plan the stage graph, skip what is done, run the rest.
 
-Every check a user can fail happens before anything is written or submitted.
+Every check a user can fail happens before anything is written or submitted. Two options are the
+launch's own, not the experiment's: `dry_run=true` prints the plan and its estimated cost and
+stops (collapse/dryrun.py); `redo=<stage kind or name pattern>` reruns those stages although they
+are done, and everything downstream of them.
 """
 import os
 import signal
@@ -47,6 +50,25 @@ def reusable(root: Path, stage) -> bool:
     return True
 
 
+def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """Pull dry_run= and redo= out of the arguments: ({"dry_run": bool, "redo": str | None}, the rest)."""
+    options, rest = {"dry_run": False, "redo": None}, []
+    for item in argv:
+        key, eq, value = item.partition("=")
+        if key == "dry_run" and eq:
+            if value.lower() not in ("true", "false"):
+                raise bad("dry_run", value, "true or false")
+            options["dry_run"] = value.lower() == "true"
+        elif key == "redo" and eq:
+            if not value.strip() or not value.isprintable():
+                raise bad("redo", value, "a stage kind or a stage name pattern, e.g. redo=student or "
+                          "'redo=student[lam=0.5*'")
+            options["redo"] = value
+        else:
+            rest.append(item)
+    return options, rest
+
+
 def prepare(argv: list[str]):
     """Everything that can fail on bad input, with nothing written: (sweep, plan, root, backend)."""
     sweep = load_sweep(argv)
@@ -63,21 +85,35 @@ def prepare(argv: list[str]):
 
 def launch(argv: list[str], out=sys.stdout) -> int:
     try:
+        options, argv = launch_options(argv)
         sweep, plan, root, backend = prepare(argv)
+        redo = set()
+        if options["redo"] is not None:
+            named = planning.matching(plan, options["redo"])
+            if not named:
+                raise bad("redo", options["redo"], "a stage kind (" + ", ".join(sorted({s.kind for s in plan.stages.values()}))
+                          + ") or a pattern (* and ?) matching stage names of this sweep, e.g. 'student[lam=0.5*'")
+            redo = planning.downstream(plan, named)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    todo = [s for s in plan.stages.values() if not reusable(root, s)]
+    todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
+    if options["dry_run"]:
+        from collapse import dryrun
+        dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo)
+        return 0
     try:
         for stage in todo:
-            write_spec(root, stage)
+            previous = manifest.read(root, stage.key) if stage.key in redo else None
+            write_spec(root, stage, redo_of=previous if previous and previous["status"] == "done" else None)
         record = manifest.write(root, planning.sweep_record(sweep, plan))
     except OSError as e:   # disk full, read-only, permission denied: nothing finished is touched
         print(f"error: cannot write to results_root {root}: {e}", file=sys.stderr)
         return 1
     print(f"sweep {record['key']} (grid {sweep.grid}): {len(plan.stages)} stages, "
-          f"{len(plan.stages) - len(todo)} already done, {len(todo)} to run on {backend}; results in {root}",
-          file=out, flush=True)
+          f"{len(plan.stages) - len(todo)} already done, {len(todo)} to run on {backend}"
+          + (f" ({len(redo)} redone: {options['redo']} and what reads it)" if redo else "")
+          + f"; results in {root}", file=out, flush=True)
     if backend == "local":
         from collapse.executors import local
         from collapse import report

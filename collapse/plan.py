@@ -6,6 +6,7 @@ teacher is trained and sampled once; a relaunch finds finished keys in the manif
 """
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from collapse import generations, manifest
@@ -180,3 +181,19 @@ def sweep_record(sweep: Sweep, plan: Plan) -> dict:
     return {"kind": "sweep", "key": key, "name": sweep.grid, "status": "done", "ended": manifest.now(),
             "config": {"grid": sweep.grid, "argv": sweep.argv, "task": sweep.base.task, "plan": plan.shape,
                        "points": plan.points, "stages": list(plan.stages)}}
+
+
+def matching(plan: Plan, pattern: str) -> set:
+    """Keys of the stages `pattern` names: a stage kind, or a stage name with * and ? as wildcards
+    (brackets are literal: 'student[lam=0.5*' names the students with lam 0.5 first)."""
+    names = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + r"\Z")
+    return {s.key for s in plan.stages.values() if s.kind == pattern or names.match(s.name)}
+
+
+def downstream(plan: Plan, keys: set) -> set:
+    """`keys` and every stage that reads one of them, directly or not."""
+    out = set(keys)
+    for s in plan.stages.values():   # plan order is dependency order
+        if any(d in out for d in s.deps.values()):
+            out.add(s.key)
+    return out

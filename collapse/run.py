@@ -32,8 +32,28 @@ def log_path(root, stage) -> Path:
     return Path(root) / "logs" / f"{stage['kind']}-{stage['key']}.log"
 
 
-def write_spec(root, stage) -> None:
-    storage.write_json(stage_dir(root, stage.key) / "stage.json", stage.spec())
+def write_spec(root, stage, redo_of: dict | None = None) -> None:
+    """The stage's spec for its runner; `redo_of`: the done record a `redo=` launch replaces."""
+    spec = stage.spec()
+    if redo_of is not None:
+        spec["redo_of"] = {"started": redo_of["started"], "ended": redo_of.get("ended")}
+    storage.write_json(stage_dir(root, stage.key) / "stage.json", spec)
+
+
+def _redoing(spec: dict, previous: dict | None) -> bool:
+    """This run redoes `previous` (a done record): the spec names it as the run to replace."""
+    redo_of = spec.get("redo_of")
+    return (redo_of is not None and previous is not None and previous.get("status") == "done"
+            and previous.get("started") == redo_of["started"])
+
+
+def _replaced(previous: dict) -> list:
+    """What the manifest keeps of the runs a redo replaced: newest first."""
+    keep = ("started", "ended", "host", "pid", "commit", "slurm_job_id", "metrics", "artifacts")
+    summary = {k: previous.get(k) for k in keep}
+    if isinstance(summary["metrics"], dict):
+        summary["metrics"] = {k: v for k, v in summary["metrics"].items() if k != "history"}
+    return [summary] + list(previous.get("replaced") or [])
 
 
 def read_spec(root, key: str) -> dict:
@@ -174,7 +194,8 @@ def run_stage(root, key: str) -> dict:
 def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, held, log) -> dict:
     """run_stage's work, once this process holds the stage's lease (or, rank > 0, its rank 0 does)."""
     previous = manifest.read(root, key)
-    if lease.planned_by_launch() and previous is not None and previous["status"] == "done":
+    redoing = _redoing(spec, previous)
+    if lease.planned_by_launch() and previous is not None and previous["status"] == "done" and not redoing:
         try:   # finished by another runner since this one's launch planned it: not run twice
             for name in previous.get("artifacts") or {}:
                 artifact(root, previous, name)
@@ -188,11 +209,14 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
     base = {"kind": spec["kind"], "key": key, "name": spec["name"], "deps": spec["deps"],
             "config": spec["config"], "log": str(log_file.relative_to(root)), "started": started,
             **manifest.provenance()}
+    # A redo works in a folder of its own and leaves the done record in force until it is done too.
+    out = stage_dir(root, key) / f"redo-{round(spec['redo_of']['started'] * 1000)}" if redoing else stage_dir(root, key)
     if primary:
         # a kill mid-write in an earlier run of this stage leaves temporary files; nothing else writes them
-        storage.remove_temps(stage_dir(root, key))
+        storage.remove_temps(out)
         storage.remove_temps(root / "manifest", f".{key}.json.*.tmp")
-        manifest.write(root, {**base, "status": "running"})
+        if not redoing:
+            manifest.write(root, {**base, "status": "running"})
 
     try:
         cfg = config.from_dict(spec["config"])
@@ -204,16 +228,22 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
                 raise StageInputError(f"input '{role}' (stage {dep}) is not done: "
                                       f"{'missing' if record is None else record['status']}")
             inputs[role] = record
-        out = stage_dir(root, key)
         metrics, artifacts = RUNNERS[spec["kind"]](task, cfg, inputs, root, out, log)
         record = {**base, "status": "done", "metrics": metrics, "ended": manifest.now(),
                   "artifacts": {name: _artifact_entry(root, p) for name, p in artifacts.items()}}
+        if redoing:
+            record["replaced"] = _replaced(previous)
     except Exception as e:
         traceback.print_exc()
         record = {**base, "status": "failed", "error": f"{type(e).__name__}: {e}", "ended": manifest.now()}
+    written = record
+    if redoing and record["status"] != "done":   # the earlier run stays in force; the failed redo beside it
+        log("redo failed; the earlier run stays in force")
+        written = {**previous, "redo_failed": {"error": record["error"], "ended": record["ended"],
+                                               "log": record["log"]}}
     try:
         if primary:
-            manifest.write(root, record)
+            manifest.write(root, written)
     except OSError as e:   # disk full, read-only: the record stays 'running'; the executor records the exit
         log(f"error: cannot record the stage's end ({record['status']}): {e}")
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}"}
