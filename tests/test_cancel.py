@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from collapse import cancel, lease  # noqa: E402
+from collapse.executors import local  # noqa: E402
 from test_slurm import cluster, launch, launch_jobs, records, show, wait_done  # noqa: E402,F401
 from collapse.executors import slurm  # noqa: E402
 
@@ -147,13 +148,16 @@ def test_sigint_to_local_launch_stops_every_stage_and_relaunch_resumes(grid_env,
         assert holder.pid in stage_processes(root)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
+        wait_for("the stage processes to end", lambda: not stage_processes(root), timeout=60)
+        gone = time.monotonic() - sent
         out, err = proc.communicate(timeout=60)
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    print(f"SIGINT to launch exit: {took:.2f}s")
+    print(f"SIGINT: stage processes gone after {gone:.2f}s, the launch exited after {took:.2f}s")
+    assert gone < local.STOP_GRACE_S + 5, "the stage did not end on SIGINT, nor on SIGKILL"
     assert proc.returncode == 130, f"{out}\n{err[-3000:]}"
     assert stage_processes(root) == [], "stage processes left behind"
     with pytest.raises(ProcessLookupError):
@@ -213,6 +217,7 @@ def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identic
     jobs1 = launch_jobs(slurm.read_index(first)["launches"][-1])
     jobs2 = launch_jobs(slurm.read_index(second)["launches"][-1])
     try:
+        wait_for("the first sweep's teacher to checkpoint", lambda: list(first.glob("stages/*/checkpoints/latest.json")))
         started = time.monotonic()
         out = cancel_cli(f"results_root={first}")
         took = time.monotonic() - started
@@ -233,6 +238,8 @@ def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identic
     head = table.splitlines()[0]
     assert "0 running, 0 pending, 0 failed, 0 missing" in head and f"{len(unfinished)} cancelled" in head, table
     assert len(recs) == 5      # stages never started are recorded too
+    teacher = next(r for r in recs.values() if r["kind"] == "teacher")
+    assert teacher["status"] == "cancelled" and lease.live_holder(first, teacher["key"]) is None, teacher
 
     out = launch(*ARGS, "cluster=slurm", f"results_root={first}", env=grid_env)
     assert out.returncode == 0, show(out)
@@ -240,4 +247,5 @@ def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identic
     assert sum(a["size"] for a in relaunch["arrays"]) == len(unfinished), relaunch
     rows = wait_done(launch_jobs(relaunch))
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
+    assert "resumed at" in (first / teacher["log"]).read_text()
     assert by_name(first) == reference
