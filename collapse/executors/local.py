@@ -18,6 +18,7 @@ after STOP_GRACE_S, records the stopped stages as cancelled and raises Cancelled
 written atomically, so a stopped stage leaves its last checkpoint, from which the next launch
 resumes it. A second signal while stopping SIGKILLs the stages at once.
 """
+import ctypes
 import os
 import signal
 import subprocess
@@ -34,6 +35,17 @@ from collapse.run import log_path
 
 
 STOP_GRACE_S = 10.0     # how long stopped stages get to exit on SIGINT before they are SIGKILLed
+PR_SET_PDEATHSIG = 1
+
+
+def _linux_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _linux_prctl()
 
 
 class Cancelled(Exception):
@@ -236,7 +248,22 @@ def _start(root: Path, stage, share: int) -> subprocess.Popen:
         env.pop(var, None)  # each stage forms its own process group
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "collapse.run", str(root), stage.key],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+                                preexec_fn=_dies_with_launch(os.getpid()))
+
+
+def _dies_with_launch(launch_pid: int):
+    """Linux: the stage gets SIGKILL when the launch dies, so that a launch killed outright (SIGKILL, which
+    it cannot catch) leaves no stage running unsupervised in its own process group. The parent-death
+    signal follows the thread that started the child: only from the main thread."""
+    if _prctl is None or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def preexec():
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != launch_pid:    # the launch died before the line above
+            os._exit(1)
+    return preexec
 
 
 def _started(root: Path, key: str):
