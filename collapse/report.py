@@ -528,28 +528,43 @@ def write_text(path: Path, lines: list[str]) -> Path:
     return storage.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
+def coefficient_sweeps(rows: list[dict]) -> list[tuple]:
+    """Per coefficient, the largest set of rows that moves it alone, the others held at one setting
+    (0 in a one-at-a-time grid, the best row's values in the paper's Table 1): (c, held, rows)."""
+    found = []
+    for c in SHORT:
+        groups: dict = {}
+        for r in rows:
+            if "mean" in r and c in r:
+                held = tuple((o, r.get(o, 0.0)) for o in SHORT if o != c and o in r)
+                groups.setdefault(held, []).append(r)
+        held, members = max(groups.items(), key=lambda kv: len({r[c] for r in kv[1]}), default=((), []))
+        if len({r[c] for r in members}) >= 3:
+            found.append((c, held, members))
+    return found
+
+
 def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path | None:
-    """Figures 1-2: the metric against each coefficient, the others held at 0."""
+    """Figures 1-2: the metric against each coefficient, the others held fixed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    def alone(r, c):  # a point that moves only coefficient c
-        return all(not r.get(o) for o in SHORT if o != c)
-    coeffs = [k for k in SHORT if any(r.get(k) and alone(r, k) for r in rows)]
-    if not coeffs:
+    sweeps = coefficient_sweeps(rows)
+    if not sweeps:
         return None
-    fig, axes = plt.subplots(1, len(coeffs), figsize=(4 * len(coeffs), 3.2), squeeze=False)
-    for ax, c in zip(axes[0], coeffs):
-        pts = sorted((r[c], r["mean"], r.get("ci95") or 0.0) for r in rows if "mean" in r and alone(r, c))
-        if pts:
-            xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="student")
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4), squeeze=False)
+    for ax, (c, held, members) in zip(axes[0], sweeps):
+        xs, ys, es = zip(*sorted((r[c], r["mean"], r.get("ci95") or 0.0) for r in members))
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="student")
         if ref["m0"][0] is not None:
             ax.axhline(ref["m0"][0], color="k", ls="--", lw=1, label="M0 (teacher)")
+        if ref["m1"] and "mean" in ref["m1"]:
+            ax.axhline(ref["m1"]["mean"], color="r", ls=":", lw=1, label="M1")
         ax.set_xlabel(SHORT[c])
         ax.set_ylabel(ref["metric"][1])
+        ax.set_title(", ".join(f"{SHORT[o]}={v:g}" for o, v in held) or "others 0", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{name}: {ref['metric'][1]} against each coefficient (others 0)")
+    fig.suptitle(f"{name}: {ref['metric'][1]} against each coefficient, the others held")
     fig.tight_layout()
     path = out / f"{name}_coefficients.png"
     storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
