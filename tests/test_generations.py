@@ -172,7 +172,7 @@ BAD = [
     (["grid=gaussian_generations", "generations.distill=teacher"],
      "key 'generations.distill': value 'teacher' is not allowed; expected one of: none (task gaussian)"),
     (["grid=vae_generations", "distill.lam=0", "distill.beta=0", "distill.gamma=0"],
-     "expected 'none' when distill.lam, distill.beta and distill.gamma are all 0"),
+     "expected 'none' when every distill.* coefficient is 0"),
     (["grid=vae_smoke3", "generations.data=accumulate"], "expected 'replace' unless generations.count is set"),
     (["grid=vae_generations", "synth.size=100"], "key 'synth.size': value 100"),
 ]
