@@ -97,7 +97,9 @@ def test_only_one_of_eight_processes_takes_over_a_dead_lease(tmp_path):
         outs = [p.communicate(timeout=60)[0] for p in procs]
         winners = [o for o in outs if o.startswith("won")]
         assert len(winners) == 1 and all(o.startswith("held by ") for o in outs if o not in winners), outs
-        assert f"{dead['host']}:{dead['pid']}" in winners[0], winners
+        # the winner took over the dead lease, or created its own in the instant after another
+        # contender had moved the dead one aside (that contender then lost): one winner either way
+        assert f"{dead['host']}:{dead['pid']}" in winners[0] or winners[0] == "won None\n", winners
         assert lease.read(tmp_path, "k") is None and os.listdir(tmp_path / "leases") == []
 
 
