@@ -539,7 +539,7 @@ def coefficient_sweeps(rows: list[dict]) -> list[tuple]:
                 held = tuple((o, r.get(o, 0.0)) for o in SHORT if o != c and o in r)
                 groups.setdefault(held, []).append(r)
         held, members = max(groups.items(), key=lambda kv: len({r[c] for r in kv[1]}), default=((), []))
-        if len({r[c] for r in members}) >= 3:
+        if len({r[c] for r in members}) >= 2:
             found.append((c, held, members))
     return found
 
