@@ -15,6 +15,7 @@ from collapse import lease, manifest
 # in 1.2 s, 10k test items in 1.7 s); used only where no finished stage of the kind exists
 DEFAULT_SECONDS_PER_UNIT = {"teacher": 9e-5, "student": 9e-5, "generation": 9e-5, "synth": 2e-5, "eval": 2e-4,
                             "gaussian": 2e-6}
+DEFAULT_TASKS = ("vae", "gaussian")       # the tasks those defaults describe
 FULL_SIZES = {"mnist": (60_000, 10_000)}   # train, test items of a dataset used whole (data.*_size null)
 TRAINING = ("teacher", "student", "generation")
 
@@ -59,8 +60,10 @@ def estimate(stages: list, records: list[dict]) -> dict:
         rate = known.get((s.kind, s.config["task"]))
         if rate:
             out[s.key] = (rate[0] * units, rate[1], f"{rate[2]} finished {s.kind} stage(s)")
-        else:
+        elif s.config["task"] in DEFAULT_TASKS:
             out[s.key] = (DEFAULT_SECONDS_PER_UNIT[s.kind] * units, 1, "default")
+        else:   # a default measured on the VAE says nothing about a UNet or a T5
+            out[s.key] = (0.0, 1, f"no estimate until a {s.kind} stage of task {s.config['task']} has finished here")
     return out
 
 
@@ -114,6 +117,9 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
         say("estimate: nothing to run")
         return
     sources = sorted({f"{s.kind}: {costs[s.key][2]}" for s in to_run})
+    unknown = sum(costs[s.key][2].startswith("no estimate") for s in to_run)
+    if unknown:
+        say(f"estimate: none for {unknown} of the {len(to_run)} stages to run (below: the rest only)")
     if backend == "slurm":
         gpus = {s.key: cluster.resources(s.kind).gpus_per_node * cluster.resources(s.kind).nodes for s in to_run}
         gpu_hours = sum(seconds[k] * gpus[k] for k in seconds) / 3600
