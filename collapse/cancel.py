@@ -20,6 +20,7 @@ from pathlib import Path
 
 from collapse import lease
 from collapse.executors import slurm
+from collapse.status import launched_root
 
 GONE_TIMEOUT_S = 60     # scancel's SIGTERM, then SIGKILL after the cluster's KillWait (30 s by default)
 
@@ -173,10 +174,8 @@ def main(argv: list[str]) -> int:
         print(f"error: expected results_root=DIR [grid=NAME] [STAGE-NAME-PATTERN ...], got "
               f"{' '.join(argv) or 'nothing'}", file=sys.stderr)
         return 2
-    root = Path(options["results_root"]).expanduser().resolve()
-    if not (root / "manifest").is_dir():
-        print(f"error: key 'results_root': value '{options['results_root']}' is not allowed; expected a results "
-              f"root with a manifest/ folder (nothing was launched there yet)", file=sys.stderr)
+    root = launched_root(options["results_root"])
+    if root is None:
         return 2
     try:
         cancel(root, options.get("grid"), patterns)

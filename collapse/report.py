@@ -528,6 +528,21 @@ def write_text(path: Path, lines: list[str]) -> Path:
     return storage.atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` to `path` as PNG (atomically) and free it."""
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    pyplot().close(fig)
+    return path
+
+
 def coefficient_sweeps(rows: list[dict]) -> list[tuple]:
     """Per coefficient, the largest set of rows that moves it alone, the others held at one setting
     (0 in a one-at-a-time grid, the best row's values in the paper's Table 1): (c, held, rows)."""
@@ -546,9 +561,7 @@ def coefficient_sweeps(rows: list[dict]) -> list[tuple]:
 
 def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path | None:
     """Figures 1-2: the metric against each coefficient, the others held fixed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     sweeps = coefficient_sweeps(rows)
     if not sweeps:
         return None
@@ -567,17 +580,13 @@ def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path
     fig.suptitle(f"{name}: {ref['metric'][1]} against each coefficient, the others held")
     fig.tight_layout()
     path = out / f"{name}_coefficients.png"
-    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) -> Path | None:
     """Figure 3: samples of M1 beside the best distilled student."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     m1 = ref["m1"]
     lower = ref["metric"][2] == "lower"
     distilled = [r for r in rows if r is not m1 and "mean" in r and r["evals"]]
@@ -596,9 +605,7 @@ def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) 
         ax.axis("off")
     fig.tight_layout()
     path = out / f"{name}_samples.png"
-    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def curve_models(sweep: dict, by_key: dict) -> list[tuple[str, dict]]:
@@ -622,9 +629,7 @@ def plot_curves(name: str, sweep: dict, by_key: dict, out: Path) -> Path | None:
     models = curve_models(sweep, by_key)
     if not models:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, record in models:
         history = [h for h in record["metrics"]["history"] if "step" in h and "test_loss" in h]
@@ -637,9 +642,7 @@ def plot_curves(name: str, sweep: dict, by_key: dict, out: Path) -> Path | None:
     ax.set_title(f"{name}: test loss during training")
     fig.tight_layout()
     path = out / f"{name}_curves.png"
-    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_reports(root) -> list[Path]:

@@ -13,8 +13,7 @@ table of the final generation.
 import statistics
 from pathlib import Path
 
-from collapse import storage
-from collapse.report import PRIMARY, mean_ci, md_table, write_csv, write_text
+from collapse.report import PRIMARY, mean_ci, md_table, pyplot, save_figure, write_csv, write_text
 
 DISTILL = "generations.distill"
 POLICY = "generations.data"
@@ -45,19 +44,6 @@ def _fmt(v, digits=3) -> str:
 
 def _title(label: dict) -> str:
     return ", ".join(f"{SHORT.get(k, k.split('.')[-1])}={v}" for k, v in label.items()) or "all"
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    _pyplot().close(fig)
-    return path
 
 
 def _split(label: dict, line_key: str) -> tuple[tuple, object]:
@@ -203,7 +189,7 @@ def _answer(where, mode, eff, mean_eff, eff_pct, G, metric_label, direction) -> 
 
 
 def plot_chains(name, groups, panels, modes, G, metric_label, out) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharey=True)
     colors = {m: f"C{i}" for i, m in enumerate(modes)}
     for ax, panel in zip(axes[0], panels):
@@ -226,7 +212,7 @@ def plot_chains(name, groups, panels, modes, G, metric_label, out) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{name}: {metric_label} against generation (line: mean over seeds, band: min-max)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out / f"{name}_by_generation.png")
+    return save_figure(fig, out / f"{name}_by_generation.png")
 
 
 # ---------------------------------------------------------------- the Gaussian toy model
@@ -281,7 +267,7 @@ def write_gaussian(name: str, sweep: dict, by_key: dict, out: Path) -> list[Path
 
 def plot_gaussian(name: str, runs: list, out: Path) -> Path:
     """One panel per (other swept keys) x policy: bands over chains, measured mean, closed form."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = list(dict.fromkeys(panel for panel, *_ in runs))
     policies = list(dict.fromkeys(policy for _, policy, *_ in runs))
     fig, axes = plt.subplots(len(panels), len(policies), figsize=(3.4 * len(policies), 2.9 * len(panels)),
@@ -310,4 +296,4 @@ def plot_gaussian(name: str, runs: list, out: Path) -> Path:
     fig.suptitle(f"{name}: measured sigma_t^2 (mean, bands over chains) over its closed form E[sigma_t^2]; "
                  "z = (mean - closed) / se", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out / f"{name}_by_generation.png")
+    return save_figure(fig, out / f"{name}_by_generation.png")

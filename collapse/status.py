@@ -257,16 +257,24 @@ def record_dead_jobs(root, squeue_fn=squeue, sacct_fn=sacct) -> dict:
     return marked
 
 
+def launched_root(value: str) -> Path | None:
+    """results_root=VALUE as a path, when something was launched there; else None, said on stderr."""
+    root = Path(value).expanduser().resolve()
+    if not (root / "manifest").is_dir():
+        print(f"error: key 'results_root': value '{value}' is not allowed; expected a results "
+              f"root with a manifest/ folder (nothing was launched there yet)", file=sys.stderr)
+        return None
+    return root
+
+
 def main(argv: list[str]) -> int:
     args = dict(a.split("=", 1) for a in argv if "=" in a)
     unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in ("results_root", "grid")]
     if unknown or "results_root" not in args:
         print(f"error: expected results_root=DIR [grid=NAME], got {' '.join(argv) or 'nothing'}", file=sys.stderr)
         return 2
-    root = Path(args["results_root"]).expanduser().resolve()
-    if not (root / "manifest").is_dir():
-        print(f"error: key 'results_root': value '{args['results_root']}' is not allowed; expected a results "
-              f"root with a manifest/ folder (nothing was launched there yet)", file=sys.stderr)
+    root = launched_root(args["results_root"])
+    if root is None:
         return 2
     started = time.monotonic()
     rows, sweeps = collect(root, args.get("grid"))
