@@ -32,7 +32,8 @@ KEY_SECTIONS = {
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every")}
 # Fields added after results existed: left out of the key at their default, so those results keep their keys.
 ADDED_LATER = {("synth", "binarize"): False, ("train", "reduction"): "sum", ("train", "steps"): None,
-               ("train", "eval_every_steps"): None}
+               ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",
+               ("train", "warmup_steps"): 0, ("train", "lr_waves"): 0.5}
 # Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
 # was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
 RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
