@@ -134,10 +134,12 @@ class SynthConfig:
     size: int | None = None   # None: as many as the real training set
     seed: int = 0
     binarize: bool = False    # VAE: Bernoulli draws of the decoder's pixel probabilities, not the probabilities
+    shards: int = 1           # > 1: sampled by that many stages (one SLURM array), shard i with its own seed
 
     def check(self, p):
         _check(self.size is None or 1 <= self.size <= MAX_COUNT, p + "size", self.size,
                f"an integer in [1, {MAX_COUNT}] or null")
+        _check(1 <= self.shards <= 10_000, p + "shards", self.shards, "an integer in [1, 10000]")
         _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
 
 
@@ -278,7 +280,7 @@ class ClusterConfig(SlurmResources):
         _check(self.backend in ("auto", "local", "slurm"), p + "backend", self.backend, "one of: auto, local, slurm")
         _check(self.max_parallel >= 0, p + "max_parallel", self.max_parallel, "an integer >= 0")
         import importlib
-        kinds = tuple(getattr(importlib.import_module("collapse.plan"), "KINDS", ())) + ("report",)
+        kinds = tuple(getattr(importlib.import_module("collapse.plan"), "KINDS", ()))
         for kind in self.stages:
             _check(kind in kinds, p + "stages", kind, "stage kinds among: " + ", ".join(kinds))
             self.resources(kind, p)
