@@ -86,6 +86,11 @@ def ensure_distributed() -> None:
         torch.cuda.set_device(this_device())   # each task of a multi-GPU job: the GPU of its local rank
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo":
+            # DeepSpeed's CPU shared-memory all-reduce op is JIT-compiled at the first init (a minute of
+            # both cores on a fresh machine, a ninja check in every stage process after); gloo's does the work.
+            import deepspeed.ops
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
