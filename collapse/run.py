@@ -142,7 +142,7 @@ def run_gaussian(task, cfg, inputs, root, out: Path, log):
 def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
-    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg)
+    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache")
     samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)), cfg, grid=True)
     png = save_grid(task.as_images(samples), out / "samples.png")
     log(f"{model_record['name']}: {metrics}")
