@@ -146,7 +146,8 @@ def test_a_tiny_ddpm_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkey
     table2 = (root / "report" / "ddpm_two_table2.md").read_text()
     assert table2.startswith("# ddpm_two: Table 2 on MNIST 32x32, the offline stand-in")
     rows = {line.split(" | ")[1]: line.split(" | ") for line in table2.splitlines() if line.startswith("| ")}
-    assert rows["M1 (0)"][5] == "59.94" and rows["M1 (0)"][3] == "0.000935" and rows["M1 (0)"][8] == "0.0"
+    assert rows["M1 (0)"][5] == "59.94" and rows["M1 (0)"][3] == "0.0009349" and rows["M1 (0)"][8] == "0 (reference)"
+    assert rows["0.5 + MSE (0.5)"][8] == "60.7"   # the paper's (59.94 - 50.12) / (59.94 - 43.77)
     assert rows["0.5 + MSE (0.5)"][5] == "50.12" and rows["0.5 + MSE (0.5)"][9] == "4 vs 4"
     assert rows[""][0] == "| M0 (teacher)" and rows[""][5] == "43.77"
     m0_fid = next(r for r in evals if r["name"].startswith("eval:teacher"))["metrics"]["fid"]
