@@ -155,3 +155,14 @@ def test_a_tiny_ddpm_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkey
     assert (root / "report" / "ddpm_two_figure5.png").is_file() and (root / "report" / "ddpm_two_curves.png").is_file()
     # the hold-out's Inception features: computed once for the three evals, under <results_root>/cache
     assert len(list((root / "cache").glob("fid-ref-mnist-4-*.safetensors"))) == 1
+
+
+def test_the_cpu_profile_sizes_the_stand_in_grid():
+    """profile=ddpm_cpu: the six Table 2 rows on MNIST, one thread a stage, FID on 1,000 of the 1,000 hold-out images."""
+    from collapse.grid import load_sweep
+    sweep = load_sweep(["grid=ddpm_lambda", "profile=ddpm_cpu"])
+    cfg = sweep.points[0].config
+    assert len(sweep.points) == 6 and cfg.data.dataset == "mnist"
+    assert (cfg.train.threads, cfg.cluster.max_parallel, cfg.synth.sampler) == (1, 2, "ddim")
+    assert cfg.eval.fid_samples == cfg.data.test_size == 1000 and cfg.train.steps * cfg.train.batch_size < 50_000
+    ddpm.check_data(cfg)
