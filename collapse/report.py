@@ -233,7 +233,7 @@ def paper_reference(task: str) -> dict | None:
     if not table:
         return None
     metric = section.get("metric") or PRIMARY[task][0]
-    coeffs = [k for k in table[0] if k != metric]
+    coeffs = section.get("coefficients") or [k for k in table[0] if k != metric]
     entries = [({k: float(e[k]) for k in coeffs}, float(e[metric])) for e in table]
     lower = PRIMARY[task][2] == "lower"
     return {"coeffs": coeffs, "entries": entries,
@@ -476,7 +476,8 @@ def write_tables(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
     table = [[row.get(h, "") for h in header] for row in cells]
     csv_path = write_csv(out / f"{name}.csv", header, table)
     n_tested = sum(1 for r in rows if (r.get("vs_m1") or {}).get("p") is not None)
-    md = [f"# {name}", "",
+    from collapse import report_images
+    md = [f"# {name}{report_images.data_note(sweep, by_key)}", "",
           f"{metric} on the real test set ({ref['metric'][2]} is better); mean +- ci95 is a 95% Student-t interval "
           "across seeds.", *_optional(unit_line(sweep, by_key)), *_optional(pooled_line(rows)), "",
           "Against M1, the plain student (all coefficients 0): diff_vs_M1 = row - M1 with its 95% t-interval and "
@@ -666,6 +667,9 @@ def write_reports(root) -> list[Path]:
         written += [p for p in (plot_coefficients(name, rows, ref, out),
                                 plot_samples(name, rows, ref, root, out),
                                 plot_curves(name, sweep, by_key, out)) if p]
+        from collapse import report_images
+        if report_images.handles(sweep):   # DDPM: Table 2 (L_M(Test), FID, KID, the paper's) and Figure 5
+            written += report_images.write(name, sweep, by_key, rows, root, out)
     from collapse.results import write_table
     written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
     return written

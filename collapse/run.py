@@ -201,7 +201,7 @@ def run_gaussian(task, cfg, inputs, root, out: Path, log):
 def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
-    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg)
+    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache")
     log(f"{model_record['name']}: {metrics}")
     return metrics, write_examples(task, model, cfg, out)
 

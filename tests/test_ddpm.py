@@ -141,3 +141,28 @@ def test_a_tiny_ddpm_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkey
     assert all(r["metrics"]["fid"] > 0 and r["metrics"]["fid_samples"] == 4 for r in evals), evals
     table = (root / "report" / "ddpm_two.md").read_text()
     assert "| M0 (teacher) |" in table and "| M1 |" in table and "| student | 0.500 | 0.500 |" in table
+    assert table.startswith("# ddpm_two on MNIST 32x32, the offline stand-in for CelebA 64x64")
+    # Table 2: ours beside the paper's, the gap closed, the sample counts; Figures 4 and 5
+    table2 = (root / "report" / "ddpm_two_table2.md").read_text()
+    assert table2.startswith("# ddpm_two: Table 2 on MNIST 32x32, the offline stand-in")
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in table2.splitlines() if line.startswith("| ")}
+    assert rows["M1 (0)"][5] == "59.94" and rows["M1 (0)"][3] == "0.0009349" and rows["M1 (0)"][8] == "0 (reference)"
+    assert rows["0.5 + MSE (0.5)"][8] == "60.7"   # the paper's (59.94 - 50.12) / (59.94 - 43.77)
+    assert rows["0.5 + MSE (0.5)"][5] == "50.12" and rows["0.5 + MSE (0.5)"][9] == "4 vs 4"
+    assert rows[""][0] == "| M0 (teacher)" and rows[""][5] == "43.77"
+    m0_fid = next(r for r in evals if r["name"].startswith("eval:teacher"))["metrics"]["fid"]
+    assert rows[""][4] == f"{m0_fid:.2f}"
+    assert (root / "report" / "ddpm_two_figure5.png").is_file() and (root / "report" / "ddpm_two_curves.png").is_file()
+    # the hold-out's Inception features: computed once for the three evals, under <results_root>/cache
+    assert len(list((root / "cache").glob("fid-ref-mnist-4-*.safetensors"))) == 1
+
+
+def test_the_cpu_profile_sizes_the_stand_in_grid():
+    """profile=ddpm_cpu: the six Table 2 rows on MNIST, one thread a stage, FID on 1,000 of the 1,000 hold-out images."""
+    from collapse.grid import load_sweep
+    sweep = load_sweep(["grid=ddpm_lambda", "profile=ddpm_cpu"])
+    cfg = sweep.points[0].config
+    assert len(sweep.points) == 6 and cfg.data.dataset == "mnist"
+    assert (cfg.train.threads, cfg.cluster.max_parallel, cfg.synth.sampler) == (1, 2, "ddim")
+    assert cfg.eval.fid_samples == cfg.data.test_size == 1000 and cfg.train.steps * cfg.train.batch_size < 50_000
+    ddpm.check_data(cfg)

@@ -145,14 +145,44 @@ def test_resize_is_clean_fids(tmp_path, mnist32):
 
 @needs_inception
 def test_inception_on_real_mnist(mnist32):
-    extractor = m.InceptionFeatures(batch_size=6)   # batches of 6, 6, 4
-    a, b = extractor(mnist32[:16]), extractor(mnist32[16:])
-    assert a.shape == b.shape == (16, 2048) and a.dtype == np.float32 and np.isfinite(a).all()
+    extractor = m.InceptionFeatures(batch_size=4)   # batches of 4, 4, 2
+    a, b = extractor(mnist32[:10]), extractor(mnist32[10:20])
+    assert a.shape == b.shape == (10, 2048) and a.dtype == np.float32 and np.isfinite(a).all()
     scale = 2 * np.trace(np.cov(a, rowvar=False))
-    assert abs(m.fid(a, a)) < 1e-9 * scale   # 16 samples in 2048 dimensions: singular covariances (measured 3e-16)
+    assert abs(m.fid(a, a)) < 1e-9 * scale   # 10 samples in 2048 dimensions: singular covariances (measured 3e-16)
     other = m.fid(a, b)
     assert other > 0.05 * scale, (other, scale)
     assert m.kid(a, b) > m.kid(a, a)
-    # the same images in other batches (6 + 2 before, 8 now) give the same features
-    again = m.InceptionFeatures(batch_size=8)(mnist32[:8])
-    np.testing.assert_allclose(again, a[:8], rtol=1e-4, atol=1e-5)
+    # the same images in other batches (4 + 2 before, 6 now) give the same features
+    extractor.batch_size = 6
+    np.testing.assert_allclose(extractor(mnist32[:6]), a[:6], rtol=1e-4, atol=1e-5)
+
+
+class Flattened:
+    """A real (if crude) extractor: the pixels themselves, counting the images it was shown."""
+    file_sha256 = "flattened-pixels-v1"
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, images):
+        self.seen += len(images)
+        return images.reshape(len(images), -1).float().numpy()
+
+
+def test_reference_features_are_computed_once_per_images_and_extractor(tmp_path, mnist32):
+    cache = tmp_path / "cache"
+    extractor = Flattened()
+    first = m.reference_features(mnist32[:16], extractor, cache, dataset="mnist")
+    again = m.reference_features(mnist32[:16], extractor, cache, dataset="mnist")
+    assert extractor.seen == 16 and np.array_equal(first, again)
+    [entry] = cache.glob("fid-ref-mnist-16-*.safetensors")
+    m.reference_features(mnist32[:8], extractor, cache, dataset="mnist")   # another subset: its own entry
+    assert extractor.seen == 24 and len(list(cache.glob("fid-ref-mnist-*"))) == 2
+    other = Flattened()
+    other.file_sha256 = "another-network"
+    m.reference_features(mnist32[:16], other, cache, dataset="mnist")      # another extractor: its own entry
+    assert other.seen == 16 and len(list(cache.glob("fid-ref-mnist-*"))) == 3
+    entry.write_bytes(entry.read_bytes()[:100])                            # torn: computed again, replaced
+    assert np.array_equal(m.reference_features(mnist32[:16], extractor, cache, dataset="mnist"), first)
+    assert extractor.seen == 40 and not list(cache.glob(".*.tmp"))

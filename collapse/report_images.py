@@ -1,0 +1,167 @@
+"""The DDPM grid's report (paper section 4.2): Table 2 and Figure 5, beside report.py's generic table.
+
+Table 2: one row per model (M0, then M1 and the students by lam; encoder_mse 0.5 is the paper's
+"0.5 + MSE" row) with our L_M(Test), FID and KID (means over seeds) and the paper's L_M(Test) and
+FID beside them, the gap closed (FID(M1) - FID(row)) / (FID(M1) - FID(M0)) in % (ours and the
+paper's), and the sample counts behind FID/KID. Figure 4 (L_M(Test) against step) is report.py's
+curves plot; Figure 5 puts the sample grids of M0, M1 and the best student (lowest FID) side by side.
+"""
+import statistics
+from pathlib import Path
+
+from collapse import report
+
+# dataset -> what the report's heading calls it
+DATASETS = {"mnist": "MNIST 32x32, the offline stand-in for CelebA 64x64",
+            "celeba": "CelebA 64x64 (aligned, centre-cropped)"}
+METRICS = (("test_loss", "L_M(Test)"), ("fid", "FID"), ("kid", "KID"))
+
+
+def handles(sweep: dict) -> bool:
+    return sweep["config"].get("task") == "ddpm"
+
+
+def data_note(sweep: dict, by_key: dict) -> str:
+    """' on <dataset>' for a DDPM grid's headings ('' for other tasks or when no record says)."""
+    if not handles(sweep):
+        return ""
+    for p in sweep["config"]["points"]:
+        config = (by_key.get(p.get("teacher")) or {}).get("config") or {}
+        dataset = (config.get("data") or {}).get("dataset")
+        if dataset:
+            return f" on {DATASETS.get(dataset, dataset)}"
+    return ""
+
+
+def row_name(row: dict) -> str:
+    lam, mse = row.get("distill.lam", 0.0), row.get("distill.encoder_mse", 0.0)
+    if not lam and not mse:
+        return "M1"
+    return f"{lam:g}" + (f" + MSE ({mse:g})" if mse else "")
+
+
+def means(evals: list[dict]) -> dict:
+    """Mean of each metric over the eval records (seeds) that have it."""
+    out = {}
+    for metric, _ in METRICS:
+        values = [e["metrics"][metric] for e in evals if metric in (e.get("metrics") or {})]
+        if values:
+            out[metric] = statistics.fmean(values)
+    return out
+
+
+def teacher_evals(sweep: dict, by_key: dict) -> list[dict]:
+    keys = dict.fromkeys(p["teacher_eval"] for p in sweep["config"]["points"] if p.get("teacher_eval"))
+    return [by_key[k] for k in keys if (by_key.get(k) or {}).get("status") == "done"]
+
+
+def gap_closed(fid_row: float | None, fid_m1: float | None, fid_m0: float | None) -> float | None:
+    """None when M1 is not worse than M0: then there is no gap to close."""
+    if None in (fid_row, fid_m1, fid_m0) or fid_m1 <= fid_m0:
+        return None
+    return 100.0 * (fid_m1 - fid_row) / (fid_m1 - fid_m0)
+
+
+def table2(sweep: dict, by_key: dict, rows: list[dict]) -> tuple[list[str], list[list], dict]:
+    """(header, cells, what the text needs): Table 2 with the paper's values beside ours."""
+    paper = report.paper_values("ddpm")
+    paper_rows = paper.get("table") or []
+    paper_m0, paper_m1 = paper.get("m0") or {}, next((e for e in paper_rows if not e["lam"] and not e["encoder_mse"]), {})
+
+    def paper_row(r):
+        return next((e for e in paper_rows if abs(e["lam"] - r.get("distill.lam", 0.0)) < 1e-9
+                     and abs(e["encoder_mse"] - r.get("distill.encoder_mse", 0.0)) < 1e-9), {})
+
+    m0 = means(teacher_evals(sweep, by_key))
+    students = [(r, means(r["evals"]), paper_row(r)) for r in rows]
+    m1 = next((ours for r, ours, _ in students if row_name(r) == "M1"), {})
+    header = ["model", "lam", "L_M(Test)", "paper L_M(Test)", "FID", "paper FID", "KID", "gap closed %",
+              "paper gap closed %", "FID/KID images (ours vs real)", "seeds", "status"]
+    counts = lambda evals: ", ".join(sorted({f"{e['metrics'].get('fid_samples')} vs {e['metrics'].get('fid_real')}"   # noqa: E731
+                                             for e in evals if e.get("metrics")}))
+    m0_evals = teacher_evals(sweep, by_key)
+    cells = [["M0 (teacher)", "", _g(m0.get("test_loss")), _g(paper_m0.get("test_loss")), _f(m0.get("fid"), 2),
+              _f(paper_m0.get("fid"), 2), _f(m0.get("kid"), 4), "100 (reference)", "100 (reference)",
+              counts(m0_evals), len(m0_evals), "reference"]]
+    for r, ours, theirs in students:
+        name = row_name(r)
+        cells.append([name if name == "M1" else "student", "M1 (0)" if name == "M1" else name,
+                      _g(ours.get("test_loss")), _g(theirs.get("test_loss")), _f(ours.get("fid"), 2),
+                      _f(theirs.get("fid"), 2), _f(ours.get("kid"), 4),
+                      "0 (reference)" if name == "M1" else _f(gap_closed(ours.get("fid"), m1.get("fid"), m0.get("fid")), 1),
+                      "0 (reference)" if name == "M1" else
+                      _f(gap_closed(theirs.get("fid"), paper_m1.get("fid"), paper_m0.get("fid")), 1),
+                      counts(r["evals"]), r["seeds"], r["status"]])
+    return header, cells, {"m0": m0, "m1": m1, "students": students}
+
+
+def _f(v, digits):
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def _g(v):
+    """4 significant digits: the paper's L_M(Test) is ~9e-4, ours on the stand-in ~0.03."""
+    return "" if v is None else f"{v:.4g}"
+
+
+def synth_line(sweep: dict, by_key: dict) -> str | None:
+    """How D_M0 was drawn: size, sampler and steps, from a student's synth dependency."""
+    for p in sweep["config"]["points"]:
+        synth = by_key.get(((by_key.get(p.get("student")) or {}).get("deps") or {}).get("synth"))
+        if synth and synth.get("status") == "done":
+            s = synth["config"]["synth"]
+            steps = s.get("steps") or (synth["config"]["diffusion"]["timesteps"] if s["sampler"] == "ddpm" else 50)
+            return (f"D_M0: {synth['metrics']['n']} images sampled from M0's best weights by {s['sampler']} "
+                    f"with {steps} steps.")
+    return None
+
+
+def write(name: str, sweep: dict, by_key: dict, rows: list[dict], root: Path, out: Path) -> list[Path]:
+    header, cells, parts = table2(sweep, by_key, rows)
+    fid_m1, fid_m0 = parts["m1"].get("fid"), parts["m0"].get("fid")
+    if fid_m1 is not None and fid_m0 is not None:
+        verdict = (f"Collapse is visible: M1's FID {fid_m1:.2f} is {fid_m1 - fid_m0:+.2f} against M0's {fid_m0:.2f}"
+                   if fid_m1 > fid_m0 else
+                   f"No collapse to mitigate: M1's FID {fid_m1:.2f} is not above M0's {fid_m0:.2f}, so the gap "
+                   "closed is not meaningful")
+    else:
+        verdict = "M0 or M1 has no FID yet: no gap closed."
+    md = [f"# {name}: Table 2{data_note(sweep, by_key)}", "",
+          "L_M(Test): mean SmoothL1 of the predicted noise on the real hold-out (fixed t and noise). FID and KID: "
+          "Inception-v3 pool features (clean-fid's resizing) of the model's samples against as many real hold-out "
+          "images; KID is unbiased at small counts, FID is not (it falls as the count grows), so compare FIDs only at "
+          "equal counts, and with the paper's (5,000 images of CelebA) only in direction. gap closed % = "
+          "(FID(M1) - FID(row)) / (FID(M1) - FID(M0)); the paper's is computed the same way from its Table 2 "
+          "(68.8% at lam = 0.5). Values are means over seeds.", "", verdict + ".",
+          *report._optional(synth_line(sweep, by_key)), "", *report.md_table(header, cells), "",
+          f"Figure 4 (L_M(Test) against step): {name}_curves.png. Figure 5 (samples of M0, M1 and the best "
+          f"student): {name}_figure5.png."]
+    written = [report.write_csv(out / f"{name}_table2.csv", header, cells),
+               report.write_text(out / f"{name}_table2.md", md)]
+    figure = plot_figure5(name, sweep, by_key, parts, root, out)
+    return written + ([figure] if figure else [])
+
+
+def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, out: Path) -> Path | None:
+    """Figure 5: the sample grids of M0, M1 and the student with the lowest FID, side by side."""
+    import matplotlib.image as mpimg
+    distilled = [(r, ours) for r, ours, _ in parts["students"] if row_name(r) != "M1" and "fid" in ours and r["evals"]]
+    m1 = next((r for r, _, _ in parts["students"] if row_name(r) == "M1" and r["evals"]), None)
+    m0 = teacher_evals(sweep, by_key)
+    if not m0 or m1 is None or not distilled:
+        return None
+    best, best_metrics = min(distilled, key=lambda rm: rm[1]["fid"])
+    panels = [("M0 (teacher)", m0[0], parts["m0"]), ("M1 (plain student)", m1["evals"][0], parts["m1"]),
+              (f"best student: lam {row_name(best)}", best["evals"][0], best_metrics)]
+    paths = [root / ((e.get("artifacts") or {}).get("samples") or {}).get("path", "") for _, e, _ in panels]
+    if not all(p.is_file() for p in paths):
+        return None
+    plt = report.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
+    for ax, (title, _, metrics), path in zip(axes, panels, paths):
+        ax.imshow(mpimg.imread(path), cmap="gray")
+        ax.set_title(f"{title}\nFID {metrics.get('fid', float('nan')):.2f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{name}: samples{data_note(sweep, by_key)}", fontsize=10)
+    fig.tight_layout()
+    return report.save_figure(fig, out / f"{name}_figure5.png")
