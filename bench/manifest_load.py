@@ -5,6 +5,7 @@ temporary results root, then times, median of --rounds:
   read_all        manifest.read_all: list, open, parse and check every record
   status summary  read_all + counting stages by kind and status (what a status line needs)
   status.collect  collapse.status.collect with SLURM queries stubbed out, when that module exists
+  results         collapse.results: every record as one pandas DataFrame (goal: < 2 s at 10,000)
 Run: python bench/manifest_load.py [--records 1000 --rounds 7]
 """
 import argparse
@@ -61,6 +62,11 @@ def main() -> None:
         t, counts = timed(lambda: collections.Counter((r.get("kind"), r["status"]) for r in manifest.read_all(root)),
                           args.rounds)
         print(f"status summary  {1e3 * t:8.1f} ms  {dict(sorted(counts.items()))}")
+
+        from collapse.results import results
+        t, frame = timed(lambda: results(root), args.rounds)
+        assert len(frame) == args.records
+        print(f"results         {1e3 * t:8.1f} ms  ({frame.shape[0]} rows x {frame.shape[1]} columns)")
 
         try:
             from collapse import status
