@@ -210,7 +210,7 @@ def squeued() -> set[str]:
 def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identically(
         cluster, grid_env, reference, tmp_path):  # noqa: F811
     first, second = tmp_path / "first", tmp_path / "second"
-    out = launch(*ARGS, "cluster=slurm", f"results_root={first}", env={**grid_env, DELAY: "1"})
+    out = launch(*ARGS, "cluster=slurm", f"results_root={first}", env={**grid_env, DELAY: "4"})
     assert out.returncode == 0, show(out)
     out = launch(*ARGS, "cluster=slurm", f"results_root={second}", env=grid_env)
     assert out.returncode == 0, show(out)

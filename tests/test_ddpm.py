@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from collapse import diffusion, train
+from collapse.config import TrainConfig
 from collapse.device import StepNoise
 from collapse.models.unet import UNet
 from collapse.tasks import ddpm
@@ -18,9 +19,8 @@ def tiny_cfg(lam=0.0, encoder_mse=0.0, steps=60, sampler="ddim", sample_steps=5)
         diffusion=SimpleNamespace(timesteps=100, beta_start=1e-4, beta_end=0.02),
         synth=SimpleNamespace(sampler=sampler, steps=sample_steps),
         distill=SimpleNamespace(lam=lam, encoder_mse=encoder_mse),
-        train=SimpleNamespace(lr=2e-3, weight_decay=0.0, batch_size=8, zero_stage=0, bf16=False, threads=0,
-                              seed=0, epochs=1, steps=steps, eval_every=1, eval_every_steps=steps,
-                              checkpoint_every=1000))
+        train=TrainConfig(lr=2e-3, weight_decay=0.0, batch_size=8, zero_stage=0, bf16=False, threads=0,
+                          seed=0, epochs=1, steps=steps, eval_every=1, eval_every_steps=steps, checkpoint_every=1000))
 
 
 def noise(seed, n):

@@ -12,7 +12,7 @@ from conftest import TINY, launch
 from test_slurm import cluster, launch_jobs, wait_done  # noqa: F401
 
 SMALL = [*TINY, "train.threads=1"]
-ROW = re.compile(r"^(teacher|synth|student|eval)\s+(\S+)\s+([0-9a-f]{16})\s+(to run|done|redo|running.*?)\s", re.M)
+ROW = re.compile(r"^(teacher|synth_shard|synth|student|eval|report)\s+(\S+)\s+([0-9a-f]{16})\s+(to run|done|redo|running.*?)\s", re.M)
 
 
 def tree(top: Path) -> dict:

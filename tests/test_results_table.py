@@ -26,7 +26,7 @@ def stages(root):
 
 def test_one_row_per_stage_record_with_flat_config_and_metrics(root, stages):
     table = collapse.results(root)
-    assert len(table) == len(stages) == 9
+    assert len(table) == len(stages) == 10   # the report stage too
     assert set(table["key"]) == {r["key"] for r in stages}
     for column in ("key", "kind", "name", "status", "started", "ended", "seconds", "host", "git_commit", "log",
                    "config.train.seed", "config.distill.lam", "deps.teacher", "metrics.best_test_loss",
@@ -34,7 +34,8 @@ def test_one_row_per_stage_record_with_flat_config_and_metrics(root, stages):
         assert column in table.columns, column
     assert "metrics.history" not in table.columns          # lists of metrics stay in the record
     assert (table["status"] == "done").all()
-    assert sorted(table["kind"].value_counts().items()) == [("eval", 4), ("student", 3), ("synth", 1), ("teacher", 1)]
+    assert sorted(table["kind"].value_counts().items()) == [("eval", 4), ("report", 1), ("student", 3), ("synth", 1),
+                                                           ("teacher", 1)]
 
     m1 = next(r for r in stages if r["kind"] == "student" and not any(r["config"]["distill"].values()))
     row = table.set_index("key").loc[m1["key"]]

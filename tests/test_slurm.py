@@ -135,13 +135,15 @@ def test_groups_one_array_per_level_and_kind_with_aftercorr_where_aligned():
     plan = planning.build(sweep)
     groups = slurm.make_groups(list(plan.stages.values()))
     shape = [(g.level, g.kind, len(g.stages)) for g in groups]
-    assert shape == [(0, "teacher", 2), (1, "synth", 2), (1, "eval", 2), (2, "student", 6), (3, "eval", 6)]
+    assert shape == [(0, "teacher", 2), (1, "synth", 2), (1, "eval", 2), (2, "student", 6), (3, "eval", 6),
+                     (4, "report", 1)]
     for i, g in enumerate(groups):
         g.job_id = str(100 + i)
     deps = [g.dependency(groups) for g in groups]
     # synth and the teacher's eval line up with the teachers; students need all synths (and, implied by
     # them, the teachers); each student's eval waits on its own student only
-    assert deps == [None, "aftercorr:100", "aftercorr:100", "afterok:101", "aftercorr:103"]
+    assert deps == [None, "aftercorr:100", "aftercorr:100", "afterok:101", "aftercorr:103",
+                    "afterany:100:101:102:103:104"]   # the report: after every job, whatever their outcome
     students, evals = groups[3].stages, groups[4].stages
     assert [e.deps["model"] for e in evals] == [s.key for s in students]
 
@@ -297,8 +299,10 @@ def launched(cluster, tmp_path_factory):
     second = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
     assert second.returncode == 0, show(second)
     index2 = slurm.read_index(root)
-    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j"], capture_output=True, text=True, timeout=20).stdout
-    queued = {line.split("|")[0].split("_")[0] for line in queue.splitlines() if "|vae_smoke3." in line}
+    # this root's jobs (their batch script lives under it): other tests' jobs may be queued meanwhile
+    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j|%o"], capture_output=True, text=True, timeout=20).stdout
+    queued = {line.split("|")[0].split("_")[0] for line in queue.splitlines()
+              if "|vae_smoke3." in line and str(root) in line}
     diverging = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
     assert diverging.returncode == 0, show(diverging)
     index3 = slurm.read_index(root)

@@ -96,8 +96,9 @@ class StageJob(submitit.helpers.Checkpointable):
                     time.sleep(lease.heartbeat_s())
                 record = run_stage(self.root, self.key)   # done meanwhile: returned as is; else run (resuming)
         _leave_process_group()
-        _exit_fast_after_job(0 if record["status"] == "done" else 1)
-        if record["status"] != "done":
+        ended = record["status"] in ("done", "partial")   # partial: a report run while an input had failed
+        _exit_fast_after_job(0 if ended else 1)
+        if not ended:
             raise StageFailed(f"stage {self.name} ({self.key}) {record['status']}: {record.get('error')}; "
                               f"log: {Path(self.root) / record.get('log', '')}")
         return {"key": self.key, "status": record["status"]}
