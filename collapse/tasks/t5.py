@@ -334,7 +334,7 @@ def test_loss(model, data: TextPairs, cfg) -> float:
 @torch.no_grad()
 def summarize(model, source: torch.Tensor, pad_id: int, max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy summaries of the articles `source` (int [N, S]): each one's tokens up to and with </s>,
-    at most max_new_tokens. Articles are generated in order of length, so a batch holds little padding."""
+    at most max_new_tokens (never the pad token). Articles are generated in order of length, so a batch holds little padding."""
     net = unwrapped(model).eval()
     device, eos = device_of(net), net.config.eos_token_id
     lengths = (source != pad_id).sum(1)
@@ -346,9 +346,10 @@ def summarize(model, source: torch.Tensor, pad_id: int, max_new_tokens: int, bat
         ids = source[index, :width].long().to(device)
         generated = net.generate(input_ids=ids, attention_mask=(ids != pad_id).long(), max_new_tokens=max_new_tokens,
                                  do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos,
-                                 decoder_start_token_id=net.config.decoder_start_token_id)
+                                 decoder_start_token_id=net.config.decoder_start_token_id,
+                                 suppress_tokens=[pad_id])   # pad marks the end of a stored row: never content
         for i, row in zip(index.tolist(), generated[:, 1:].tolist()):   # drop the decoder start token
-            out[i] = row[:row.index(eos) + 1] if eos in row else [t for t in row if t != pad_id]
+            out[i] = row[:row.index(eos) + 1] if eos in row else row
     return out
 
 
