@@ -24,8 +24,10 @@ demo: setup
 	$(PY) sweeps/launch.py grid=vae_coeffs profile=smoke cluster=local results_root=$(RESULTS)
 	$(PY) sweeps/report.py results_root=$(RESULTS)
 
+# Two workers (tests/conftest.py: each pinned to its share of the cores; every SLURM test on one of them)
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) bench/train_step.py

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from collapse import lease
 from collapse.executors import slurm
+from collapse.plan import ANY_OUTCOME
 from collapse.status import launched_root
 
 GONE_TIMEOUT_S = 60     # scancel's SIGTERM, then SIGKILL after the cluster's KillWait (30 s by default)
@@ -77,7 +78,9 @@ def with_dependents(root: Path, index: dict, keys: set, active: set) -> set:
     deps = {}
     for key in active:
         try:
-            deps[key] = set(json.loads((root / "stages" / key / "stage.json").read_text())["deps"].values())
+            spec = json.loads((root / "stages" / key / "stage.json").read_text())
+            # a report runs whatever its inputs' outcome: cancelling a student leaves it queued
+            deps[key] = set() if spec["kind"] in ANY_OUTCOME else set(spec["deps"].values())
         except (OSError, ValueError, KeyError):
             deps[key] = set()
     keys = set(keys)
@@ -111,16 +114,10 @@ def cancel(root, grid: str | None = None, patterns: list[str] = (), out=sys.stdo
         index = slurm.read_index(root)
         chosen = select(root, index, grid, list(patterns))
         entries = index["stages"]
-        reports = [r["job"] for r in index["reports"]]
-        states = slurm.squeue_states([e["job"] for e in entries.values()] + reports)
+        states = slurm.squeue_states([e["job"] for e in entries.values()])
         active = {k for k, e in entries.items() if slurm.is_active(e["job"], states, e.get("job_name"))}
         keys = with_dependents(root, index, set(chosen) & active, active)
         jobs = {entries[k]["job"] for k in keys}
-        if not patterns:    # a whole sweep (or all): its report jobs go too
-            grids = {grid} if grid else None
-            launches = {la["report"] for la in index["launches"] if la.get("report")
-                        and (grids is None or la.get("grid") in grids)}
-            jobs |= {j for j in reports if j in launches and slurm.is_active(j, states)}
         if not jobs:
             print(f"nothing to cancel: none of the {len(chosen)} stages selected in {root} has a queued or "
                   f"running job", file=out, flush=True)

@@ -38,6 +38,7 @@ def bad(key: str, value, allowed: str) -> ConfigError:
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
 REDUCTIONS = ("sum", "pixel", "element")   # VAE loss readings, see collapse/tasks/vae.py
+LR_SCHEDULES = ("constant", "cosine")      # collapse/train.py lr_factor
 
 
 def _check(cond: bool, key: str, value, allowed: str) -> None:
@@ -90,6 +91,9 @@ class TrainConfig:
     bf16: bool | None = None        # mixed precision; null: bf16 on GPU, fp32 on CPU; true: bf16 on CPU too
     threads: int = 0                # torch threads per stage process; 0: the executor's share of the cores
     reduction: str = "sum"          # VAE: how L_VAE sums a sample's elements (collapse/tasks/vae.py REDUCTIONS)
+    lr_schedule: str = "constant"   # constant | cosine (linear warm-up, then cosine decay: LR_SCHEDULES)
+    warmup_steps: int = 0           # steps of linear warm-up from 0 to lr
+    lr_waves: float = 0.5           # cosine: waves over the steps after warm-up (0.5: lr down to 0 once)
 
     def check(self, p):
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
@@ -105,6 +109,11 @@ class TrainConfig:
         _check(self.batch_size <= MAX_COUNT, p + "batch_size", self.batch_size, f"an integer in [1, {MAX_COUNT}]")
         _check(self.reduction in REDUCTIONS, p + "reduction", self.reduction, "one of: " + ", ".join(REDUCTIONS))
         _check(self.zero_stage in (0, 1, 2, 3), p + "zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
+        _check(self.lr_schedule in LR_SCHEDULES, p + "lr_schedule", self.lr_schedule,
+               "one of: " + ", ".join(LR_SCHEDULES))
+        _check(0 <= self.warmup_steps <= MAX_COUNT, p + "warmup_steps", self.warmup_steps,
+               f"an integer in [0, {MAX_COUNT}]")
+        _check(0 < self.lr_waves < float("inf"), p + "lr_waves", self.lr_waves, "a finite number > 0")
 
 
 @dataclass
@@ -125,10 +134,12 @@ class SynthConfig:
     size: int | None = None   # None: as many as the real training set
     seed: int = 0
     binarize: bool = False    # VAE: Bernoulli draws of the decoder's pixel probabilities, not the probabilities
+    shards: int = 1           # > 1: sampled by that many stages (one SLURM array), shard i with its own seed
 
     def check(self, p):
         _check(self.size is None or 1 <= self.size <= MAX_COUNT, p + "size", self.size,
                f"an integer in [1, {MAX_COUNT}] or null")
+        _check(1 <= self.shards <= 10_000, p + "shards", self.shards, "an integer in [1, 10000]")
         _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
 
 
@@ -269,7 +280,7 @@ class ClusterConfig(SlurmResources):
         _check(self.backend in ("auto", "local", "slurm"), p + "backend", self.backend, "one of: auto, local, slurm")
         _check(self.max_parallel >= 0, p + "max_parallel", self.max_parallel, "an integer >= 0")
         import importlib
-        kinds = tuple(getattr(importlib.import_module("collapse.plan"), "KINDS", ())) + ("report",)
+        kinds = tuple(getattr(importlib.import_module("collapse.plan"), "KINDS", ()))
         for kind in self.stages:
             _check(kind in kinds, p + "stages", kind, "stage kinds among: " + ", ".join(kinds))
             self.resources(kind, p)

@@ -13,8 +13,8 @@ from collapse import lease, manifest
 
 # seconds per unit of work on one CPU core, the VAE measured here (23 ms a 256-item step, 60k samples
 # in 1.2 s, 10k test items in 1.7 s); used only where no finished stage of the kind exists
-DEFAULT_SECONDS_PER_UNIT = {"teacher": 9e-5, "student": 9e-5, "generation": 9e-5, "synth": 2e-5, "eval": 2e-4,
-                            "gaussian": 2e-6}
+DEFAULT_SECONDS_PER_UNIT = {"teacher": 9e-5, "student": 9e-5, "generation": 9e-5, "synth": 2e-5, "synth_shard": 2e-5,
+                            "eval": 2e-4, "gaussian": 2e-6, "report": 10.0}
 DEFAULT_TASKS = ("vae", "gaussian")       # the tasks those defaults describe
 FULL_SIZES = {"mnist": (60_000, 10_000)}   # train, test items of a dataset used whole (data.*_size null)
 TRAINING = ("teacher", "student", "generation")
@@ -28,8 +28,11 @@ def work(kind: str, config: dict) -> float:
     n_train = data.get("train_size") or full_train
     if kind == "gaussian":
         return config["gaussian"]["chains"] * (config["generations"]["count"] or 1)
-    if kind == "synth":
-        return synth.get("size") or n_train
+    if kind == "report":
+        return 1
+    if kind in ("synth", "synth_shard"):   # a shard: its share; the join of shards: ~nothing
+        shards = synth.get("shards", 1)
+        return (synth.get("size") or n_train) / (shards if kind == "synth_shard" else shards ** 2)
     if kind == "eval":
         return data.get("test_size") or full_test
     items = (synth.get("size") or n_train) if kind == "student" else n_train

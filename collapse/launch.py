@@ -83,6 +83,14 @@ def prepare(argv: list[str]):
     return sweep, plan, root, backend
 
 
+def report_files(root: Path, plan) -> str:
+    """The files the sweep's report stage wrote, as its record lists them."""
+    stage = next(s for s in plan.stages.values() if s.kind == "report")
+    record = manifest.read(root, stage.key) or {}
+    files = [str(root / f) for f in (record.get("metrics") or {}).get("files", [])]
+    return ", ".join(files) if files else f"none ({record.get('status', 'not run')}: see {root / record.get('log', 'logs')})"
+
+
 def launch(argv: list[str], out=sys.stdout) -> int:
     try:
         options, argv = launch_options(argv)
@@ -116,7 +124,6 @@ def launch(argv: list[str], out=sys.stdout) -> int:
           + f"; results in {root}", file=out, flush=True)
     if backend == "local":
         from collapse.executors import local
-        from collapse import report
         try:
             result = local.run(todo, root, sweep.base.cluster.max_parallel)
         except local.Cancelled as e:
@@ -126,13 +133,8 @@ def launch(argv: list[str], out=sys.stdout) -> int:
                   f"python sweeps/launch.py {' '.join(argv)}", file=sys.stderr, flush=True)
             return e.exit_code
         failed = sorted(k for k, v in result.items() if v != "done")
-        try:
-            written = report.write_reports(root)
-        except OSError as e:
-            print(f"error: cannot write the report: {e}", file=sys.stderr)
-            written = []
         print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
-              f"report: {', '.join(str(p) for p in written)}", file=out)
+              f"report: {report_files(root, plan)}", file=out)
         return 1 if failed else 0
     from collapse.executors import slurm
     return slurm.submit(sweep, plan, todo, root, out=out)

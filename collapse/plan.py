@@ -18,6 +18,7 @@ from collapse.grid import Sweep
 KEY_SECTIONS = {
     "teacher": ("task", "data", "model", "diffusion", "train"),
     "synth": ("task", "synth"),
+    "synth_shard": ("task", "synth"),      # shard i of synth.shards (its `args`)
     "student": ("task", "data", "model", "diffusion", "train", "distill"),   # data: the test set picks the best epoch
     "eval": ("task", "data", "eval"),
     # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
@@ -28,11 +29,18 @@ KEY_SECTIONS = {
     # The Gaussian toy model: one stage simulates every chain of a grid point.
     "gaussian": ("task", "gaussian", "generations.count", "generations.data", "generations.mix_ratio",
                  "generations.subsample_size", "train.seed"),
+    # The sweep's tables and plots: its deps are every eval (or gaussian stage) of the sweep.
+    "report": ("task",),
 }
+# Kinds that run once their inputs have ended, whatever the outcome (a report shows the failures too);
+# every other stage runs only when all its inputs are done.
+ANY_OUTCOME = {"report"}
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every")}
 # Fields added after results existed: left out of the key at their default, so those results keep their keys.
 ADDED_LATER = {("synth", "binarize"): False, ("train", "reduction"): "sum", ("train", "steps"): None,
-               ("train", "eval_every_steps"): None}
+               ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",
+               ("train", "warmup_steps"): 0, ("train", "lr_waves"): 0.5,
+               ("synth", "shards"): 1}
 # Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
 # was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
 RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
@@ -46,9 +54,11 @@ class Stage:
     name: str
     deps: dict            # role -> key of the stage it reads, e.g. {"teacher": "...", "synth": "..."}
     config: dict          # the full resolved ExperimentConfig, as a dict
+    args: dict = field(default_factory=dict)   # what else its runner needs, e.g. {"shard": 3}; in the key
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "key": self.key, "name": self.name, "deps": self.deps, "config": self.config}
+        spec = {"kind": self.kind, "key": self.key, "name": self.name, "deps": self.deps, "config": self.config}
+        return {**spec, "args": self.args} if self.args else spec
 
 
 def key_material(kind: str, config: dict) -> dict:
@@ -68,14 +78,36 @@ def key_material(kind: str, config: dict) -> dict:
     return out
 
 
-def stage_key(kind: str, config: dict, deps: dict) -> str:
-    blob = json.dumps({"kind": kind, "config": key_material(kind, config), "deps": deps}, sort_keys=True)
+def stage_key(kind: str, config: dict, deps: dict, args: dict | None = None) -> str:
+    material = {"kind": kind, "config": key_material(kind, config), "deps": deps}
+    if args:
+        material["args"] = args
+    blob = json.dumps(material, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def make_stage(kind: str, name: str, cfg: ExperimentConfig, deps: dict) -> Stage:
+def make_stage(kind: str, name: str, cfg: ExperimentConfig, deps: dict, args: dict | None = None) -> Stage:
     config = to_dict(cfg)
-    return Stage(kind, stage_key(kind, config, deps), name, dict(deps), config)
+    return Stage(kind, stage_key(kind, config, deps, args), name, dict(deps), config, dict(args or {}))
+
+
+def add_synth(plan: "Plan", cfg: ExperimentConfig, teacher: Stage) -> Stage:
+    """D_M0 from `teacher`: one stage, or synth.shards shard stages (one SLURM array, each its own
+    range of items and seed) and a synth stage that joins them."""
+    seed, shards = cfg.train.seed, cfg.synth.shards
+    deps = {"teacher": teacher.key}
+    for i in range(shards if shards > 1 else 0):
+        part = plan.add(make_stage("synth_shard", f"synth[seed={seed},shard={i}/{shards}]", cfg,
+                                   {"teacher": teacher.key}, {"shard": i}))
+        deps[f"shard.{i}"] = part.key
+    return plan.add(make_stage("synth", f"synth[seed={seed}]", cfg, deps))
+
+
+def add_report(plan: "Plan", sweep: Sweep) -> Stage:
+    """The sweep's report, last: it reads every eval (gaussian stage) and runs whatever their outcome."""
+    ends = [s.key for s in plan.stages.values() if s.kind in ("eval", "gaussian")]
+    return plan.add(make_stage("report", f"report[{sweep.grid}]", sweep.base,
+                               {f"input.{i}": key for i, key in enumerate(ends)}))
 
 
 def _fmt(v) -> str:
@@ -103,7 +135,7 @@ def one_generation(sweep: Sweep) -> Plan:
     for point in sweep.points:
         cfg, seed = point.config, point.config.train.seed
         teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, {}))
-        synth = plan.add(make_stage("synth", f"synth[seed={seed}]", cfg, {"teacher": teacher.key}))
+        synth = add_synth(plan, cfg, teacher)
         name = point_name(point.label)
         student = plan.add(make_stage("student", f"student[{name}]", cfg,
                                       {"teacher": teacher.key, "synth": synth.key}))
@@ -130,7 +162,7 @@ def chains(sweep: Sweep) -> Plan:
         cfg = generations.canonical(point.config)
         seed = cfg.train.seed
         teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, {}))
-        synth = plan.add(make_stage("synth", f"synth[seed={seed}]", cfg, {"teacher": teacher.key}))
+        synth = add_synth(plan, cfg, teacher)
         teacher_eval = plan.add(make_stage("eval", f"eval:teacher[seed={seed}]", cfg, {"model": teacher.key}))
         # per generation: its model, the stage holding its samples, its eval
         chains.append((point, cfg, {"models": [teacher.key], "data": [synth.key], "evals": [teacher_eval.key]}))
@@ -170,8 +202,11 @@ def build(sweep: Sweep) -> Plan:
         raise ConfigError(f"grid '{sweep.grid}': generations.count is null for some points and set for "
                           "others; set it for all (a chain sweep) or none")
     if sweep.base.task == "gaussian":
-        return gaussian_chains(sweep)
-    return chains(sweep) if chained == {True} else one_generation(sweep)
+        plan = gaussian_chains(sweep)
+    else:
+        plan = chains(sweep) if chained == {True} else one_generation(sweep)
+    add_report(plan, sweep)
+    return plan
 
 
 def sweep_record(sweep: Sweep, plan: Plan) -> dict:

@@ -16,6 +16,7 @@ import torch
 
 from collapse import config, generations, lease, manifest, storage, tasks, train
 from collapse.device import device_of, generator, this_device
+from collapse.plan import ANY_OUTCOME
 
 
 class StageInputError(RuntimeError):
@@ -89,18 +90,77 @@ def run_teacher(task, cfg, inputs, root, out: Path, log):
     return _trained(state), {"weights": out / "best.safetensors"}
 
 
+# ---------------------------------------------------------------- a task's data on disk
+# Images are one tensor; a task whose items are several tensors (text: token ids of article and
+# summary) says how to store them (to_tensors / from_tensors), how to make items start..stop-1 of
+# its synthetic set (synthesize: a text task writes summaries of real articles) and how to join
+# parts (concat). The defaults below are the image tasks'.
+
+def save_data(task, path: Path, data, metadata: dict) -> Path:
+    tensors = task.to_tensors(data) if hasattr(task, "to_tensors") else {"data": data}
+    return storage.save_tensors(path, tensors, metadata)
+
+
+def load_data(task, root, record: dict, name: str = "data"):
+    tensors = storage.load_tensors(artifact(root, record, name))
+    return task.from_tensors(tensors) if hasattr(task, "from_tensors") else tensors["data"]
+
+
+def synthesize(task, teacher, cfg, start: int, stop: int, generator):
+    if hasattr(task, "synthesize"):
+        return task.synthesize(teacher, cfg, start, stop, generator)
+    return task.sample(teacher, stop - start, generator, cfg)
+
+
+def concat(task, parts: list):
+    return task.concat(parts) if hasattr(task, "concat") else torch.cat(parts)
+
+
 def run_synth(task, cfg, inputs, root, out: Path, log):
+    if cfg.synth.shards > 1:
+        return run_synth_merge(task, cfg, inputs, root, out, log)
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
-    data = task.sample(teacher, n, generator(cfg.synth.seed, device_of(teacher)), cfg)
-    path = storage.save_tensors(out / "data.safetensors", {"data": data},
-                                {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
+    data = synthesize(task, teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)))
+    path = save_data(task, out / "data.safetensors", data,
+                     {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
     log(f"sampled {n} items from teacher {inputs['teacher']['key']}")
     return {"n": n}, {"data": path}
 
 
+def shard_range(n: int, shards: int, i: int) -> tuple[int, int]:
+    return i * n // shards, (i + 1) * n // shards
+
+
+def shard_seed(seed: int, i: int) -> int:
+    return seed * 1_000_003 + 1 + i
+
+
+def run_synth_shard(task, cfg, inputs, root, out: Path, log, shard: int):
+    """Items of shard `shard` of synth.shards: its own range of the n items and its own seed."""
+    teacher = load_model(task, root, inputs["teacher"])
+    n = cfg.synth.size or len(task.real_data(cfg, "train"))
+    start, stop = shard_range(n, cfg.synth.shards, shard)
+    seed = shard_seed(cfg.synth.seed, shard)
+    data = synthesize(task, teacher, cfg, start, stop, generator(seed, device_of(teacher)))
+    path = save_data(task, out / "data.safetensors", data,
+                     {"teacher": inputs["teacher"]["key"], "start": start, "stop": stop, "seed": seed})
+    log(f"sampled items {start}..{stop - 1} of {n} from teacher {inputs['teacher']['key']} (seed {seed})")
+    return {"n": stop - start, "start": start, "stop": stop, "seed": seed}, {"data": path}
+
+
+def run_synth_merge(task, cfg, inputs, root, out: Path, log):
+    """synth.shards > 1: D_M0 is the shards' items in shard order."""
+    parts = [load_data(task, root, inputs[f"shard.{i}"]) for i in range(cfg.synth.shards)]
+    data = concat(task, parts)
+    path = save_data(task, out / "data.safetensors", data,
+                     {"teacher": inputs["teacher"]["key"], "n": len(data), "shards": cfg.synth.shards})
+    log(f"joined {cfg.synth.shards} shards: {len(data)} items")
+    return {"n": len(data), "shards": cfg.synth.shards}, {"data": path}
+
+
 def run_student(task, cfg, inputs, root, out: Path, log):
-    synthetic = storage.load_tensors(artifact(root, inputs["synth"], "data"))["data"]
+    synthetic = load_data(task, root, inputs["synth"])
     teacher = load_model(task, root, inputs["teacher"]) if task.distills(cfg.distill) else None
     state = train.train(task, cfg, synthetic, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
     return _trained(state), {"weights": out / "best.safetensors"}
@@ -109,7 +169,7 @@ def run_student(task, cfg, inputs, root, out: Path, log):
 def run_generation(task, cfg, inputs, root, out: Path, log):
     """Generation t+1 of a chain: train on the set built by the data policy from the real data and
     the "data.<g>" deps' samples (distilling from "distill_from" when given), then sample n items."""
-    synthetic = {int(role.split(".", 1)[1]): storage.load_tensors(artifact(root, record, "data"))["data"]
+    synthetic = {int(role.split(".", 1)[1]): load_data(task, root, record)
                  for role, record in inputs.items() if role.startswith("data.")}
     t, gen = max(synthetic), cfg.generations
     real = task.real_data(cfg, "train")
@@ -121,9 +181,8 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
-    samples = task.sample(model.eval().requires_grad_(False), len(real), generator(seed, device_of(model)), cfg)
-    path = storage.save_tensors(out / "data.safetensors", {"data": samples},
-                                {"generation": t + 1, "n": len(real), "seed": seed})
+    samples = synthesize(task, model.eval().requires_grad_(False), cfg, 0, len(real), generator(seed, device_of(model)))
+    path = save_data(task, out / "data.safetensors", samples, {"generation": t + 1, "n": len(real), "seed": seed})
     metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,
                "distilled_from": inputs["distill_from"]["key"] if teacher is not None else None}
     return metrics, {"weights": out / "best.safetensors", "data": path}
@@ -143,10 +202,29 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
     metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg)
-    samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)), cfg, grid=True)
-    png = save_grid(task.as_images(samples), out / "samples.png")
     log(f"{model_record['name']}: {metrics}")
-    return metrics, {"samples": png}
+    return metrics, write_examples(task, model, cfg, out)
+
+
+def write_examples(task, model, cfg, out: Path) -> dict:
+    """What an eval leaves to look at: the task's own (text: summaries of fixed articles) or a sample grid."""
+    if hasattr(task, "write_examples"):
+        return task.write_examples(model, cfg, out)
+    samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)), cfg, grid=True)
+    return {"samples": save_grid(task.as_images(samples), out / "samples.png")}
+
+
+def run_report(task, cfg, inputs, root, out: Path, log):
+    """The sweep's tables and plots, over every record in the root. It runs whatever its inputs'
+    outcome (plan.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
+    (killed, out of memory) are recorded failed, so the report shows them as such."""
+    from collapse import report, status
+    for key, why in status.record_dead_jobs(root).items():
+        log(f"stage {key}: recorded failed ({why})")
+    files = [str(Path(p).relative_to(root)) for p in report.write_reports(root)]
+    done = sum(1 for record in inputs.values() if record is not None and record["status"] == "done")
+    log(f"report: {len(files)} files, from {done} of {len(inputs)} inputs done")
+    return {"files": files, "inputs": len(inputs), "inputs_done": done}, {}
 
 
 def save_grid(images: torch.Tensor, path: Path) -> Path:
@@ -161,8 +239,8 @@ def _trained(state) -> dict:
             "threads": torch.get_num_threads(), "history": state.history}
 
 
-RUNNERS = {"teacher": run_teacher, "synth": run_synth, "student": run_student, "eval": run_eval,
-           "generation": run_generation, "gaussian": run_gaussian}
+RUNNERS = {"teacher": run_teacher, "synth": run_synth, "synth_shard": run_synth_shard, "student": run_student,
+           "eval": run_eval, "generation": run_generation, "gaussian": run_gaussian, "report": run_report}
 
 
 # ---------------------------------------------------------------- the entry point
@@ -222,14 +300,17 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
         cfg = config.from_dict(spec["config"])
         task = tasks.get(cfg.task)
         inputs = {}
+        any_outcome = spec["kind"] in ANY_OUTCOME
         for role, dep in spec["deps"].items():
             record = manifest.read(root, dep)
-            if record is None or record["status"] != "done":
+            if not any_outcome and (record is None or record["status"] != "done"):
                 raise StageInputError(f"input '{role}' (stage {dep}) is not done: "
                                       f"{'missing' if record is None else record['status']}")
             inputs[role] = record
-        metrics, artifacts = RUNNERS[spec["kind"]](task, cfg, inputs, root, out, log)
-        record = {**base, "status": "done", "metrics": metrics, "ended": manifest.now(),
+        metrics, artifacts = RUNNERS[spec["kind"]](task, cfg, inputs, root, out, log, **spec.get("args", {}))
+        # A stage that ran on inputs not all done (a report) is 'partial': the next launch runs it again.
+        complete = all(r is not None and r["status"] == "done" for r in inputs.values())
+        record = {**base, "status": "done" if complete else "partial", "metrics": metrics, "ended": manifest.now(),
                   "artifacts": {name: _artifact_entry(root, p) for name, p in artifacts.items()}}
         if redoing:
             record["replaced"] = _replaced(previous)
@@ -262,7 +343,7 @@ def main(argv=None) -> int:
         return 2
     try:
         status = run_stage(argv[0], argv[1])["status"]
-        return 0 if status == "done" else lease.HELD_EXIT if status == "held" else 1
+        return 0 if status in ("done", "partial") else lease.HELD_EXIT if status == "held" else 1
     except OSError as e:   # no spec to read, or the 'running' record cannot be written
         print(f"error: stage {argv[1]} in {argv[0]}: {e}", file=sys.stderr)
         return 1

@@ -30,8 +30,8 @@ MANIFEST_VERSION = 1
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED")
 RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
-STATES = ("done", "running", "pending", "failed", "missing", "cancelled")
-KIND_ORDER = ("teacher", "synth", "student", "generation", "gaussian", "eval")
+STATES = ("done", "running", "pending", "failed", "missing", "cancelled", "partial")
+KIND_ORDER = ("teacher", "synth_shard", "synth", "student", "generation", "gaussian", "eval", "report")
 
 
 @dataclass
@@ -182,6 +182,10 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
                 row.note = (row.note + "; " if row.note else "") + "rerun of a failed stage"
         elif status == "cancelled":   # sweeps/cancel.py or a stopped local launch; the next launch resumes it
             row.state, row.elapsed, row.note = "cancelled", recorded, str(rec.get("error") or "")[:100]
+        elif status == "partial":     # a report written while some input was not done: the next launch redoes it
+            m = rec.get("metrics") or {}
+            row.state, row.elapsed = "partial", recorded
+            row.note = f"from {m.get('inputs_done', '?')} of {m.get('inputs', '?')} inputs done; the next launch writes it again"
         elif status == "failed":
             row.state, row.elapsed = "failed", recorded or (a[1] if a else "")
             row.note = f"{root / rec['log']}" if rec.get("log") else ""

@@ -86,6 +86,11 @@ def ensure_distributed() -> None:
         torch.cuda.set_device(this_device())   # each task of a multi-GPU job: the GPU of its local rank
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo":
+            # DeepSpeed's CPU shared-memory all-reduce op is JIT-compiled at the first init (a minute of
+            # both cores on a fresh machine, a ninja check in every stage process after); gloo's does the work.
+            import deepspeed.ops
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
@@ -107,13 +112,31 @@ def deepspeed_config(train_cfg) -> dict:
     return ds
 
 
-def make_engine(model: torch.nn.Module, train_cfg):
+def lr_factor(step: int, total_steps: int, train_cfg) -> float:
+    """The learning rate of `step` as a share of train.lr: a linear warm-up over train.warmup_steps,
+    then constant, or cosine with train.lr_waves waves over the rest (transformers'
+    get_cosine_schedule_with_warmup: 0.5 waves fall from lr to 0 at the last step)."""
+    warmup = train_cfg.warmup_steps
+    if step < warmup:
+        return step / warmup
+    if train_cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 2.0 * train_cfg.lr_waves * progress)))
+
+
+def make_engine(model: torch.nn.Module, train_cfg, total_steps: int = 0):
     deepspeed = import_deepspeed()
     ensure_distributed()
     # fused: one kernel for all parameters instead of ~10 per tensor, 2.8 -> 1.1 ms a step on one core
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                   fused=True)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train_cfg))
+    schedule = None   # a constant rate needs none (and checkpoints from before schedules carry none)
+    if train_cfg.lr_schedule != "constant" or train_cfg.warmup_steps:
+        # DeepSpeed steps it after each optimizer step and keeps its state in the checkpoint
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, train_cfg))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                      config=deepspeed_config(train_cfg))
     if engine.dp_world_size == 1 and train_cfg.zero_stage == 0:   # ZeRO 1-3 reduce inside their optimizer
         # All-reducing over a group of one is the identity, but DeepSpeed still flattens and
         # copies every gradient for it: ~10% of a small model's step.
@@ -177,21 +200,21 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
         torch.set_num_threads(tc.threads)
     checkpoints = storage.CheckpointDir(out_dir / "checkpoints")
     keep = {"best.safetensors": out_dir / "best.safetensors"}   # restored with the state it belongs to
-    engine, state = resume(task, cfg, checkpoints, keep, log)
+    n, b = len(train_data), tc.batch_size
+    batches_per_epoch = math.ceil(n / b)
+    total_steps = tc.steps or tc.epochs * batches_per_epoch
+    engine, state = resume(task, cfg, checkpoints, keep, total_steps, log)
     if state.step:
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
     distilling = teacher is not None and task.distills(cfg.distill)
     device = engine.device
     if distilling:
         teacher = teacher.to(device)
-    n, b = len(train_data), tc.batch_size
     cached_targets = teacher_targets(task, teacher, train_data, cfg) if distilling else None
-    batches_per_epoch = math.ceil(n / b)
     # Data parallel: every rank draws the same global batch and trains on its own slice of it.
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
         f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
-    total_steps = tc.steps or tc.epochs * batches_per_epoch
     curves = curve_writer(out_dir) if rank == 0 else None
     started = time.time()
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
@@ -270,7 +293,7 @@ def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float,
     if not math.isfinite(test_loss):
         raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
     state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
-                          "test_loss": test_loss, "seconds": round(time.time() - started, 2)})
+                          "test_loss": test_loss, "lr": engine.get_lr()[0], "seconds": round(time.time() - started, 2)})
     if test_loss < state.best_loss:
         state.best_loss, state.best_epoch, state.best_step = test_loss, state.epoch, state.step
         weights = full_state_dict(engine)   # collective under ZeRO: every rank calls it
@@ -281,14 +304,14 @@ def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float,
     log(f"{where} train {train_loss:.3f} test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
 
 
-def resume(task, cfg, checkpoints, keep: dict, log=print):
+def resume(task, cfg, checkpoints, keep: dict, total_steps: int, log=print):
     """A new engine, restored from the latest checkpoint when there is a good one.
 
     A torn, altered or unloadable checkpoint is discarded with a warning naming the file, and
     training starts over from the seed (never a crash on every rerun, never training on garbage).
     """
     torch.manual_seed(cfg.train.seed)
-    engine = make_engine(task.build_model(cfg), cfg.train)
+    engine = make_engine(task.build_model(cfg), cfg.train, total_steps)
     if not checkpoints.exists():
         return engine, TrainState()
     try:
@@ -299,4 +322,4 @@ def resume(task, cfg, checkpoints, keep: dict, log=print):
     for path in keep.values():
         Path(path).unlink(missing_ok=True)   # they belonged to the discarded run
     torch.manual_seed(cfg.train.seed)
-    return make_engine(task.build_model(cfg), cfg.train), TrainState()
+    return make_engine(task.build_model(cfg), cfg.train, total_steps), TrainState()

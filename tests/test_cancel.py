@@ -237,7 +237,7 @@ def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identic
     table = status_table(first)
     head = table.splitlines()[0]
     assert "0 running, 0 pending, 0 failed, 0 missing" in head and f"{len(unfinished)} cancelled" in head, table
-    assert len(recs) == 5      # stages never started are recorded too
+    assert len(recs) == 6      # stages never started are recorded too (the report stage too)
     teacher = next(r for r in recs.values() if r["kind"] == "teacher")
     assert teacher["status"] == "cancelled" and lease.live_holder(first, teacher["key"]) is None, teacher
 

@@ -129,10 +129,10 @@ def test_a_tiny_ddpm_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkey
     out = launch("grid=ddpm_two", "cluster=local", f"results_root={root}", "data.train_size=32", "data.test_size=16",
                  "train.steps=2", "train.eval_every_steps=1", "train.batch_size=16", "model.block_channels=[8,16,16]",
                  "model.layers_per_block=1", "diffusion.timesteps=20", "synth.steps=2", "eval.grid_samples=4", "eval.fid_samples=4")
-    assert "7 stages" in out.stdout and "done: 7 stages ran, 0 failed" in out.stdout, out.stdout
+    assert "8 stages" in out.stdout and "done: 8 stages ran, 0 failed" in out.stdout, out.stdout
     records = [json.loads(p.read_text()) for p in (root / "manifest").glob("*.json")]
     stages = [r for r in records if r["kind"] != "sweep"]
-    assert len(stages) == 7 and all(r["status"] == "done" for r in stages)
+    assert len(stages) == 8 and all(r["status"] == "done" for r in stages)
     synth = next(r for r in stages if r["kind"] == "synth")
     assert synth["metrics"]["n"] == 32
     teacher = next(r for r in stages if r["kind"] == "teacher")

@@ -43,16 +43,16 @@ def test_dry_run_on_a_half_done_grid_names_what_the_launch_then_runs(half_done):
     dry = launch("grid=vae_coeffs_key", "seeds=[0]", *SMALL, f"results_root={root}", "dry_run=true")
     assert tree(root) == before, "a dry run wrote to results_root"
     states = planned(dry.stdout)
-    assert len(states) == 13, dry.stdout
+    assert len(states) == 14, dry.stdout
     done = {n for n, s in states.items() if s == "done"}
     assert {"teacher[seed=0]", "synth[seed=0]", "student[lam=0,beta=0,gamma=0,seed=0]"} <= done
     assert len(done) == 5, done   # + the evals of M0 and M1
-    assert "13 stages: 5 done, 0 running elsewhere, 8 to run" in dry.stdout
+    assert "14 stages: 5 done, 0 running elsewhere, 9 to run" in dry.stdout
     assert re.search(r"estimate: [\d.]+ core-hours; wall \d+ (s|min|h) at \d+ stages at once", dry.stdout)
     assert "finished student stage(s)" in dry.stdout   # rates from this root's records, not the default
     started = time.time()
     real = launch("grid=vae_coeffs_key", "seeds=[0]", *SMALL, f"results_root={root}")
-    assert "13 stages, 5 already done, 8 to run" in real.stdout, real.stdout
+    assert "14 stages, 5 already done, 9 to run" in real.stdout, real.stdout
     ran = {r["name"] for r in stage_records(root).values() if r["started"] > started}
     assert ran == {n for n, s in states.items() if s == "to run"}
 
@@ -67,7 +67,8 @@ def test_redo_reruns_a_stage_and_what_reads_it_and_keeps_the_run_it_replaced(hal
     dry = launch("grid=vae_smoke3", *SMALL, f"results_root={root}", "redo=student[lam=1,beta=1*", "dry_run=true")
     assert planned(dry.stdout)[name] == "redo" and planned(dry.stdout)["eval:" + name] == "redo", dry.stdout
     out = launch("grid=vae_smoke3", *SMALL, f"results_root={root}", "redo=student[lam=1,beta=1*")
-    assert "9 stages, 7 already done, 2 to run" in out.stdout and "2 redone" in out.stdout, out.stdout
+    # the student, its eval and the report that reads it
+    assert "10 stages, 7 already done, 3 to run" in out.stdout and "3 redone" in out.stdout, out.stdout
     after = stage_records(root)
     new = after[name]
     assert new["started"] > old["ended"] and new["replaced"][0]["started"] == old["started"]
@@ -84,7 +85,7 @@ def test_redo_that_names_no_stage_is_one_line_and_writes_nothing(half_done):
     before = tree(half_done)
     out = launch("grid=vae_smoke3", *SMALL, f"results_root={half_done}", "redo=studnet", check=False)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "key 'redo': value 'studnet' is not allowed" in out.stderr and "(eval, student, synth, teacher)" in out.stderr
+    assert "key 'redo': value 'studnet' is not allowed" in out.stderr and "(eval, report, student, synth, teacher)" in out.stderr
     assert tree(half_done) == before
 
 
@@ -97,7 +98,8 @@ def test_dry_run_on_slurm_submits_nothing_and_shows_the_arrays_a_launch_makes(cl
     dry = launch(*args, "dry_run=true")
     assert queue() == before and not root.exists()
     shown = re.findall(r"<job \d+> (\w+) x(\d+) \(level (\d+)\)", dry.stdout)
-    assert "4 sbatch calls" in dry.stdout or f"{len(shown)} sbatch calls" in dry.stdout
+    assert f"{len(shown)} sbatch calls" in dry.stdout and shown[-1][0] == "report", dry.stdout
+    assert re.search(r"<job \d+> report x1 \(level \d+\): .*--dependency=afterany:<job 1>:", dry.stdout), dry.stdout
     launch(*args)
     index = json.loads((root / "slurm" / "jobs.json").read_text())
     arrays = index["launches"][-1]["arrays"]

@@ -227,7 +227,7 @@ def test_tiny_vae_chain_runs_shares_its_prefix_and_relaunches_nothing(tmp_path, 
     root = tmp_path / "r"
     out = launch("grid=chain_tiny", f"results_root={root}", *tiny)
     # teacher, synth, eval; generation 1 (+eval) shared; generations 2-3 (+evals) per chain
-    assert "13 stages, 0 already done, 13 to run on local" in out.stdout, out.stdout
+    assert "14 stages, 0 already done, 14 to run on local" in out.stdout, out.stdout   # + the report
     recs = records(root)
     assert all(r["status"] == "done" for r in recs.values()), [r.get("error") for r in recs.values()]
     stage = {k: [r for r in recs.values() if r.get("kind") == k] for k in ("teacher", "synth", "generation", "eval")}
@@ -256,9 +256,9 @@ def test_tiny_vae_chain_runs_shares_its_prefix_and_relaunches_nothing(tmp_path, 
     assert (root / "report" / "chain_tiny_by_generation.png").stat().st_size > 1000
 
     again = launch("grid=chain_tiny", f"results_root={root}", *tiny)
-    assert "13 stages, 13 already done, 0 to run" in again.stdout
+    assert "14 stages, 14 already done, 0 to run" in again.stdout
     shorter = launch("grid=chain_tiny", f"results_root={root}", "generations.count=2", *tiny)
-    assert "9 stages, 9 already done, 0 to run" in shorter.stdout   # a prefix of the G=3 chains
+    assert "10 stages, 9 already done, 1 to run" in shorter.stdout   # a prefix of the G=3 chains; its own report
 
 
 @pytest.mark.slow
@@ -266,7 +266,7 @@ def test_gaussian_grid_runs_one_stage_per_policy_and_reports_measured_vs_closed_
     root = tmp_path / "g"
     out = launch("grid=gaussian_generations", "cluster=local", "gaussian.chains=400", "generations.count=20",
                  f"results_root={root}")
-    assert "8 stages, 0 already done, 8 to run" in out.stdout
+    assert "9 stages, 0 already done, 9 to run" in out.stdout
     recs = [r for r in records(root).values() if r.get("kind") == "gaussian"]
     assert len(recs) == 8 and all(r["status"] == "done" for r in recs)
     from collapse.config import from_dict

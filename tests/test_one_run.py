@@ -144,10 +144,10 @@ def test_two_local_launches_run_every_stage_once_and_report_as_one(tmp_path):
     for code, text in outs:
         assert code == 0, text
     runs = runs_per_stage(both)
-    assert len(runs) == 9 and set(runs.values()) == {1}, runs
+    assert len(runs) == 10 and set(runs.values()) == {1}, runs   # the report too
     assert set(runs_per_stage(alone).values()) == {1}
     recs = stage_records(both)
-    assert len(recs) == 9 and all(r["status"] == "done" for r in recs.values()), recs
+    assert len(recs) == 10 and all(r["status"] == "done" for r in recs.values()), recs
     assert "waiting for it" in outs[0][1] + outs[1][1], outs      # the teacher at least was contended
     for name in ("vae_smoke3.csv", "vae_smoke3.md"):
         assert (both / "report" / name).read_text() == (alone / "report" / name).read_text(), name
@@ -180,7 +180,7 @@ def test_local_launch_waits_for_stages_running_as_slurm_jobs(cluster, tmp_path):
     assert re.search(rf"not started: teacher\[seed=0\] is running under .*\(job {teacher_job}\)", text), text
     wait_done(launch_jobs(index["launches"][-1]))
     runs = runs_per_stage(root)
-    assert len(runs) == 9 and set(runs.values()) == {1}, runs
+    assert len(runs) == 10 and set(runs.values()) == {1}, runs   # the report too
     recs = stage_records(root)
     assert all(r["status"] == "done" for r in recs.values()), recs
     assert recs[teacher_key]["slurm_job_id"] is not None
@@ -204,9 +204,9 @@ def test_slurm_launch_skips_what_a_local_launch_runs_and_says_so(cluster, tmp_pa
         assert code == 0, text
         assert (f"not submitted: 1 stage running under a local launch, which SLURM cannot wait on "
                 f"(teacher[seed=0] ({teacher.key}) held by {lease.HOST}:{holder.pid}") in text, text
-        assert "and 8 stages that depend on them" in text and "nothing submitted" in text, text
+        assert "and 9 stages that depend on them" in text and "nothing submitted" in text, text
         last = slurm.read_index(root)["launches"][-1]
-        assert last["arrays"] == [] and last["report"] is None and len(last["held_locally"]) == 9, last
+        assert last["arrays"] == [] and len(last["held_locally"]) == 10, last
     finally:
         os.killpg(running.pid, signal.SIGKILL)
         running.communicate()

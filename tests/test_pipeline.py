@@ -21,7 +21,7 @@ def by_kind(recs, kind):
 def test_grid_runs_once_skips_on_relaunch_and_reruns_only_a_missing_student(tmp_path, tiny):
     root = tmp_path / "r"
     out = launch("grid=vae_smoke3", f"results_root={root}", *tiny)
-    assert "9 stages, 0 already done, 9 to run on local" in out.stdout
+    assert "10 stages, 0 already done, 10 to run on local" in out.stdout
 
     recs = records(root)
     assert all(r["status"] == "done" for r in recs.values()), [r.get("error") for r in recs.values()]
@@ -47,17 +47,21 @@ def test_grid_runs_once_skips_on_relaunch_and_reruns_only_a_missing_student(tmp_
     m1 = next(r for r in evals if r["deps"]["model"] in {s["key"] for s in students if s["config"]["distill"]["lam"] == 0})
     assert float(table[1]["L_M(Test)"]) == pytest.approx(m1["metrics"]["test_loss"], abs=1e-3)
     assert (root / "report" / "vae_smoke3_coefficients.png").stat().st_size > 1000
+    (report,) = by_kind(recs, "report")   # the report is a stage: it read every eval, after the last
+    assert sorted(report["deps"].values()) == sorted(e["key"] for e in evals)
+    assert "report/vae_smoke3.md" in report["metrics"]["files"] and report["metrics"]["inputs_done"] == 4
+    assert report["started"] >= max(e["ended"] for e in evals)
 
     teacher_mtime = os.path.getmtime(root / "manifest" / f"{teachers[0]['key']}.json")
     again = launch("grid=vae_smoke3", f"results_root={root}", *tiny)
-    assert "9 already done, 0 to run" in again.stdout
+    assert "10 already done, 0 to run" in again.stdout
     assert os.path.getmtime(root / "manifest" / f"{teachers[0]['key']}.json") == teacher_mtime
 
     victim = next(s for s in students if s["config"]["distill"]["lam"] == 1.0 and s["config"]["distill"]["beta"] == 0)
     (root / "manifest" / f"{victim['key']}.json").unlink()
     before = {k: os.path.getmtime(root / "manifest" / f"{k}.json") for k in recs if k != victim["key"]}
     third = launch("grid=vae_smoke3", f"results_root={root}", *tiny)
-    assert "8 already done, 1 to run" in third.stdout
+    assert "9 already done, 1 to run" in third.stdout
     after = records(root)
     assert after[victim["key"]]["status"] == "done"
     changed = [k for k, t in before.items() if os.path.getmtime(root / "manifest" / f"{k}.json") != t]
@@ -111,3 +115,7 @@ def test_a_failed_grid_point_is_recorded_and_the_rest_of_the_grid_finishes(tmp_p
     table = (root / "report" / "one_diverges.md").read_text()
     assert "failed: student failed: DivergedError" in table and failed[0]["log"] in table
     assert "| M1 |" in table
+    # the report ran although an input failed, and says so: 'partial', so the next launch writes it again
+    (report,) = [r for r in recs.values() if r["kind"] == "report"]
+    assert report["status"] == "partial" and report["metrics"]["inputs_done"] == 2, report
+    assert "2 failed or blocked" in out.stdout, out.stdout   # the student, and its eval blocked

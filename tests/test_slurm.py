@@ -104,7 +104,7 @@ def ts(value: str) -> datetime:
 
 
 def launch_jobs(launch: dict) -> list[str]:
-    return [a["job"] for a in launch["arrays"]] + ([launch["report"]] if launch.get("report") else [])
+    return [a["job"] for a in launch["arrays"]]
 
 
 def records(root) -> dict:
@@ -404,12 +404,14 @@ def test_grid_runs_as_one_array_per_kind_in_dependency_order(grid_run):
     assert "sweep sweep-" in first and "watch: python sweeps/status.py results_root=" in first, first
     launch_ = index["launches"][-1]
     assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [
-        (0, "teacher", 1), (1, "synth", 1), (1, "eval", 1), (2, "student", 3), (3, "eval", 3)]
+        (0, "teacher", 1), (1, "synth", 1), (1, "eval", 1), (2, "student", 3), (3, "eval", 3), (4, "report", 1)]
+    report_array = launch_["arrays"][-1]   # afterany on every other array: it runs whatever failed
+    assert report_array["dependency"] == "afterany:" + ":".join(a["job"] for a in launch_["arrays"][:-1])
     for a in launch_["arrays"]:
         assert a["job"] in first
     job = {k: e["job"] for k, e in index["stages"].items()}
     recs = {k: r for k, r in records(root).items() if k in job}
-    assert len(recs) == 9 and all(r["status"] == "done" for r in recs.values()), recs
+    assert len(recs) == 10 and all(r["status"] == "done" for r in recs.values()), recs
     for r in recs.values():   # each ran in the job recorded for it
         assert r["slurm_job_id"] is not None and r["log"].startswith("logs/")
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
@@ -425,23 +427,23 @@ def test_grid_runs_as_one_array_per_kind_in_dependency_order(grid_run):
         model = ev["deps"]["model"]
         assert ts(rows[job[ev["key"]]]["Start"]) >= ts(rows[job[model]]["End"]), (ev["name"], rows)
         assert recs[model]["ended"] <= ev["started"]
-    # the report job wrote the report, after the last eval
-    out = slurm.job_stdout(root, launch_["report"]).read_text()
-    assert "report: " in out and "vae_smoke3.md" in out, out
+    # the report stage wrote the report, after the last eval
+    (report,) = by_kind["report"]
+    assert "report/vae_smoke3.md" in report["metrics"]["files"], report
+    assert report["started"] >= max(ev["ended"] for ev in by_kind["eval"])
     md = root / "report" / "vae_smoke3.md"
-    assert md.is_file() and md.stat().st_mtime >= max(r["ended"] for r in recs.values())
+    assert md.is_file() and md.stat().st_mtime >= max(ev["ended"] for ev in by_kind["eval"])
     table = status_table(root, "grid=vae_smoke3")
-    assert "9 stages: 9 done, 0 running, 0 pending, 0 failed, 0 missing" in table, table
+    assert "10 stages: 10 done, 0 running, 0 pending, 0 failed, 0 missing" in table, table
 
 
 @pytest.mark.slurm
 def test_relaunch_while_running_submits_nothing_twice(grid_run):
     second = grid_run["second"]
-    assert "nothing new to submit: all 9 stages to run are already queued or running" in second.stdout, show(second)
+    assert "nothing new to submit: all 10 stages to run are already queued or running" in second.stdout, show(second)
     i1, i2 = grid_run["index1"], grid_run["index2"]
     assert i2["stages"] == i1["stages"]
-    assert i2["launches"][-1]["arrays"] == [] and i2["launches"][-1]["report"] is None
-    assert len(i2["reports"]) == len(i1["reports"]) == 1
+    assert i2["launches"][-1]["arrays"] == []
     # the queue right after the relaunch held this grid's jobs of the first launch, and no others
     first_jobs = set(launch_jobs(i1["launches"][-1]))
     assert grid_run["queued"] and grid_run["queued"] <= first_jobs, (grid_run["queued"], first_jobs)
@@ -452,7 +454,8 @@ def test_new_grid_sharing_queued_stages_waits_on_their_jobs(diverging_run):
     i1, i3 = diverging_run["index1"], diverging_run["index3"]
     launch_ = i3["launches"][-1]
     # only its two new students and their evals: teacher, synth, plain student are vae_smoke3's jobs
-    assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [(0, "student", 2), (1, "eval", 2)]
+    assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [
+        (0, "student", 2), (1, "eval", 2), (2, "report", 1)]
     synth_key, synth_job = next((k, e["job"]) for k, e in i1["stages"].items() if e["kind"] == "synth")
     # teacher, synth, eval:teacher, plain student and its eval are shared with vae_smoke3: each one is
     # either still queued (skipped, waited on) or, on a fast machine, already done when this launched
@@ -488,22 +491,25 @@ def test_failed_grid_point_others_finish_status_shows_it_relaunch_reruns_only_it
     line = row_of(table, bad["name"])
     assert " failed " in line and str(root / bad["log"]) in line and "DivergedError" in line, table
     assert " missing " in row_of(table, "eval:" + bad["name"]), table
-    assert "9 stages: 7 done, 0 running, 0 pending, 1 failed, 1 missing" in table, table
+    assert "10 stages: 7 done, 0 running, 0 pending, 1 failed, 1 missing, 0 cancelled, 1 partial" in table, table
+    assert " partial " in row_of(table, "report[slurm_one_diverges]"), table   # it ran although an input failed
     assert "failed: student failed: DivergedError" in (root / "report" / "slurm_one_diverges.md").read_text()
 
     again = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
     assert again.returncode == 0, show(again)
     index = slurm.read_index(root)
     relaunch = index["launches"][-1]
-    assert [(a["kind"], a["size"]) for a in relaunch["arrays"]] == [("student", 1), ("eval", 1)], relaunch
-    assert {k for k, e in index["stages"].items() if e["launch"] == relaunch["id"]} == {bad["key"], bad_eval}
+    assert [(a["kind"], a["size"]) for a in relaunch["arrays"]] == [("student", 1), ("eval", 1), ("report", 1)], relaunch
+    report_key = next(k for k, r in recs.items() if r["kind"] == "report")
+    assert {k for k, e in index["stages"].items() if e["launch"] == relaunch["id"]} == {bad["key"], bad_eval, report_key}
     rows = wait_done(launch_jobs(relaunch))
     assert rows[relaunch["arrays"][0]["job"]]["State"] == "FAILED"        # the same divergence, again
     after = records(root)
     assert after[bad["key"]]["started"] > bad["ended"]
     for key, r in recs.items():
-        if key != bad["key"]:
+        if key not in (bad["key"], report_key):
             assert after[key].get("ended") == r.get("ended"), r["name"]
+    assert after[report_key]["status"] == "partial" and after[report_key]["started"] > recs[report_key]["ended"]
 
 
 @pytest.mark.slurm

@@ -1,7 +1,8 @@
 """The embedded executor: runs a stage graph here, as real subprocesses, in dependency order.
 
 Up to `max_parallel` stages run at once, each `python -m collapse.run ROOT KEY` with its own
-log file. A stage whose input failed is not started (it is reported as blocked); the other
+log file. A stage whose input failed is not started (it is reported as blocked; the report, which
+runs whatever its inputs' outcome, is the exception); the other
 branches of the graph go on.
 
 One run per stage (collapse/lease.py): a stage whose lease a live runner holds (another launch, a
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from collapse import lease, manifest
 from collapse.config import REPO
+from collapse.plan import ANY_OUTCOME
 from collapse.run import log_path
 
 
@@ -103,7 +105,10 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
             ready = []
             for key, stage in list(waiting.items()):
                 deps = [state_of(k) for k in stage.deps.values()]
-                if any(d in ("failed", "blocked", "missing") for d in deps):
+                if stage.kind in ANY_OUTCOME:   # the report: once every input has ended, however
+                    if "pending" not in deps:
+                        ready.append(stage)
+                elif any(d in ("failed", "blocked", "missing") for d in deps):
                     result[key] = "blocked"
                     del waiting[key]
                     bar.update()

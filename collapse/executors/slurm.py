@@ -14,8 +14,8 @@ plain job for a group of one) whose --dependency names the groups holding its in
 
 Inputs implied by other inputs (a student reads the teacher, but so does its synth) are dropped
 first, so chains line up. Every job carries `--kill-on-invalid-dep=yes`: a job whose input failed is
-removed instead of pending forever, and a final report job, `afterany` on everything, runs
-collapse.report.write_reports(root) whatever failed.
+removed instead of pending forever. The report stage (plan.ANY_OUTCOME) is the exception: it is
+`afterany` on every job of the launch and on those it found queued, so it runs whatever failed.
 
 Each task runs collapse.run.run_stage(root, key), the local executor's entry point, inside StageJob,
 a submitit Checkpointable: on preemption or timeout (USR2) submitit requeues it, and the rerun
@@ -23,7 +23,7 @@ resumes from the stage's own checkpoint (stages/<key>/checkpoints/); so does a j
 outside (scontrol requeue). The stage's output goes to logs/<kind>-<key>.log, as with the local executor.
 
 <results_root>/slurm/ holds the submitit folder (submitit/: sbatch scripts, pickles, job stdout)
-and jobs.json: the latest job of each stage key, the report jobs and one entry per launch. It is
+and jobs.json: the latest job of each stage key and one entry per launch. It is
 updated under a lock after every sbatch; a relaunch checks those jobs with one squeue call and does
 not submit a stage whose job is still queued or running. If sbatch rejects a group mid-launch, the
 jobs this launch already submitted are cancelled (no half chain waits forever) and launch fails.
@@ -174,17 +174,6 @@ def _output_to(path: Path | None):
             os.close(saved[1])
 
 
-def report_job(root: str) -> list[str]:
-    """The final job of a launch: record stages whose job died silently, then write the reports."""
-    from collapse import report, status
-    marked = status.record_dead_jobs(root)
-    for key, why in marked.items():
-        print(f"stage {key}: {why}", flush=True)
-    paths = [str(p) for p in report.write_reports(root)]
-    print("report: " + ", ".join(paths), flush=True)
-    return paths
-
-
 # ---------------------------------------------------------------- grouping the stage graph
 
 @dataclass
@@ -196,12 +185,16 @@ class Group:
     corr: int | None = None                      # index of the group this one lines up with (aftercorr)
     after: dict = field(default_factory=dict)    # group index -> element indices needed (afterok)
     external: list = field(default_factory=list)  # job ids of earlier launches (afterok)
+    any_outcome: bool = False                    # runs whatever its inputs' outcome (afterany): plan.ANY_OUTCOME
     job_id: str | None = None                    # the array's (or the job's) id, once submitted
 
     def task(self, i: int) -> str:
         return self.job_id if len(self.stages) == 1 else f"{self.job_id}_{i}"
 
     def dependency(self, groups: list) -> str | None:
+        if self.any_outcome:   # the report: after every other job, whatever their outcome
+            ended = [g.job_id for g in groups if g is not self] + sorted(set(self.external))
+            return "afterany:" + ":".join(ended) if ended else None
         parts = []
         if self.corr is not None:
             parts.append(f"aftercorr:{groups[self.corr].job_id}")
@@ -221,6 +214,7 @@ def make_groups(stages: list, external: dict | None = None) -> list[Group]:
     external: key -> job id of stages queued or running from an earlier launch. Inputs neither in
     `stages` nor in `external` are taken as done.
     """
+    from collapse.plan import ANY_OUTCOME
     external = external or {}
     by_key = {s.key: s for s in stages}
     deps_in = {s.key: list(dict.fromkeys(d for d in s.deps.values() if d in by_key)) for s in stages}
@@ -266,6 +260,9 @@ def make_groups(stages: list, external: dict | None = None) -> list[Group]:
                     group.after.setdefault(gi, set()).add(ei)
         for s in members:
             group.external += [external[d] for d in dict.fromkeys(s.deps.values()) if d in external]
+        if kind in ANY_OUTCOME:
+            group.any_outcome = True
+            group.external = sorted({base_id(j) for j in external.values()}, key=int)
         for i, s in enumerate(members):
             where[s.key] = (len(groups), i)
         groups.append(group)
@@ -295,7 +292,7 @@ def read_index(root) -> dict:
     except ValueError as e:
         raise SubmissionError(f"{index_path(root)} is not valid JSON ({e}); move it away to start afresh")
     index.setdefault("version", INDEX_VERSION)
-    for name, empty in (("stages", {}), ("reports", []), ("launches", [])):
+    for name, empty in (("stages", {}), ("launches", [])):
         index.setdefault(name, empty)
     return index
 
@@ -437,9 +434,7 @@ def submit(sweep, plan, todo: list, root, out=sys.stdout) -> int:
         print(msg, file=out, flush=True)
 
     if not todo:
-        from collapse import report
-        written = report.write_reports(root)
-        say(f"nothing to run: every stage is done; report: {', '.join(str(p) for p in written)}")
+        say("nothing to run: every stage is done, the report too (python sweeps/report.py writes it again)")
         return 0
     started = time.monotonic()
     try:
@@ -481,15 +476,14 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_
     index = read_index(root)
     entries = {s.key: index["stages"][s.key] for s in todo if s.key in index["stages"]}
     known = {k: e["job"] for k, e in entries.items()}
-    report_ids = [r["job"] for r in index["reports"][-1:]]
-    states = squeue_states(list(known.values()) + report_ids)     # the one squeue call
+    states = squeue_states(list(known.values()))     # the one squeue call
     running = {k: j for k, j in known.items() if is_active(j, states, entries[k].get("job_name"))}
     local = _held_by_leases(todo, root, running)
     blocked = _with_dependents(todo, set(local), running)
     fresh = [s for s in todo if s.key not in running and s.key not in blocked]
     launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     launch = {"id": launch_id, "sweep": sweep_key, "grid": sweep.grid, "user": getpass.getuser(),
-              "submitted": round(time.time(), 3), "arrays": [], "report": None, "skipped": sorted(running),
+              "submitted": round(time.time(), 3), "arrays": [], "skipped": sorted(running),
               "held_locally": sorted(blocked)}
     if blocked:
         names = "; ".join(f"{s.name} ({s.key}) held by {local[s.key]}" for s in todo if s.key in local)
@@ -503,21 +497,8 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_
         return 0
 
     if not fresh:
-        live_report = [j for j in report_ids if is_active(j, states)]
         say(f"nothing new to submit: all {len(todo) - len(blocked)} stages to run are already queued or running "
             f"(jobs {', '.join(sorted({base_id(j) for j in running.values()}, key=int))})")
-        if live_report:
-            say(f"their report job {live_report[0]} will write the report")
-        else:
-            try:
-                ex = _executor(root, cluster.resources("report"), f"{sweep.grid}.report",
-                               "afterany:" + ":".join(sorted({base_id(j) for j in running.values()}, key=int)))
-                job = ex.submit(report_job, str(root))
-            except Exception as e:
-                raise SubmissionError(f"sbatch rejected the report job: {_sbatch_error(e)}") from None
-            launch["report"] = job.job_id
-            index["reports"].append({"job": job.job_id, "launch": launch_id, "submitted": round(time.time(), 3)})
-            say(f"report job {job.job_id} (afterany on them)")
         index["launches"].append(launch)
         write_index(root, index)
         say(f"watch: {watch}")
@@ -552,13 +533,6 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_
             launch["arrays"].append({"job": current.job_id, "kind": current.kind, "level": current.level,
                                      "size": len(current.stages), "dependency": dependency})
             write_index(root, {**index, "launches": index["launches"] + [launch]})
-        current = None
-        # whole arrays: the report waits for everything anyway, and the list stays short
-        after = sorted(set(submitted) | {base_id(j) for j in running.values()}, key=int)
-        ex = _executor(root, cluster.resources("report"), f"{sweep.grid}.report", "afterany:" + ":".join(after))
-        report = ex.submit(report_job, str(root))
-        sbatch_calls += 1
-        submitted.append(report.job_id)
     except BaseException as e:
         cancel_error = "not run"
         try:
@@ -571,9 +545,8 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_
             write_index(root, index)
         if not isinstance(e, Exception):
             raise
-        n = len(current.stages) if current is not None else 0
-        what = (f"the {current.kind} group (level {current.level}, {n} stage{'s' if n > 1 else ''})"
-                if current is not None else "the report job")
+        n = len(current.stages)
+        what = f"the {current.kind} group (level {current.level}, {n} stage{'s' if n > 1 else ''})"
         if cancel_error:
             raise SubmissionError(
                 f"sbatch rejected {what}: {_sbatch_error(e)}; cancelling the {len(submitted)} jobs this launch had "
@@ -582,19 +555,16 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, log_
             f"sbatch rejected {what}: {_sbatch_error(e)}; cancelled the {len(submitted)} jobs this launch had "
             f"submitted ({', '.join(submitted) or 'none'}); nothing of it is left queued") from None
 
-    launch["report"] = report.job_id
-    index["reports"].append({"job": report.job_id, "launch": launch_id, "submitted": round(time.time(), 3)})
     index["launches"].append(launch)
     write_index(root, index)
 
     say(f"submitted {len(fresh)} stages of sweep {sweep_key}: {len(groups)} job arrays (one per level and "
-        f"stage kind) and a report job, {sbatch_calls} sbatch calls in {time.monotonic() - started:.1f}s:")
+        f"stage kind), {sbatch_calls} sbatch calls in {time.monotonic() - started:.1f}s:")
     for g in groups:
         what = "array" if len(g.stages) > 1 else "job  "
         dep = g.dependency(groups) or "-"
         say(f"  level {g.level}  {g.kind:<10} {what} {g.job_id:<8} {len(g.stages):>4} stage"
             f"{'s' if len(g.stages) > 1 else ' '}  after {dep}")
-    say(f"  report            job   {report.job_id:<8}          after afterany:{':'.join(after)}")
     if running:
         say(f"already queued or running, not resubmitted: {len(running)} stages "
             f"(jobs {', '.join(sorted({base_id(j) for j in running.values()}, key=int))})")
