@@ -235,6 +235,7 @@ def test_a_tiny_t5_learns_a_few_summaries_through_the_shared_loop(tmp_path, cnnd
     before = t5.test_loss(t5.build_model(cfg).eval(), data, cfg)
     state = train.train(t5, cfg, data, data, tmp_path, teacher=teacher, log=lambda m: None)
     assert state.step == 40 and state.best_loss < 0.7 * before, (before, state.best_loss)
+    assert [h["step"] for h in state.history] == [20, 40] and all(0 <= h["rouge1"] <= 100 for h in state.history)
     model = storage.load_weights(tmp_path / "best.safetensors", t5.build_model(cfg)).eval()
     metrics = t5.evaluate(model, t5.real_data(cfg, "test"), cfg)
     assert metrics["articles"] == 4 and len(metrics["perplexities"]) == 4 and 0 <= metrics["rouge1"] <= 100
