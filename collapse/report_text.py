@@ -50,7 +50,7 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
     paper = paper_rows()
     header = ["model", "lambda"]
     for _, label in METRICS:
-        header += [label, "ci", f"paper {label}"]
+        header += [label, f"{label} ci", f"paper {label}"]
     header += ["empty generations", "seeds"]
     table = []
     for e in entries:
