@@ -83,8 +83,12 @@ def score_pairs(references: list[str], predictions: list[str], processes: int = 
         return np.array(_score_chunk(pairs), dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
     size = -(-len(pairs) // (processes * 4))
     chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
-    # spawn: a forked copy of a process holding torch threads and a gloo group is not safe
-    with get_context("spawn").Pool(processes, initializer=_init_worker) as pool:
+    # forkserver: a fork of this process (torch's threads, maybe a gloo group) is not safe, and spawn
+    # re-imports the caller's __main__ (torch, transformers: seconds) in every worker; the fork server
+    # imports only this module and forks the workers from it.
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with context.Pool(processes, initializer=_init_worker) as pool:
         parts = pool.map(_score_chunk, chunks)
     return np.array([row for part in parts for row in part], dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
 
