@@ -18,7 +18,8 @@ from pathlib import Path
 
 from collapse import manifest, plan, storage
 
-PRIMARY = {"vae": ("test_loss", "L_M(Test)", "lower"), "ddpm": ("fid", "FID", "lower")}
+PRIMARY = {"vae": ("test_loss", "L_M(Test)", "lower"), "ddpm": ("fid", "FID", "lower"),
+           "t5": ("rouge1", "ROUGE-1 %", "higher")}
 ALPHA = 0.05   # two-sided level of the tests against M1, after Holm's correction
 PAPER_VALUES = Path(__file__).with_name("paper_values.yaml")
 SHORT = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma",
@@ -652,7 +653,7 @@ def write_reports(root) -> list[Path]:
     by_key = {r["key"]: r for r in records}
     out = root / "report"
     written = []
-    from collapse import report_chains
+    from collapse import report_chains, report_text
     sweeps = [r for r in records if r.get("kind") == "sweep" and r.get("status") == "done" and _well_formed(r)]
     for name, sweep in sorted(latest_sweeps(records).items()):
         if not _well_formed(sweep):
@@ -664,6 +665,8 @@ def write_reports(root) -> list[Path]:
             continue
         rows, ref = sweep_rows(sweep, by_key, sorted(sweeps, key=lambda r: r.get("ended", 0)))
         written += write_tables(name, sweep, by_key, rows, ref, out)
+        if report_text.handles(ref):   # summarization: Table 3, ROUGE curves, perplexity histograms, examples
+            written += report_text.write(name, sweep, rows, ref, by_key, root, out)
         written += [p for p in (plot_coefficients(name, rows, ref, out),
                                 plot_samples(name, rows, ref, root, out),
                                 plot_curves(name, sweep, by_key, out)) if p]

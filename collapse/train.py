@@ -292,8 +292,11 @@ def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float,
     test_loss = task.test_loss(engine.module, test_data, cfg)
     if not math.isfinite(test_loss):
         raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
+    # a task may add metrics to each evaluation (T5: ROUGE of a few validation articles, for ROUGE-vs-step curves)
+    extra = task.curve_metrics(engine.module, test_data, cfg) if hasattr(task, "curve_metrics") else {}
     state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
-                          "test_loss": test_loss, "lr": engine.get_lr()[0], "seconds": round(time.time() - started, 2)})
+                          "test_loss": test_loss, "lr": engine.get_lr()[0], "seconds": round(time.time() - started, 2),
+                          **extra})
     if test_loss < state.best_loss:
         state.best_loss, state.best_epoch, state.best_step = test_loss, state.epoch, state.step
         weights = full_state_dict(engine)   # collective under ZeRO: every rank calls it

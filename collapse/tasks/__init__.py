@@ -1,7 +1,7 @@
 """One module per modality, all with the same functions (see collapse/tasks/vae.py)."""
 import importlib
 
-TASKS = ("vae", "ddpm", "gaussian")   # gaussian: the toy model of collapse/gaussian.py, chains only
+TASKS = ("vae", "ddpm", "t5", "gaussian")   # gaussian: the toy model of collapse/gaussian.py, chains only
 
 
 def get(name: str):

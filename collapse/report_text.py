@@ -1,0 +1,157 @@
+"""The summarization grid's own report parts (paper section 5), beside the generic table of report.py:
+
+- <grid>_table3.{md,csv}: Table 3, lam with ROUGE-1/2/L (%) and mean perplexity, M0 first, the paper's
+  values in columns beside ours, empty generations counted;
+- <grid>_rouge_curves.png: ROUGE-1/2/L of a few validation articles against training step (Figures 6-7);
+- <grid>_perplexity.png: each model's per-summary perplexities as histograms (Figure 8);
+- <grid>_examples.md: M0's, M1's and the best student's summaries of the same articles (Tables 4-5).
+"""
+import json
+import statistics
+from pathlib import Path
+
+from collapse import report
+
+METRICS = (("rouge1", "ROUGE-1 %"), ("rouge2", "ROUGE-2 %"), ("rougeL", "ROUGE-L %"), ("ppl_mean", "mean perplexity"))
+LAM = "distill.lam"
+
+
+def handles(ref: dict) -> bool:
+    return ref.get("task") == "t5"
+
+
+def models(sweep: dict, rows: list[dict], ref: dict, by_key: dict) -> list[dict]:
+    """M0 (its evals over seeds), then each row: {"name", "lam", "evals", "row"}."""
+    teachers = {p["teacher_eval"] for p in sweep["config"]["points"]}
+    m0 = [by_key[k] for k in sorted(teachers) if k in by_key and by_key[k].get("status") == "done"]
+    out = [{"name": "M0 (teacher)", "lam": None, "evals": m0, "row": None}]
+    for r in rows:
+        out.append({"name": "M1" if r is ref["m1"] else "student", "lam": r.get(LAM), "evals": r["evals"], "row": r})
+    return out
+
+
+def _value(evals: list[dict], metric: str) -> tuple[float | None, str]:
+    """Mean over seeds, and its interval: a t-interval over seeds, or the one seed's bootstrap interval."""
+    values = [e["metrics"][metric] for e in evals if e["metrics"].get(metric) is not None]
+    if not values:
+        return None, ""
+    mean, half = report.mean_ci(values)
+    if half is not None:
+        return mean, f"+-{half:.2f}"
+    ci = evals[0]["metrics"].get(f"{metric}_ci")
+    return mean, f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def paper_rows() -> dict:
+    return {float(e["lam"]): e for e in (report.paper_values("t5").get("table") or [])}
+
+
+def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
+    paper = paper_rows()
+    header = ["model", "lambda"]
+    for _, label in METRICS:
+        header += [label, f"{label} ci", f"paper {label}"]
+    header += ["empty generations", "seeds"]
+    table = []
+    for e in entries:
+        cells = [e["name"], "" if e["lam"] is None else f"{e['lam']:g}"]
+        theirs = paper.get(float(e["lam"])) if e["lam"] is not None else None
+        for metric, _ in METRICS:
+            mean, ci = _value(e["evals"], metric)
+            cells += [report._fmt(mean, 2), ci, "" if theirs is None else f"{theirs[metric]:g}"]
+        empty = [ev["metrics"].get("empty_generations", 0) for ev in e["evals"]]
+        articles = [ev["metrics"].get("articles", 0) for ev in e["evals"]]
+        cells += [f"{sum(empty)} of {sum(articles)}" if e["evals"] else "", len(e["evals"])]
+        table.append(cells)
+    csv_path = report.write_csv(out / f"{name}_table3.csv", header, table)
+    md = [f"# {name}: Table 3 (T5 summarization)", "",
+          "ROUGE F1 (rouge-score, Porter stemming) of greedy summaries of the held-out articles against the human "
+          "ones, in percent; ci: a 95% t-interval across seeds, or with one seed the bootstrap 95% interval over "
+          "articles. Mean perplexity: per token, of each generated summary, under the eval's GPT-2 (a stand-in "
+          "trained on the training summaries where no GPT-2 weights are available; see the eval records' ppl_model). "
+          "Empty generations score 0 ROUGE and have no perplexity; they are counted here. paper: Table 3 of the "
+          "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7).", "",
+          *report.md_table(header, table)]
+    return [csv_path, report.write_text(out / f"{name}_table3.md", md)]
+
+
+def training_record(by_key: dict, eval_record: dict) -> dict | None:
+    return by_key.get((eval_record.get("deps") or {}).get("model"))
+
+
+def plot_rouge_curves(name: str, entries: list[dict], by_key: dict, out: Path) -> Path | None:
+    curves = []
+    for e in entries:
+        for ev in e["evals"][:1]:   # the first seed's run
+            history = [h for h in ((training_record(by_key, ev) or {}).get("metrics") or {}).get("history", [])
+                       if "rouge1" in h]
+            if history:
+                label = "M0" if e["lam"] is None else "M1" if e["name"] == "M1" else f"lambda={e['lam']:g}"
+                curves.append((label, history))
+    if not curves:
+        return None
+    plt = report.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (metric, label) in zip(axes, METRICS[:3]):
+        for name_, history in curves:
+            style = ({"color": "0.45", "ls": "--"} if name_ == "M0" else {"color": "k", "lw": 2} if name_ == "M1"
+                     else {"lw": 1})
+            ax.plot([h["step"] for h in history], [h[metric] for h in history], marker=".", label=name_, **style)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{name}: ROUGE of validation summaries during training (Figures 6-7)")
+    fig.tight_layout()
+    return report.save_figure(fig, out / f"{name}_rouge_curves.png")
+
+
+def plot_perplexity(name: str, entries: list[dict], out: Path) -> Path | None:
+    panels = []
+    for e in entries:
+        values = [v for ev in e["evals"][:1] for v in ev["metrics"].get("perplexities") or [] if v is not None]
+        if values:
+            label = "M0" if e["lam"] is None else "M1" if e["name"] == "M1" else f"lambda={e['lam']:g}"
+            empty = e["evals"][0]["metrics"].get("empty_generations", 0)
+            panels.append((f"{label} (median {statistics.median(values):.1f}, empty {empty})", values))
+    if not panels:
+        return None
+    plt = report.pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 1.6 * len(panels)), sharex=True, squeeze=False)
+    upper = max(max(v) for _, v in panels)
+    for ax, (label, values) in zip(axes[:, 0], panels):
+        ax.hist(values, bins=40, range=(0, upper))
+        ax.set_title(label, fontsize=8)
+    axes[-1, 0].set_xlabel("perplexity per token of a generated summary")
+    fig.tight_layout()
+    return report.save_figure(fig, out / f"{name}_perplexity.png")
+
+
+def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Path | None:
+    """M0, M1 and the best student (highest mean ROUGE-1) on the same articles."""
+    students = [e for e in entries if e["name"] == "student" and e["row"] and "mean" in e["row"]]
+    chosen = [e for e in entries if e["lam"] is None or e["name"] == "M1"]
+    if students:
+        chosen.append(max(students, key=lambda e: e["row"]["mean"]))
+    shown = []
+    for e in chosen:
+        path = ((e["evals"][0].get("artifacts") or {}).get("examples") or {}).get("path") if e["evals"] else None
+        if path and (root / path).is_file():
+            label = "M0" if e["lam"] is None else "M1" if e["name"] == "M1" else f"best student (lambda={e['lam']:g})"
+            shown.append((label, json.loads((root / path).read_text())))
+    if not shown:
+        return None
+    md = [f"# {name}: the same articles summarised by M0, M1 and the best student (Tables 4-5)", ""]
+    for i, item in enumerate(shown[0][1]):
+        md += [f"## Article {i}", "", "> " + item["article"][:800].replace("\n", " ") + " ...", "",
+               f"- **human:** {item['reference']}"]
+        md += [f"- **{label}:** {items[i]['summary'] or '(empty)'}" for label, items in shown if i < len(items)]
+        md.append("")
+    return report.write_text(out / f"{name}_examples.md", md)
+
+
+def write(name: str, sweep: dict, rows: list[dict], ref: dict, by_key: dict, root: Path, out: Path) -> list[Path]:
+    entries = models(sweep, rows, ref, by_key)
+    written = write_table3(name, entries, out)
+    written += [p for p in (plot_rouge_curves(name, entries, by_key, out), plot_perplexity(name, entries, out),
+                            write_examples(name, entries, Path(root), out)) if p]
+    return written

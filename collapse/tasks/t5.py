@@ -1,0 +1,444 @@
+"""T5 summarization: the paper's section 5 (CNN/DailyMail, t5-small; offline stand-in: ACLSum, a small T5).
+
+L_CE  = cross-entropy of the summary's tokens, teacher-forced, padding left out
+L_SD  = L_CE(Ys, Y) + lam * L_CosDist(Zs, Zt)                                      (eq. 3)
+where Z are the last decoder layer's hidden states (after its final layer norm) of the student and
+of the frozen teacher on the same teacher-forced input, and L_CosDist the mean over the summary's
+real tokens of 1 - cos(z_s, z_t). The teacher's states depend only on the batch, but a whole set of
+them ([N, 128, 512] floats for CNN/DailyMail) is too big to hold, so the loop computes them per step.
+
+Data are `TextPairs` (collapse/data/text.py): articles cut to data.max_source_tokens, summaries to
+data.max_target_tokens, as padded int tensors. D_M0 pairs the real training articles with the
+teacher's greedy summaries of them, cut to the same lengths.
+"""
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check, bad
+from collapse.data import summaries, text
+from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)
+from collapse.device import StepNoise, device_of
+from collapse.models import t5 as t5_model
+
+EVAL_BATCH_TOKENS = 2 ** 16
+transformers.logging.disable_progress_bar()   # a stage's log is read by people: no progress bars
+transformers.logging.set_verbosity_error()   # tokens per teacher-forced evaluation batch
+
+
+# ---------------------------------------------------------------- this task's config sections (paper settings)
+
+def _is_pretrained_dir(path: str) -> bool:
+    return Path(path, "config.json").is_file()
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    DATASETS = ("aclsum", "cnn_dailymail")
+    dataset: str = "cnn_dailymail"    # aclsum: the offline stand-in in the aclsum wheel; else read from data.root
+    max_source_tokens: int = 1024     # articles cut to this many tokens (with </s>), in training and generation
+    max_target_tokens: int = 128      # summaries too; generation stops there
+    source_field: str = "article"
+    target_field: str = "highlights"
+    test_split: str = "validation"    # the data set's split the paper evaluates on
+
+    def check(self, p):
+        super().check(p)
+        _check(8 <= self.max_source_tokens <= 65536, p + "max_source_tokens", self.max_source_tokens,
+               "an integer in [8, 65536]")
+        _check(2 <= self.max_target_tokens <= 4096, p + "max_target_tokens", self.max_target_tokens,
+               "an integer in [2, 4096]")
+        if self.dataset == "aclsum":
+            _check(self.root is None, p + "root", self.root, "null for data.dataset 'aclsum' (it ships in a wheel)")
+        else:
+            _check(self.root is not None, p + "root", self.root,
+                   f"the directory holding {self.dataset} (a save_to_disk folder or its parquet/json files)")
+
+
+@dataclass
+class T5ModelConfig:
+    path: str | None = None           # a save_pretrained directory (t5-small); null: built from the fields below
+    tokenizer: str | None = None      # a tokenizer directory; null: model.path's, or a BPE trained on the data
+    vocab: int = 32128                # built model: vocabulary (the trained tokenizer's size); t5-small's shape
+    d_model: int = 512
+    layers: int = 6                   # encoder layers = decoder layers
+    heads: int = 8
+    d_ff: int = 2048
+    dropout: float | None = None      # null: the pretrained model's own, 0.1 for a built one
+
+    def check(self, p):
+        if self.path is not None:
+            _check(_is_pretrained_dir(self.path), p + "path", self.path,
+                   "a save_pretrained directory holding config.json, the weights and the tokenizer")
+        if self.tokenizer is not None:
+            _check(Path(self.tokenizer).is_dir(), p + "tokenizer", self.tokenizer, "a tokenizer directory")
+        _check(259 + 3 <= self.vocab <= 2 ** 20, p + "vocab", self.vocab, "an integer in [262, 1048576]")
+        for name in ("d_model", "layers", "heads", "d_ff"):
+            _check(1 <= getattr(self, name) <= 65536, p + name, getattr(self, name), "an integer in [1, 65536]")
+        _check(self.d_model % self.heads == 0, p + "heads", self.heads, f"a divisor of d_model ({self.d_model})")
+        _check(self.dropout is None or 0 <= self.dropout < 1, p + "dropout", self.dropout, "a number in [0, 1) or null")
+
+
+@dataclass
+class T5DistillConfig:
+    """eq. (3): lam weighs the cosine distance of the last decoder states; 0 is the plain student M1."""
+    lam: float = 0.0
+
+    def check(self, p):
+        _check(0 <= self.lam < float("inf"), p + "lam", self.lam, "a finite float >= 0")
+
+
+@dataclass
+class T5SynthConfig(SynthConfig):
+    """D_M0: the teacher's greedy summary of each training article (the first synth.size of them)."""
+    batch_size: int = 32              # articles per generate() call
+
+    def check(self, p):
+        super().check(p)
+        _check(not self.binarize, p + "binarize", self.binarize, "false (a VAE setting)")
+        _check(1 <= self.batch_size <= 4096, p + "batch_size", self.batch_size, "an integer in [1, 4096]")
+
+
+@dataclass
+class PplModelConfig:
+    """The GPT-2 that scores generated summaries: a save_pretrained directory, or (path null) a small
+    stand-in trained on the training split's human summaries with these settings."""
+    path: str | None = None
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 2
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+
+    def check(self, p):
+        if self.path is not None:
+            _check(_is_pretrained_dir(self.path), p + "path", self.path,
+                   "a GPT-2 save_pretrained directory holding config.json, the weights and the tokenizer")
+        for name in ("d_model", "layers", "heads", "steps", "batch_size"):
+            _check(1 <= getattr(self, name) <= MAX_COUNT, p + name, getattr(self, name), "an integer >= 1")
+        _check(self.d_model % self.heads == 0, p + "heads", self.heads, f"a divisor of d_model ({self.d_model})")
+        _check(0 < self.lr < 1, p + "lr", self.lr, "a number in (0, 1)")
+        _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+
+
+@dataclass
+class T5EvalConfig(EvalConfig):
+    articles: int | None = None       # validation articles summarised for ROUGE and perplexity (null: all)
+    batch_size: int = 32              # articles per generate() call
+    bootstrap: int = 1000             # resamples for the ROUGE intervals (0: none)
+    processes: int = 0                # ROUGE scoring processes (0: one per available core)
+    examples: int = 4                 # validation articles whose summaries are shown side by side
+    curve_articles: int = 0           # ROUGE of this many at every evaluation during training (0: none)
+    ppl_model: PplModelConfig = field(default_factory=PplModelConfig)
+
+    def check(self, p):
+        super().check(p)
+        _check(self.articles is None or 1 <= self.articles <= MAX_COUNT, p + "articles", self.articles,
+               "an integer >= 1 or null")
+        _check(1 <= self.batch_size <= 4096, p + "batch_size", self.batch_size, "an integer in [1, 4096]")
+        _check(0 <= self.bootstrap <= 100_000, p + "bootstrap", self.bootstrap, "an integer in [0, 100000]")
+        _check(0 <= self.processes <= 1024, p + "processes", self.processes, "an integer in [0, 1024]")
+        _check(0 <= self.examples <= 100, p + "examples", self.examples, "an integer in [0, 100]")
+        _check(0 <= self.curve_articles <= MAX_COUNT, p + "curve_articles", self.curve_articles, "an integer >= 0")
+
+
+CONFIG_SECTIONS = {"data": TextDataConfig, "model": T5ModelConfig, "distill": T5DistillConfig,
+                   "synth": T5SynthConfig, "eval": T5EvalConfig}
+DISTILL_MODES = ("none",)
+# The teacher's states depend only on the batch, but all of them are too big to hold: computed per step.
+TEACHER_OUTPUTS_DETERMINISTIC = False
+
+
+# ---------------------------------------------------------------- tokenizer, model, data
+
+def raw_pairs(cfg, split: str) -> tuple[list[str], list[str]]:
+    d = cfg.data
+    return summaries.load_pairs(d.dataset, split, d.root, d.source_field, d.target_field,
+                                {"train": "train", "test": d.test_split})
+
+
+def tokenizer_dir(cfg) -> str:
+    """model.tokenizer, else model.path, else a BPE of model.vocab tokens trained on the training texts."""
+    m = cfg.model
+    if m.tokenizer or m.path:
+        return m.tokenizer or m.path
+    articles, highlights = raw_pairs(cfg, "train")
+    return text.trained_tokenizer(list(dict.fromkeys(articles + highlights)), m.vocab)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    return text.load_tokenizer(path)
+
+
+def tokenizer(cfg):
+    return _tokenizer(tokenizer_dir(cfg))
+
+
+def build_model(cfg) -> t5_model.Summarizer:
+    m = cfg.model
+    if m.path:
+        return t5_model.pretrained(m.path, m.dropout)
+    tok = tokenizer(cfg)
+    return t5_model.built(m.vocab, m.d_model, m.layers, m.heads, m.d_ff, 0.1 if m.dropout is None else m.dropout,
+                          tok.pad_token_id, tok.eos_token_id)
+
+
+def real_data(cfg, split: str) -> TextPairs:
+    """Split 'train' or 'test' (data.test_split), tokenized and cut; data.train_size / test_size items."""
+    articles, highlights = raw_pairs(cfg, split)
+    limit = cfg.data.train_size if split == "train" else cfg.data.test_size
+    if limit:
+        articles, highlights = articles[:limit], highlights[:limit]
+    return text.make_pairs(tokenizer(cfg), articles, highlights, cfg.data.max_source_tokens,
+                           cfg.data.max_target_tokens)
+
+
+def check_data(cfg) -> None:
+    """Fail before launch, naming the key, when the data, tokenizer or models cannot work together."""
+    d, m = cfg.data, cfg.model
+    data_key = "data.root" if d.root is not None else "data.dataset"
+    data_value = d.root if d.root is not None else d.dataset
+    sizes = {}
+    for split in ("train", "test"):
+        try:
+            articles, highlights = raw_pairs(cfg, split)
+        except (summaries.DataError, OSError, ValueError) as e:
+            raise bad(data_key, data_value, f"a readable {d.dataset} data set ({e})") from None
+        limit = d.train_size if split == "train" else d.test_size
+        for name, texts in (("article", articles[:limit or None]), ("highlight", highlights[:limit or None])):
+            empty = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+            if empty is not None:
+                raise bad(data_key, data_value, f"a data set without empty texts (split {split!r} item {empty} "
+                          f"has an empty {name})")
+        sizes[split] = len(articles[:limit or None])
+        if not sizes[split]:
+            raise bad(data_key, data_value, f"a data set with items in split {split!r}")
+    if cfg.synth.size is not None and cfg.synth.size > sizes["train"]:
+        raise bad("synth.size", cfg.synth.size, f"at most the {sizes['train']} training articles (null: all)")
+    if cfg.eval.articles is not None and cfg.eval.articles > sizes["test"]:
+        raise bad("eval.articles", cfg.eval.articles, f"at most the {sizes['test']} test articles (null: all)")
+    try:
+        tok = tokenizer(cfg)
+    except Exception as e:
+        key = "model.tokenizer" if m.tokenizer else "model.path" if m.path else "model.vocab"
+        raise bad(key, m.tokenizer or m.path or m.vocab, f"a loadable tokenizer ({type(e).__name__}: {e})") from None
+    vocab, pad = (_pretrained_vocab(m.path) if m.path else (m.vocab, tok.pad_token_id))
+    if len(tok) > vocab or tok.pad_token_id != pad:
+        key = "model.tokenizer" if m.tokenizer else "model.vocab"
+        raise bad(key, m.tokenizer or m.vocab, f"a tokenizer that matches the model (the tokenizer has {len(tok)} "
+                  f"tokens and pad id {tok.pad_token_id}; the model {vocab} and pad id {pad})")
+    if cfg.eval.ppl_model.path is not None:
+        from transformers import AutoTokenizer
+        try:
+            AutoTokenizer.from_pretrained(cfg.eval.ppl_model.path)
+        except Exception as e:
+            raise bad("eval.ppl_model.path", cfg.eval.ppl_model.path,
+                      f"a GPT-2 directory with its tokenizer ({type(e).__name__})") from None
+
+
+def _pretrained_vocab(path: str) -> tuple[int, int]:
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(path)
+    return config.vocab_size, config.pad_token_id
+
+
+def batch(data: TextPairs, index: torch.Tensor) -> dict:
+    """Items `index` as model inputs, cut to the longest source and target among them."""
+    source, target = data.source[index].long(), data.target[index].long()
+    attention = (source != data.pad_id).long()
+    source_width = max(1, int(attention.sum(1).max()))
+    target_width = max(1, int((target != data.pad_id).sum(1).max()))
+    return {"input_ids": source[:, :source_width], "attention_mask": attention[:, :source_width],
+            "labels": target[:, :target_width]}
+
+
+# ---------------------------------------------------------------- loss
+
+def unwrapped(model):
+    return getattr(model, "module", model)
+
+
+def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(z_s, z_t) over the positions where `keep` is true; states [B, T, d], keep [B, T]."""
+    distance = 1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+    keep = keep.to(distance.dtype)
+    return (distance * keep).sum() / keep.sum().clamp(min=1)
+
+
+def _seeded_dropout(noise: StepNoise | None, device: torch.device):
+    """Dropout masks drawn from the step's seed (not the global generator), so a resumed run replays them."""
+    import contextlib
+    if noise is None:
+        return contextlib.nullcontext()
+    seed = int(noise.randint(0, 2 ** 62)[0])
+    forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+    @contextlib.contextmanager
+    def seeded():
+        with forked:
+            torch.manual_seed(seed)
+            yield
+    return seeded()
+
+
+def loss(model, batch: dict, noise: StepNoise | None, cfg, teacher: dict | None = None):
+    """L_CE on a batch, or L_SD (eq. 3) given the teacher's last decoder states on the same input."""
+    net = unwrapped(model)
+    labels = batch["labels"]
+    keep = labels != net.config.pad_token_id
+    with _seeded_dropout(noise, labels.device):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=net._shift_right(labels), output_hidden_states=teacher is not None)
+    total = F.cross_entropy(out.logits.float()[keep], labels[keep])
+    if teacher is None or not cfg.distill.lam:
+        return total, out
+    return total + cfg.distill.lam * cosine_distance(out.decoder_hidden_states[-1], teacher["states"], keep), out
+
+
+@torch.no_grad()
+def teacher_outputs(teacher, batch: dict, noise, cfg) -> dict:
+    """The frozen teacher's last decoder states on the student's teacher-forced input."""
+    net = unwrapped(teacher)
+    states = net.last_decoder_states(batch["input_ids"], batch["attention_mask"], net._shift_right(batch["labels"]))
+    return {"states": states.float()}
+
+
+def distills(coeffs) -> bool:
+    return bool(coeffs.lam)
+
+
+@torch.no_grad()
+def test_loss(model, data: TextPairs, cfg) -> float:
+    """L_M(Test): L_CE per token over the hold-out, teacher-forced (no dropout: the model is in eval mode)."""
+    device = device_of(model)
+    rows = max(1, EVAL_BATCH_TOKENS // (data.source.shape[1] + data.target.shape[1]))
+    total, tokens = 0.0, 0
+    for start in range(0, len(data), rows):
+        b = {k: v.to(device) for k, v in batch(data, torch.arange(start, min(start + rows, len(data)))).items()}
+        n = int((b["labels"] != data.pad_id).sum())
+        total += loss(model, b, None, cfg)[0].item() * n
+        tokens += n
+    return total / max(tokens, 1)
+
+
+# ---------------------------------------------------------------- generation
+
+@torch.no_grad()
+def summarize(model, source: torch.Tensor, pad_id: int, max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Greedy summaries of the articles `source` (int [N, S]): each one's tokens up to and with </s>,
+    at most max_new_tokens (never the pad token). Articles are generated in order of length, so a batch holds little padding."""
+    net = unwrapped(model).eval()
+    device, eos = device_of(net), net.config.eos_token_id
+    lengths = (source != pad_id).sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    out: list[list[int]] = [[] for _ in range(len(source))]
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        width = max(1, int(lengths[index].max()))
+        ids = source[index, :width].long().to(device)
+        generated = net.generate(input_ids=ids, attention_mask=(ids != pad_id).long(), max_new_tokens=max_new_tokens,
+                                 do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos,
+                                 decoder_start_token_id=net.config.decoder_start_token_id,
+                                 suppress_tokens=[pad_id])   # pad marks the end of a stored row: never content
+        for i, row in zip(index.tolist(), generated[:, 1:].tolist()):   # drop the decoder start token
+            out[i] = row[:row.index(eos) + 1] if eos in row else row
+    return out
+
+
+def synthesize(teacher, cfg, start: int, stop: int, generator=None) -> TextPairs:
+    """Synthetic items start..stop-1 of D_M0: real training articles start..stop-1 with the teacher's
+    greedy summaries (greedy decoding draws nothing from `generator`)."""
+    real = real_data(cfg, "train").select(start, stop)
+    rows = summarize(teacher, real.source, real.pad_id, cfg.data.max_target_tokens, cfg.synth.batch_size)
+    return TextPairs(real.source, text.from_rows(rows, real.pad_id), real.pad_id)
+
+
+def sample(model, n: int, generator, cfg, grid: bool = False) -> TextPairs:
+    """The first n items of D_M0 (the runner's default synth calls this)."""
+    return synthesize(model, cfg, 0, n, generator)
+
+
+def decode(cfg, rows: list[list[int]]) -> list[str]:
+    return [t.strip() for t in tokenizer(cfg).batch_decode(rows, skip_special_tokens=True)]
+
+
+# ---------------------------------------------------------------- evaluation
+
+def ppl_model(cfg):
+    """(GPT-2, tokenizer) that scores summaries: eval.ppl_model.path, else the stand-in (see metrics/perplexity)."""
+    from collapse.metrics import perplexity
+    p = cfg.eval.ppl_model
+    if p.path:
+        return perplexity.load(p.path)
+    _, highlights = raw_pairs(cfg, "train")
+    folder = perplexity.standin_gpt2(highlights, tokenizer(cfg), p.d_model, p.layers, p.heads, p.steps,
+                                     p.batch_size, p.lr, p.seed, max_tokens=max(64, cfg.data.max_target_tokens + 2))
+    return perplexity.load(folder)
+
+
+def evaluate(model, test_data: TextPairs, cfg) -> dict:
+    """Greedy summaries of eval.articles validation articles: ROUGE-1/2/L/Lsum (%, bootstrap 95% CIs),
+    their per-token perplexity under GPT-2 (mean, and every value for the histogram), empty ones counted,
+    generation speed, and L_M(Test)."""
+    from collapse.metrics import perplexity, rouge
+    data = test_data.select(0, cfg.eval.articles or len(test_data))
+    started = time.time()
+    rows = summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens, cfg.eval.batch_size)
+    seconds = time.time() - started
+    generated = decode(cfg, rows)
+    scores = rouge.rouge(data.summaries, generated, cfg.eval.bootstrap, cfg.eval.processes)
+    gpt2, gpt2_tokenizer = ppl_model(cfg)
+    values = perplexity.perplexities(gpt2.to(device_of(model)), gpt2_tokenizer, generated)
+    metrics = {name: scores[name] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    metrics.update({f"{name}_ci": scores[f"{name}_ci"] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")})
+    metrics.update(perplexity.summary(values))
+    metrics.update({"articles": len(data), "perplexities": [None if v is None else round(v, 4) for v in values],
+                    "mean_summary_tokens": sum(len(r) for r in rows) / max(len(rows), 1),
+                    "generated_tokens_per_s": sum(len(r) for r in rows) / max(seconds, 1e-9),
+                    "ppl_model": cfg.eval.ppl_model.path or "stand-in GPT-2 trained on the training summaries",
+                    "test_loss": test_loss(model, test_data, cfg)})
+    return metrics
+
+
+def curve_metrics(model, test_data: TextPairs, cfg) -> dict:
+    """ROUGE-1/2/L (%) of greedy summaries of the first eval.curve_articles validation articles, for the
+    ROUGE-vs-step curves (Figures 6-7); {} when eval.curve_articles is 0."""
+    n = min(cfg.eval.curve_articles, len(test_data))
+    if not n:
+        return {}
+    from collapse.metrics import rouge
+    data = test_data.select(0, n)
+    generated = decode(cfg, summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens,
+                                      cfg.eval.batch_size))
+    scores = rouge.rouge(data.summaries, generated, bootstrap=0, processes=1)
+    return {name: scores[name] for name in ("rouge1", "rouge2", "rougeL")}
+
+
+def examples(model, cfg, n: int | None = None) -> list[dict]:
+    """The model's summaries of the first eval.examples validation articles, beside the human ones."""
+    n = cfg.eval.examples if n is None else n
+    data = real_data(cfg, "test").select(0, n)
+    generated = decode(cfg, summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens,
+                                      cfg.eval.batch_size))
+    return [{"article": a, "reference": r, "summary": g} for a, r, g in zip(data.articles, data.summaries, generated)]
+
+
+def write_examples(model, cfg, out_dir: Path) -> dict:
+    """examples.json (read by the report for Tables 4-5) and examples.md, in out_dir."""
+    from collapse import storage
+    items = examples(model, cfg)
+    lines = []
+    for i, item in enumerate(items):
+        lines += [f"## Article {i}", "", item["article"][:1500], "", f"**Reference:** {item['reference']}", "",
+                  f"**Generated:** {item['summary'] or '(empty)'}", ""]
+    json_path = storage.write_json(Path(out_dir) / "examples.json", items)
+    md_path = storage.atomic_write(Path(out_dir) / "examples.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return {"examples": json_path, "examples_md": md_path}
