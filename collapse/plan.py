@@ -35,7 +35,8 @@ KEY_SECTIONS = {
 # Kinds that run once their inputs have ended, whatever the outcome (a report shows the failures too);
 # every other stage runs only when all its inputs are done.
 ANY_OUTCOME = {"report"}
-NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every")}
+NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every"),
+              ("synth", "batch_size"), ("eval", "batch_size"), ("eval", "processes")}   # T5: items per generate() call, ROUGE workers
 # Fields added after results existed: left out of the key at their default, so those results keep their keys.
 ADDED_LATER = {("synth", "binarize"): False, ("train", "reduction"): "sum", ("train", "steps"): None,
                ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",

@@ -202,7 +202,8 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
     metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache")
-    log(f"{model_record['name']}: {metrics}")
+    log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in metrics.items() if not isinstance(v, (list, dict))))
     return metrics, write_examples(task, model, cfg, out)
 
 
