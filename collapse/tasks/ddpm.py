@@ -17,6 +17,7 @@ from collapse import diffusion
 from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
 from collapse.device import StepNoise, device_of, dtype_of
 from collapse.models.unet import UNet
+from collapse.tasks import held_out_loss
 
 EVAL_SEED = 12345
 
@@ -224,16 +225,9 @@ def distills(coeffs) -> bool:
     return bool(coeffs.lam or coeffs.encoder_mse)
 
 
-@torch.no_grad()
 def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 256) -> float:
     """L_M(Test): mean L_DDPM over the hold-out, with fixed t and eps so the number is repeatable."""
-    device = device_of(model)
-    generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        x0 = batch(data, torch.arange(start, min(start + batch_size, len(data)))).to(device)
-        total += loss(model, x0, StepNoise(generator, len(x0)), cfg)[0].item() * len(x0)
-    return total / len(data)
+    return held_out_loss(loss, batch, model, data, cfg, batch_size, EVAL_SEED)
 
 
 @torch.no_grad()

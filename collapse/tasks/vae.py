@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
-from collapse.device import StepNoise, device_of, dtype_of
+from collapse.device import StepNoise, dtype_of
 from collapse.models.vae import VAE
+from collapse.tasks import held_out_loss
 
 EVAL_SEED = 12345
 
@@ -106,16 +107,9 @@ def encoder_loss(student, teacher, coeffs) -> torch.Tensor:
     return sum(terms) if terms else torch.zeros(())   # a 0-dim CPU zero adds to a loss on any device
 
 
-@torch.no_grad()
 def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
     """L_M(Test): mean L_VAE per image, with fixed noise so the number is repeatable."""
-    device = device_of(model)
-    generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        x = batch(data, torch.arange(start, min(start + batch_size, len(data)))).to(device)
-        total += loss(model, x, StepNoise(generator, len(x)), cfg)[0].item() * len(x)
-    return total / len(data)
+    return held_out_loss(loss, batch, model, data, cfg, batch_size, EVAL_SEED)
 
 
 @torch.no_grad()
