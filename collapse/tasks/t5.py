@@ -22,7 +22,7 @@ import transformers
 
 from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check, bad
 from collapse.data import summaries, text
-from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)  # noqa: F401 (re-exported: the task's data hooks, collapse/run.py)
+from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)
 from collapse.device import StepNoise, device_of
 from collapse.models import t5 as t5_model
 
