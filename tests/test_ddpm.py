@@ -202,6 +202,15 @@ def test_a_tiny_ddpm_grid_runs_on_slurm_shards_after_the_teacher_evals_after_the
     (teacher,) = [k for k, r in recs.items() if r["kind"] == "teacher"]
     shards = [k for k, r in recs.items() if r["kind"] == "synth_shard"]
     assert len(shards) == 2 and all(start(k) >= end(teacher) for k in shards)
+    # D_M0 is the shards' images in shard order, each shard its own range and seed
+    from collapse.run import artifact
+    from collapse.storage import load_tensors
+    (synth,) = [r for r in recs.values() if r["kind"] == "synth"]
+    parts = [load_tensors(artifact(root, recs[synth["deps"][f"shard.{i}"]], "data"))["data"] for i in range(2)]
+    assert [recs[synth["deps"][f"shard.{i}"]]["metrics"]["start"] for i in range(2)] == [0, 16]
+    joined = load_tensors(artifact(root, synth, "data"))["data"]
+    assert joined.shape == (32, 1, 32, 32) and torch.equal(joined, torch.cat(parts))
+    assert not torch.equal(parts[0], parts[1])
     for k, r in recs.items():
         if r["kind"] == "eval" and recs[r["deps"]["model"]]["kind"] == "student":
             assert start(k) >= end(r["deps"]["model"]), r["name"]

@@ -234,5 +234,9 @@ def test_paper_values_hold_the_papers_numbers():
     for name, zero in {"lam": (0.0, 1.0, 1.0), "beta": (0.5, 0.0, 1.0), "gamma": (0.5, 1.0, 0.0)}.items():
         assert 100 * (value[zero] - best) / best == pytest.approx(vae["zero_costs_pct"][name], abs=0.01)
     assert 100 * (value[(0.0, 0.0, 0.0)] - best) / value[(0.0, 0.0, 0.0)] == pytest.approx(9.6, abs=0.05)
-    assert report.paper_values("ddpm")["best_distilled_vs_M1_improvement_pct"] == 68.8
-    assert report.paper_reference("ddpm") is None and report.paper_values("gaussian") == {}
+    ddpm = report.paper_values("ddpm")   # Table 2: the quoted 68.8% is the FID gap closed at lam 0.5, 18.6% its gain
+    fid = {(e["lam"], e["encoder_mse"]): e["fid"] for e in ddpm["table"]}
+    m1, best = fid[(0.0, 0.0)], fid[(0.5, 0.0)]
+    assert 100 * (m1 - best) / (m1 - ddpm["m0"]["fid"]) == pytest.approx(ddpm["gap_closed_pct"], abs=0.05)
+    assert 100 * (m1 - best) / m1 == pytest.approx(ddpm["best_distilled_vs_M1_improvement_pct"], abs=0.05)
+    assert report.paper_values("gaussian") == {}

@@ -384,10 +384,11 @@ def ppl_model(cfg):
     return perplexity.load(folder)
 
 
-def evaluate(model, test_data: TextPairs, cfg) -> dict:
+def evaluate(model, test_data: TextPairs, cfg, cache=None) -> dict:
     """Greedy summaries of eval.articles validation articles: ROUGE-1/2/L/Lsum (%, bootstrap 95% CIs),
     their per-token perplexity under GPT-2 (mean, and every value for the histogram), empty ones counted,
-    generation speed, and L_M(Test)."""
+    generation speed, and L_M(Test). `cache` (the image tasks' reference features) is not needed here:
+    the stand-in tokenizer and GPT-2 are cached by content in $COLLAPSE_CACHE (collapse/cache.py)."""
     from collapse.metrics import perplexity, rouge
     data = test_data.select(0, cfg.eval.articles or len(test_data))
     started = time.time()
