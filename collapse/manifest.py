@@ -2,7 +2,8 @@
 
 One file per key means concurrent writers never contend for the same bytes; each write is
 atomic (temp file + rename), so a reader sees a whole record or the previous one. The
-report and status read only this folder.
+report and status read only this folder. No torch here (storage, which writes, is imported when a
+record is written): status reads records through this module and must answer in well under a second.
 """
 import getpass
 import json
@@ -15,10 +16,9 @@ from pathlib import Path
 
 import orjson
 
-from collapse import storage
-
 VERSION = 1
-STATUSES = ("running", "done", "failed", "cancelled")   # cancelled: stopped, not done; rerun next launch
+# cancelled: stopped, not done, rerun next launch; partial: a report written while an input had failed
+STATUSES = ("running", "done", "failed", "cancelled", "partial")
 REQUIRED = ("version", "kind", "key", "name", "status")
 
 
@@ -42,6 +42,7 @@ def _path(root, key) -> Path:
 
 
 def write(root, record: dict) -> dict:
+    from collapse import storage
     record = {"version": VERSION, **record}
     storage.write_json(_path(root, record["key"]), record)
     return record

@@ -23,9 +23,6 @@ from pathlib import Path
 
 from collapse import lease
 
-# No torch here (collapse.manifest imports it through collapse.storage): status must answer in well
-# under a second, so it reads the manifest's JSON records itself, with manifest's rules.
-MANIFEST_VERSION = 1
 
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED")
@@ -92,23 +89,9 @@ def sacct(job_ids) -> dict:
 
 
 def read_records(root) -> list[dict]:
-    """manifest.read_all without the torch import: every record, malformed ones as 'unreadable'."""
-    folder = Path(root) / "manifest"
-    records = []
-    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        try:
-            with open(folder / name) as f:
-                record = json.load(f)
-        except (OSError, ValueError) as e:
-            record = {"key": name[:-5], "status": "unreadable", "error": f"{folder / name}: {e}"}
-        if not isinstance(record, dict) or not all(k in record for k in ("version", "kind", "key", "name", "status")):
-            record = {"key": name[:-5], "status": "unreadable", "error": f"{folder / name}: incomplete record"}
-        elif record["version"] != MANIFEST_VERSION:
-            record = {**record, "status": "unreadable", "error": f"{folder / name}: version {record['version']!r}"}
-        records.append(record)
-    return records
+    """Every record, malformed ones as 'unreadable' (manifest.read_all)."""
+    from collapse import manifest
+    return manifest.read_all(root)
 
 
 def _job_info(job: str, info: dict):
