@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from collapse.config import TrainConfig  # noqa: E402
 from collapse import train  # noqa: E402
 from collapse.device import StepNoise, this_device  # noqa: E402
 from collapse.tasks import ddpm  # noqa: E402
@@ -39,7 +40,7 @@ def config(size, batch, lam=0.0, encoder_mse=0.0, bf16=False, ddim_steps=20):
     return SimpleNamespace(
         model=SimpleNamespace(**SIZES[size], layers_per_block=2, dropout=0.1),
         diffusion=SimpleNamespace(timesteps=1000, beta_start=1e-4, beta_end=0.02),
-        train=SimpleNamespace(lr=1e-4, weight_decay=0.01, batch_size=batch, zero_stage=0, bf16=bf16),
+        train=TrainConfig(lr=1e-4, weight_decay=0.01, batch_size=batch, zero_stage=0, bf16=bf16),
         distill=SimpleNamespace(lam=lam, encoder_mse=encoder_mse),
         synth=SimpleNamespace(sampler="ddim", steps=ddim_steps))
 

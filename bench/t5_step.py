@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
+from collapse.config import TrainConfig  # noqa: E402
 from collapse import train
 from collapse.device import StepNoise, this_device
 from collapse.models import t5 as t5_model
@@ -31,7 +32,7 @@ SHAPES = {"standin": dict(vocab=4096, d_model=128, layers=2, heads=4, d_ff=512, 
 
 def config(shape: dict, lam: float, bf16: bool, zero: int):
     return SimpleNamespace(
-        train=SimpleNamespace(lr=1e-3, weight_decay=0.0, batch_size=shape["batch"], zero_stage=zero, bf16=bf16,
+        train=TrainConfig(lr=1e-3, weight_decay=0.0, batch_size=shape["batch"], zero_stage=zero, bf16=bf16,
                               lr_schedule="constant", warmup_steps=0, lr_waves=0.5, steps=10 ** 6),
         distill=SimpleNamespace(lam=lam))
 

@@ -5,9 +5,12 @@ punkt data these machines lack), so `sentences` puts one sentence a line first. 
 half the scoring time; `CachedStemmer` remembers each word's stem (the same stems, ~2x faster).
 """
 import functools
+import json
 import os
 import re
-from multiprocessing import get_context
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from rouge_score import rouge_scorer, tokenize
@@ -78,19 +81,40 @@ def score_pairs(references: list[str], predictions: list[str], processes: int = 
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
     pairs = list(zip(references, predictions))
-    processes = min(processes or available_cores(), max(1, len(pairs) // 50))   # a pool costs ~0.1 s to start
+    if processes == 0:   # a scoring process takes ~1 s to start (its imports): worth it from ~2,000 pairs each
+        processes = min(available_cores(), max(1, len(pairs) // 2000))
+    processes = min(processes, len(pairs))
     if processes <= 1:
         return np.array(_score_chunk(pairs), dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
-    size = -(-len(pairs) // (processes * 4))
+    size = -(-len(pairs) // processes)
     chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
-    # forkserver: a fork of this process (torch's threads, maybe a gloo group) is not safe, and spawn
-    # re-imports the caller's __main__ (torch, transformers: seconds) in every worker; the fork server
-    # imports only this module and forks the workers from it.
-    context = get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with context.Pool(processes, initializer=_init_worker) as pool:
-        parts = pool.map(_score_chunk, chunks)
+    # Plain subprocesses that import only this module (~1 s): a fork of the caller (torch's threads,
+    # maybe a gloo group) is not safe, and multiprocessing's spawn and forkserver workers re-import the
+    # caller's __main__ (a stage runner: torch, transformers, seconds per worker).
+    workers = [subprocess.Popen([sys.executable, "-c", "from collapse.metrics.rouge import serve; serve()"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_worker_env())
+               for _ in chunks]
+    for worker, chunk in zip(workers, chunks):   # each reads its whole chunk, then scores: no pipe deadlock
+        worker.stdin.write(json.dumps(chunk).encode())
+        worker.stdin.close()
+    parts = []
+    for worker in workers:
+        out = worker.stdout.read()
+        if worker.wait() != 0:
+            raise RuntimeError(f"a ROUGE scoring process exited with code {worker.returncode}")
+        parts.append(json.loads(out))
     return np.array([row for part in parts for row in part], dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
+
+
+def _worker_env() -> dict:
+    package_root = str(Path(__file__).resolve().parents[2])   # this checkout, wherever the caller runs from
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
+def serve() -> None:
+    """A scoring process: (reference, prediction) pairs as JSON on stdin, their F1 rows as JSON on stdout."""
+    pairs = json.loads(sys.stdin.buffer.read())
+    sys.stdout.write(json.dumps(_score_chunk(pairs)))
 
 
 def bootstrap_ci(per_item: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> np.ndarray:
