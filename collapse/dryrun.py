@@ -104,10 +104,10 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
     say(f"{len(plan.stages)} stages: {len(done)} done, {len(todo) - len(to_run)} running elsewhere, "
         f"{len(to_run)} to run" + (f" ({len(redo)} of them redone)" if redo else ""))
     say()
-    say(f"{'kind':10s} {'name':44s} {'key':16s} {'state':12s} after")
+    say(f"{'kind':11s} {'name':44s} {'key':16s} {'state':12s} after")
     for s in plan.stages.values():
         after = ", ".join(names.get(d, d) for d in dict.fromkeys(s.deps.values())) or "-"
-        say(f"{s.kind:10s} {s.name:44s} {s.key:16s} {states[s.key]:12s} {after}")
+        say(f"{s.kind:11s} {s.name:44s} {s.key:16s} {states[s.key]:12s} {after}")
     cluster = sweep.base.cluster
     if backend == "slurm" and to_run:
         say()
