@@ -19,6 +19,8 @@ import orjson
 VERSION = 1
 # cancelled: stopped, not done, rerun next launch; partial: a report written while an input had failed
 STATUSES = ("running", "done", "failed", "cancelled", "partial")
+# A run that ended as it should: its process exits 0 and its job succeeds (only `done` counts as done).
+RAN_TO_THE_END = ("done", "partial")
 REQUIRED = ("version", "kind", "key", "name", "status")
 
 

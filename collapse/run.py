@@ -344,7 +344,7 @@ def main(argv=None) -> int:
         return 2
     try:
         status = run_stage(argv[0], argv[1])["status"]
-        return 0 if status in ("done", "partial") else lease.HELD_EXIT if status == "held" else 1
+        return 0 if status in manifest.RAN_TO_THE_END else lease.HELD_EXIT if status == "held" else 1
     except OSError as e:   # no spec to read, or the 'running' record cannot be written
         print(f"error: stage {argv[1]} in {argv[0]}: {e}", file=sys.stderr)
         return 1

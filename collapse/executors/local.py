@@ -157,11 +157,9 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
                     del held[key]
                     record = manifest.read(root, key)
                     status = record["status"] if record else "missing"
-                    if status == "partial":
-                        finished(key, stage, "done", f"done {stage.name} (partial), run by another runner")
-                    elif status in ("done", "failed"):
-                        finished(key, stage, status, f"{status} {stage.name}, run by another runner: "
-                                                     f"see {log_path(root, stage.spec())}")
+                    if status in manifest.RAN_TO_THE_END + ("failed",):
+                        finished(key, stage, "failed" if status == "failed" else "done",
+                                 f"{status} {stage.name}, run by another runner: see {log_path(root, stage.spec())}")
                     else:   # its runner died without recording an end: run it here (it resumes)
                         waiting[key] = stage
                         say(f"{stage.name}: its runner died without recording an end; running it here")
@@ -283,8 +281,8 @@ def _finish(root: Path, stage, returncode: int) -> str:
     record = manifest.read(root, stage.key)
     if record is not None and record["status"] in ("done", "failed") and not (returncode and record["status"] == "done"):
         return record["status"]
-    if record is not None and record["status"] == "partial" and not returncode:
-        return "done"   # a report that ran while some input had failed: it ran; its record says partial
+    if record is not None and record["status"] in manifest.RAN_TO_THE_END and not returncode:
+        return "done"   # partial: a report that ran while some input had failed; its record says so
     # The process died without recording its end (killed, out of memory): record it.
     try:
         manifest.write(root, {**(record or {}), "kind": stage.kind, "key": stage.key, "name": stage.name,

@@ -96,7 +96,8 @@ class StageJob(submitit.helpers.Checkpointable):
                     time.sleep(lease.heartbeat_s())
                 record = run_stage(self.root, self.key)   # done meanwhile: returned as is; else run (resuming)
         _leave_process_group()
-        ended = record["status"] in ("done", "partial")   # partial: a report run while an input had failed
+        from collapse.manifest import RAN_TO_THE_END
+        ended = record["status"] in RAN_TO_THE_END
         _exit_fast_after_job(0 if ended else 1)
         if not ended:
             raise StageFailed(f"stage {self.name} ({self.key}) {record['status']}: {record.get('error')}; "
