@@ -13,7 +13,7 @@ Each image (178 wide x 218 high) is centre-cropped to the largest centred square
 
 Decoding 20,000 JPEGs takes ~30 s on one core, so the decoded subset is cached: one safetensors
 file per (source, its file list and sizes, seed, subset sizes, image size), written atomically
-under the cache folder (COLLAPSE_CACHE, else ~/.cache/collapse), never under results_root. The
+under the cache folder (collapse/cache.py: $COLLAPSE_CACHE, else ~/.cache/collapse), never under results_root. The
 launch-time check (`check`) builds it, so an unreadable image fails there and stages only read it.
 """
 import hashlib
@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from collapse import storage
 from collapse.config import bad
-from collapse.data.mnist import cache_dir
+from collapse.cache import cache_root
 
 KEY = "data.root"
 PAPER_TRAIN, PAPER_TEST = 15_000, 5_000
@@ -102,7 +102,7 @@ def sizes(data_cfg) -> tuple[int, int]:
 def cache_path(source: Source, train_size: int, test_size: int, seed: int) -> Path:
     blob = json.dumps({"version": CACHE_VERSION, "root": str(source.root.resolve()), "names": source.names,
                        "sizes": source.sizes, "train": train_size, "test": test_size, "seed": seed, "size": SIZE})
-    return cache_dir() / f"celeba-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
+    return cache_root() / f"celeba-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
 
 
 def load_split(data_cfg) -> dict[str, torch.Tensor]:

