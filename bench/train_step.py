@@ -7,17 +7,22 @@ in machine speed hits both. Prints the median ms/step of each and the ratios:
   distilled/plain  a full-L_SD step vs a plain step, both ours           (goal <= 1.35)
   bf16/fp32        our step under DeepSpeed's bf16 mixed precision vs fp32 (reported; on CPU
                    bf16 matmuls have no fast path on most processors, on a GPU it is the default)
+  leased/plain     our step while the stage's lease is held (collapse/lease.py), its heartbeat
+                   thread beating every 50 ms: 200x its default rate (goal: not measurable, ~1.00)
 On a GPU machine everything runs on the GPU (timed with a synchronize at each block's end).
 Run: python bench/train_step.py [--steps 50 --rounds 8 --zero 0]
 """
 import argparse
+import os
+import tempfile
 import statistics
 import time
 from types import SimpleNamespace
 
 import torch
 
-from collapse import train
+from collapse import lease, train
+from collapse.config import TrainConfig
 from collapse.device import StepNoise, this_device
 from collapse.tasks import vae
 
@@ -25,8 +30,8 @@ from collapse.tasks import vae
 def config(zero_stage, lam=0.0, beta=0.0, gamma=0.0, bf16=False):
     return SimpleNamespace(
         model=SimpleNamespace(hidden=420, latent=20),
-        train=SimpleNamespace(lr=1e-3, weight_decay=0.01, batch_size=256, zero_stage=zero_stage, bf16=bf16,
-                              reduction="sum"),
+        train=TrainConfig(lr=1e-3, weight_decay=0.01, batch_size=256, zero_stage=zero_stage, bf16=bf16,
+                          reduction="sum"),
         distill=SimpleNamespace(lam=lam, beta=beta, gamma=gamma))
 
 
@@ -93,13 +98,20 @@ def main():
         "distilled": lambda d, i, s: engine_step(engine, None, d, i, s, distilled, targets),
         "bf16": lambda d, i, s: engine_step(engine_bf16, None, d, i, s, plain_bf16),
     }
+    runners["leased"] = runners["engine"]   # same step; the lease is held only while its blocks run
+    os.environ[lease.HEARTBEAT_ENV] = "0.05"
+    lease_root = tempfile.mkdtemp(prefix="bench-lease-")
     times = {k: [] for k in runners}
     for name, fn in runners.items():  # warm-up
         timed(lambda *a: fn(*a[-3:]), (), data, 10, 0)
     step = 0
     for _ in range(args.rounds):
         for name, fn in runners.items():
-            times[name].append(timed(lambda *a: fn(*a[-3:]), (), data, args.steps, step))
+            if name == "leased":
+                with lease.acquire(lease_root, "bench"):
+                    times[name].append(timed(lambda *a: fn(*a[-3:]), (), data, args.steps, step))
+            else:
+                times[name].append(timed(lambda *a: fn(*a[-3:]), (), data, args.steps, step))
             step += args.steps
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
@@ -110,6 +122,7 @@ def main():
     print(f"  engine/bare      {ratio('engine', 'bare'):.3f}   (goal <= 1.05)")
     print(f"  distilled/plain  {ratio('distilled', 'engine'):.3f}   (goal <= 1.35)")
     print(f"  bf16/fp32        {ratio('bf16', 'engine'):.3f}")
+    print(f"  leased/plain     {ratio('leased', 'engine'):.3f}   (goal: ~1.00, heartbeat every 50 ms)")
 
 
 if __name__ == "__main__":
