@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from collapse import diffusion, train
+from collapse import diffusion, storage, train
 from collapse.config import TrainConfig
 from collapse.device import StepNoise
 from collapse.models.unet import UNet
@@ -96,6 +96,26 @@ def test_a_small_unet_overfits_a_handful_of_images_through_the_shared_loop(tmp_p
     state = train.train(ddpm, cfg, images, images, tmp_path, log=lambda m: None)
     assert state.step == 150
     assert state.best_loss < 0.5 * before, (before, state.best_loss)
+
+
+def test_bf16_on_cpu_a_distilled_student_trains_and_its_bf16_weights_sample(tmp_path):
+    """The GPU default (DeepSpeed bf16, fp32 master weights) on the CPU: the UNet's inputs, the step's
+    noise, the fp32 teacher's targets and the encoder MSE all meet bf16 parameters without a dtype error."""
+    cfg = tiny_cfg(lam=0.5, encoder_mse=0.5, steps=60)
+    cfg.train.bf16 = True
+    images = (torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8) * 255
+    torch.manual_seed(0)
+    teacher = ddpm.build_model(cfg).eval().requires_grad_(False)
+    before = ddpm.test_loss(ddpm.build_model(cfg), images, cfg)
+    lines = []
+    state = train.train(ddpm, cfg, images, images, tmp_path, teacher=teacher, log=lines.append)
+    assert any("bf16 (fp32 master weights)" in line for line in lines), lines
+    assert state.step == 60 and state.best_loss < 0.8 * before, (before, state.best_loss)
+    weights = storage.load_tensors(tmp_path / "best.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    model = storage.load_weights(tmp_path / "best.safetensors", ddpm.build_model(cfg)).to(torch.bfloat16).eval()
+    images = ddpm.sample(model, 3, torch.Generator().manual_seed(1), cfg)
+    assert images.dtype == torch.uint8 and images.shape == (3, 1, 16, 16) and images.device.type == "cpu"
 
 
 def test_distilled_training_sees_the_same_noisy_input_as_its_teacher(tmp_path):

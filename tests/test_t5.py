@@ -244,6 +244,24 @@ def test_a_tiny_t5_learns_a_few_summaries_through_the_shared_loop(tmp_path, cnnd
     assert len(json.loads(files["examples"].read_text())) == 2
 
 
+def test_bf16_on_cpu_a_distilled_t5_trains_and_generates(tmp_path, cnndm):
+    """The GPU default (DeepSpeed bf16, fp32 master weights) on the CPU: token batches, the fp32
+    teacher's hidden states and the cosine term meet bf16 parameters; the bf16 model generates."""
+    cfg = tiny(cnndm, train={"steps": 40, "eval_every_steps": 40, "lr": 1e-2, "bf16": True}, distill={"lam": 1.0},
+               eval={"curve_articles": 4})
+    data = t5.real_data(cfg, "train")
+    torch.manual_seed(1)
+    teacher = t5.build_model(cfg).eval().requires_grad_(False)
+    before = t5.test_loss(t5.build_model(cfg).eval(), data, cfg)
+    lines = []
+    state = train.train(t5, cfg, data, data, tmp_path, teacher=teacher, log=lines.append)
+    assert any("bf16 (fp32 master weights)" in line for line in lines), lines
+    assert state.step == 40 and state.best_loss < 0.8 * before, (before, state.best_loss)
+    model = storage.load_weights(tmp_path / "best.safetensors", t5.build_model(cfg)).to(torch.bfloat16).eval()
+    metrics = t5.evaluate(model, t5.real_data(cfg, "test"), cfg)
+    assert metrics["articles"] == 4 and metrics["empty_generations"] + metrics["ppl_scored"] == 4
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input_is_one_line_naming_the_key(tmp_path, cnndm):
