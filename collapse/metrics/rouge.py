@@ -88,16 +88,17 @@ def score_pairs(references: list[str], predictions: list[str], processes: int = 
         return np.array(_score_chunk(pairs), dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
     size = -(-len(pairs) // processes)
     chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
-    # Plain subprocesses that import only this module (~1 s): a fork of the caller (torch's threads,
-    # maybe a gloo group) is not safe, and multiprocessing's spawn and forkserver workers re-import the
-    # caller's __main__ (a stage runner: torch, transformers, seconds per worker).
-    workers = [subprocess.Popen([sys.executable, "-c", "from collapse.metrics.rouge import serve; serve()"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_worker_env())
-               for _ in chunks]
-    for worker, chunk in zip(workers, chunks):   # each reads its whole chunk, then scores: no pipe deadlock
+    # This process scores the first chunk; plain subprocesses that import only this module score the
+    # others: a fork of the caller (torch's threads, maybe a gloo group) is not safe, and
+    # multiprocessing's spawn and forkserver workers re-import the caller's __main__ (a stage runner:
+    # torch, transformers, seconds per worker). A worker reads its whole chunk before its imports, so
+    # handing it over never waits for them; its output waits in the pipe until we read it.
+    workers = [subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=_worker_env()) for _ in chunks[1:]]
+    for worker, chunk in zip(workers, chunks[1:]):
         worker.stdin.write(json.dumps(chunk).encode())
         worker.stdin.close()
-    parts = []
+    parts = [_score_chunk(chunks[0])]
     for worker in workers:
         out = worker.stdout.read()
         if worker.wait() != 0:
@@ -111,10 +112,13 @@ def _worker_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
 
 
-def serve() -> None:
-    """A scoring process: (reference, prediction) pairs as JSON on stdin, their F1 rows as JSON on stdout."""
-    pairs = json.loads(sys.stdin.buffer.read())
-    sys.stdout.write(json.dumps(_score_chunk(pairs)))
+# a scoring process: its chunk is read before the ~1 s of imports, so the caller never waits on them
+SERVE = "import sys; pairs = sys.stdin.buffer.read(); from collapse.metrics.rouge import serve; serve(pairs)"
+
+
+def serve(pairs: bytes) -> None:
+    """(reference, prediction) pairs as JSON in, their F1 rows as JSON on stdout."""
+    sys.stdout.write(json.dumps(_score_chunk(json.loads(pairs))))
 
 
 def bootstrap_ci(per_item: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> np.ndarray:
