@@ -66,7 +66,7 @@ def estimate(stages: list, records: list[dict]) -> dict:
         elif s.config["task"] in DEFAULT_TASKS:
             out[s.key] = (DEFAULT_SECONDS_PER_UNIT[s.kind] * units, 1, "default")
         else:   # a default measured on the VAE says nothing about a UNet or a T5
-            out[s.key] = (0.0, 1, f"no estimate until a {s.kind} stage of task {s.config['task']} has finished here")
+            out[s.key] = (0.0, 1, f"no estimate: no {s.kind} stage of task {s.config['task']} has finished here yet")
     return out
 
 
@@ -121,6 +121,10 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
         return
     sources = sorted({f"{s.kind}: {costs[s.key][2]}" for s in to_run})
     unknown = sum(costs[s.key][2].startswith("no estimate") for s in to_run)
+    if unknown == len(to_run):
+        say(f"estimate: none for any of the {len(to_run)} stages to run")
+        say("  why: " + "; ".join(sources))
+        return
     if unknown:
         say(f"estimate: none for {unknown} of the {len(to_run)} stages to run (below: the rest only)")
     if backend == "slurm":
