@@ -216,7 +216,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
         f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
     curves = curve_writer(out_dir) if rank == 0 else None
-    started = time.time()
+    started, first_step = time.time(), state.step
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
     order = epoch_order(tc.seed, state.epoch, n)
     engine.train()
@@ -256,6 +256,10 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
             checkpoints.save(engine, vars(state), state.step, keep)
         elif epoch_ended or state.step % tc.checkpoint_every == 0:
             checkpoints.save(engine, vars(state), state.step, keep)
+            if not epoch_ended:   # step budgets evaluate rarely: a line of progress between evaluations
+                per_step = (time.time() - started) / (state.step - first_step)
+                log(f"step {state.step}/{total_steps}: checkpoint saved; {per_step:.2f} s a step, "
+                    f"~{(total_steps - state.step) * per_step / 60:.0f} min to go")
     if curves is not None:
         curves.close()
     return state
