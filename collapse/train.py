@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from collapse import storage
-from collapse.device import StepNoise, generator, this_device, to_device
+from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Tests only: seconds to sleep after each step, so that an outside requeue lands mid-run however
@@ -208,8 +208,8 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
     distilling = teacher is not None and task.distills(cfg.distill)
     device = engine.device
-    if distilling:
-        teacher = teacher.to(device)
+    if distilling:   # the frozen teacher computes in the student's dtype: bf16 under mixed precision
+        teacher = teacher.to(device, dtype_of(engine.module))
     cached_targets = teacher_targets(task, teacher, train_data, cfg) if distilling else None
     # Data parallel: every rank draws the same global batch and trains on its own slice of it.
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()

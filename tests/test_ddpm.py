@@ -100,7 +100,8 @@ def test_a_small_unet_overfits_a_handful_of_images_through_the_shared_loop(tmp_p
 
 def test_bf16_on_cpu_a_distilled_student_trains_and_its_bf16_weights_sample(tmp_path):
     """The GPU default (DeepSpeed bf16, fp32 master weights) on the CPU: the UNet's inputs, the step's
-    noise, the fp32 teacher's targets and the encoder MSE all meet bf16 parameters without a dtype error."""
+    noise, the teacher's targets and the encoder MSE all meet bf16 parameters without a dtype error;
+    the loop runs the fp32 teacher it is given in bf16, as the student computes."""
     cfg = tiny_cfg(lam=0.5, encoder_mse=0.5, steps=60)
     cfg.train.bf16 = True
     images = (torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8) * 255
@@ -110,6 +111,7 @@ def test_bf16_on_cpu_a_distilled_student_trains_and_its_bf16_weights_sample(tmp_
     lines = []
     state = train.train(ddpm, cfg, images, images, tmp_path, teacher=teacher, log=lines.append)
     assert any("bf16 (fp32 master weights)" in line for line in lines), lines
+    assert next(teacher.parameters()).dtype == torch.bfloat16
     assert state.step == 60 and state.best_loss < 0.8 * before, (before, state.best_loss)
     weights = storage.load_tensors(tmp_path / "best.safetensors")
     assert all(w.dtype == torch.float32 for w in weights.values())

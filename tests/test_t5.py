@@ -245,8 +245,9 @@ def test_a_tiny_t5_learns_a_few_summaries_through_the_shared_loop(tmp_path, cnnd
 
 
 def test_bf16_on_cpu_a_distilled_t5_trains_and_generates(tmp_path, cnndm):
-    """The GPU default (DeepSpeed bf16, fp32 master weights) on the CPU: token batches, the fp32
-    teacher's hidden states and the cosine term meet bf16 parameters; the bf16 model generates."""
+    """The GPU default (DeepSpeed bf16, fp32 master weights) on the CPU: token batches, the teacher's
+    hidden states (the loop runs it in bf16) and the cosine term meet bf16 parameters; the bf16 model
+    generates."""
     cfg = tiny(cnndm, train={"steps": 40, "eval_every_steps": 40, "lr": 1e-2, "bf16": True}, distill={"lam": 1.0},
                eval={"curve_articles": 4})
     data = t5.real_data(cfg, "train")
@@ -256,6 +257,7 @@ def test_bf16_on_cpu_a_distilled_t5_trains_and_generates(tmp_path, cnndm):
     lines = []
     state = train.train(t5, cfg, data, data, tmp_path, teacher=teacher, log=lines.append)
     assert any("bf16 (fp32 master weights)" in line for line in lines), lines
+    assert next(teacher.parameters()).dtype == torch.bfloat16
     assert state.step == 40 and state.best_loss < 0.8 * before, (before, state.best_loss)
     model = storage.load_weights(tmp_path / "best.safetensors", t5.build_model(cfg)).to(torch.bfloat16).eval()
     metrics = t5.evaluate(model, t5.real_data(cfg, "test"), cfg)
