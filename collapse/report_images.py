@@ -163,5 +163,5 @@ def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, 
         ax.set_title(f"{title}\nFID {metrics.get('fid', float('nan')):.2f}", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{name}: samples{data_note(sweep, by_key)}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))   # leave the suptitle its own band above the panel titles
     return report.save_figure(fig, out / f"{name}_figure5.png")
