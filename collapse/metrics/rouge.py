@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from rouge_score.tokenizers import Tokenizer
 from nltk.stem import porter
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+WORKER_START_S = 1.0   # a scoring process's start and imports (rouge-score, nltk), measured
 # a sentence ends at . ! or ? (and any closing quote or bracket) followed by space and a capital, digit or quote
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
@@ -86,25 +89,40 @@ def score_pairs(references: list[str], predictions: list[str], processes: int = 
     processes = min(processes, len(pairs))
     if processes <= 1:
         return np.array(_score_chunk(pairs), dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
-    size = -(-len(pairs) // processes)
-    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
-    # This process scores the first chunk; plain subprocesses that import only this module score the
-    # others: a fork of the caller (torch's threads, maybe a gloo group) is not safe, and
-    # multiprocessing's spawn and forkserver workers re-import the caller's __main__ (a stage runner:
-    # torch, transformers, seconds per worker). A worker reads its whole chunk before its imports, so
-    # handing it over never waits for them; its output waits in the pipe until we read it.
+    # Plain subprocesses that import only this module: a fork of the caller (torch's threads, maybe a
+    # gloo group) is not safe, and multiprocessing's spawn and forkserver workers re-import the caller's
+    # __main__ (a stage runner: torch, transformers, seconds per worker). They start first and import
+    # (~1 s) while this process scores a probe to learn its rate; the rest is then split so that all
+    # finish together: this process takes the pairs it can score before the workers are ready.
+    launched = time.perf_counter()
     workers = [subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env=_worker_env()) for _ in chunks[1:]]
-    for worker, chunk in zip(workers, chunks[1:]):
-        worker.stdin.write(json.dumps(chunk).encode())
-        worker.stdin.close()
-    parts = [_score_chunk(chunks[0])]
-    for worker in workers:
+                                env=_worker_env()) for _ in range(processes - 1)]
+    probe = min(500, len(pairs) // 10)
+    probe_started = time.perf_counter()
+    parts = [_score_chunk(pairs[:probe])]
+    now = time.perf_counter()
+    rate = probe / max(now - probe_started, 1e-9)   # pairs a second
+    rest = len(pairs) - probe
+    head_start = rate * max(0.0, WORKER_START_S - (now - launched))
+    per_worker = max(0, int((rest - head_start) / processes))
+    ours = rest - per_worker * (processes - 1)
+    bounds = [probe + ours + i * per_worker for i in range(processes)]
+    feeders = [threading.Thread(target=_feed, args=(w, pairs[a:b])) for w, a, b in zip(workers, bounds, bounds[1:])]
+    for feeder in feeders:   # in threads: a worker reads its pairs only once its imports are done
+        feeder.start()
+    parts.append(_score_chunk(pairs[probe:probe + ours]))
+    for worker, feeder in zip(workers, feeders):
         out = worker.stdout.read()
+        feeder.join()
         if worker.wait() != 0:
             raise RuntimeError(f"a ROUGE scoring process exited with code {worker.returncode}")
         parts.append(json.loads(out))
     return np.array([row for part in parts for row in part], dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
+
+
+def _feed(worker: subprocess.Popen, pairs: list) -> None:
+    worker.stdin.write(json.dumps(pairs).encode())
+    worker.stdin.close()
 
 
 def _worker_env() -> dict:
@@ -112,8 +130,8 @@ def _worker_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
 
 
-# a scoring process: its chunk is read before the ~1 s of imports, so the caller never waits on them
-SERVE = "import sys; pairs = sys.stdin.buffer.read(); from collapse.metrics.rouge import serve; serve(pairs)"
+# a scoring process: imports (~1 s: WORKER_START_S), then reads its pairs
+SERVE = "import sys; from collapse.metrics.rouge import serve; serve(sys.stdin.buffer.read())"
 
 
 def serve(pairs: bytes) -> None:
