@@ -14,8 +14,8 @@ Run: python bench/train_step.py [--steps 50 --rounds 8 --zero 0]
 """
 import argparse
 import os
-import tempfile
 import statistics
+import tempfile
 import time
 from types import SimpleNamespace
 
