@@ -44,9 +44,10 @@ from pathlib import Path
 
 import submitit
 
+from collapse import lease, manifest
 
 # Light imports only: collapse.status (which must answer fast) reads the index through this module,
-# so torch-importing modules (manifest, storage, run) are imported where they are used.
+# so torch-importing modules (storage, run, plan) are imported where they are used.
 REPO = Path(__file__).resolve().parent.parent.parent
 INDEX_VERSION = 1
 # squeue states of a job that will still run (or is running) its stage.
@@ -91,13 +92,11 @@ class StageJob(submitit.helpers.Checkpointable):
                   f"restart {env.get('SLURM_RESTART_COUNT', '0')}", flush=True)
             record = run_stage(self.root, self.key)
             while record["status"] == "held":   # another runner (a local launch) has it: wait, then take what it left
-                from collapse import lease
                 while lease.live_holder(self.root, self.key) is not None:
                     time.sleep(lease.heartbeat_s())
                 record = run_stage(self.root, self.key)   # done meanwhile: returned as is; else run (resuming)
         _leave_process_group()
-        from collapse.manifest import RAN_TO_THE_END
-        ended = record["status"] in RAN_TO_THE_END
+        ended = record["status"] in manifest.RAN_TO_THE_END
         _exit_fast_after_job(0 if ended else 1)
         if not ended:
             raise StageFailed(f"stage {self.name} ({self.key}) {record['status']}: {record.get('error')}; "
@@ -450,7 +449,6 @@ def submit(sweep, plan, todo: list, root, out=sys.stdout) -> int:
 def _held_by_leases(todo: list, root, running: dict) -> dict:
     """Stages of `todo` a live runner holds (collapse/lease.py) that the index does not show queued:
     a SLURM job's is added to `running` (dependents wait on it); a local runner's is returned."""
-    from collapse import lease
     local = {}
     for s in todo:
         holder = None if s.key in running else lease.live_holder(root, s.key)
