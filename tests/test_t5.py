@@ -158,6 +158,14 @@ def test_rouge_equals_rouge_scores_own_values_over_processes():
     assert rouge.sentences("He left. She stayed! Why? 3 more.") == "He left.\nShe stayed!\nWhy?\n3 more."
     single = rouge.score_pairs(refs, preds, processes=1)
     assert (single == ours["per_pair"]).all()
+    workers = rouge.Workers(2)   # started ahead, as the eval starts them before generating
+    workers.wait_ready()
+    assert (rouge.score_pairs(refs, preds, workers=workers) == single).all()
+    assert workers.procs == []   # each scoring process ended after its batch
+    unused = rouge.Workers(1)
+    proc = unused.procs[0]
+    unused.close()   # a failed generation ends workers that never scored
+    assert proc.poll() is not None
 
 
 def test_perplexity_is_exp_of_the_mean_token_nll():
@@ -324,7 +332,8 @@ def test_a_tiny_t5_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkeypa
     (grids / "t5_two.yaml").write_text(TWO_ROWS)
     monkeypatch.setenv("COLLAPSE_GRID_DIR", str(grids))
     root = tmp_path / "r"
-    out = launch("grid=t5_two", "profile=t5_smoke", "cluster=local", f"results_root={root}", "synth.shards=2")
+    out = launch("grid=t5_two", "profile=t5_smoke", "cluster=local", f"results_root={root}", "synth.shards=2",
+                 "eval.processes=2")   # scoring processes started before generation, in a real stage runner
     assert "0 failed" in out.stdout, out.stdout
     _check_grid_results(root)
 

@@ -391,11 +391,17 @@ def evaluate(model, test_data: TextPairs, cfg, cache=None) -> dict:
     the stand-in tokenizer and GPT-2 are cached by content in $COLLAPSE_CACHE (collapse/cache.py)."""
     from collapse.metrics import perplexity, rouge
     data = test_data.select(0, cfg.eval.articles or len(test_data))
-    started = time.time()
-    rows = summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens, cfg.eval.batch_size)
-    seconds = time.time() - started
-    generated = decode(cfg, rows)
-    scores = rouge.rouge(data.summaries, generated, cfg.eval.bootstrap, cfg.eval.processes)
+    extra = rouge.scoring_processes(len(data), cfg.eval.processes) - 1
+    workers = rouge.Workers(extra) if extra else None   # they import while the summaries are generated
+    try:
+        started = time.time()
+        rows = summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens, cfg.eval.batch_size)
+        seconds = time.time() - started
+        generated = decode(cfg, rows)
+        scores = rouge.rouge(data.summaries, generated, cfg.eval.bootstrap, cfg.eval.processes, workers=workers)
+    finally:
+        if workers:
+            workers.close()
     gpt2, gpt2_tokenizer = ppl_model(cfg)
     values = perplexity.perplexities(gpt2.to(device_of(model)), gpt2_tokenizer, generated)
     metrics = {name: scores[name] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
