@@ -1,12 +1,14 @@
 """The summarization grid's own report parts (paper section 5), beside the generic table of report.py:
 
 - <grid>_table3.{md,csv}: Table 3, lam with ROUGE-1/2/L (%) and mean perplexity, M0 first, the paper's
-  values in columns beside ours, empty generations counted;
+  values in columns beside ours, empty generations counted; then each row against M1 article by article
+  (the same held-out articles, the same seeds), a paired t-test with Holm's correction;
 - <grid>_rouge_curves.png: ROUGE-1/2/L of a few validation articles against training step (Figures 6-7);
 - <grid>_perplexity.png: each model's per-summary perplexities as histograms (Figure 8);
 - <grid>_examples.md: M0's, M1's and the best student's summaries of the same articles (Tables 4-5).
 """
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
         cells += [f"{sum(empty)} of {sum(articles)}" if e["evals"] else "", len(e["evals"])]
         table.append(cells)
     csv_path = report.write_csv(out / f"{name}_table3.csv", header, table)
+    paired = article_lines(entries)
     md = [f"# {name}: Table 3 (T5 summarization)", "",
           "ROUGE F1 (rouge-score, Porter stemming) of greedy summaries of the held-out articles against the human "
           "ones, in percent; ci: a 95% t-interval across seeds, or with one seed the bootstrap 95% interval over "
@@ -71,8 +74,75 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
           "trained on the training summaries where no GPT-2 weights are available; see the eval records' ppl_model). "
           "Empty generations score 0 ROUGE and have no perplexity; they are counted here. paper: Table 3 of the "
           "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7).", "",
-          *report.md_table(header, table)]
+          *report.md_table(header, table), *paired]
     return [csv_path, report.write_text(out / f"{name}_table3.md", md)]
+
+
+def seed_of(eval_record: dict):
+    return ((eval_record.get("config") or {}).get("train") or {}).get("seed")
+
+
+def article_diffs(evals: list[dict], m1_evals: list[dict], column: int) -> list[float]:
+    """row - M1 on each held-out article, for every seed both have scored on the same articles."""
+    m1 = {seed_of(e): e["metrics"].get("rouge_per_article") for e in m1_evals}
+    diffs = []
+    for e in evals:
+        ours, theirs = e["metrics"].get("rouge_per_article"), m1.get(seed_of(e))
+        if ours and theirs and len(ours) == len(theirs):
+            diffs += [a[column] - b[column] for a, b in zip(ours, theirs)]
+    return diffs
+
+
+def paired_test(diffs: list[float]) -> tuple[float, float, float, float]:
+    """Mean difference, its 95% t-interval and the two-sided p of a paired t-test (differences given)."""
+    from scipy import stats
+    mean = statistics.fmean(diffs)
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if sem == 0:
+        return mean, mean, mean, 1.0 if mean == 0 else 0.0
+    half = stats.t.ppf(0.975, len(diffs) - 1) * sem
+    return mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean / sem), len(diffs) - 1))
+
+
+def article_lines(entries: list[dict]) -> list[str]:
+    """Each model against M1 on the same articles: with one seed, a row's bootstrap interval is wide
+    (articles differ far more than models do); the paired differences cancel what the articles share."""
+    m1 = next((e for e in entries if e["name"] == "M1"), None)
+    if m1 is None:
+        return []
+    tests = []
+    for e in entries:
+        if e is m1:
+            continue
+        cells = []
+        for column, metric in ((0, "ROUGE-1"), (1, "ROUGE-2"), (2, "ROUGE-L")):
+            diffs = article_diffs(e["evals"], m1["evals"], column)
+            cells.append(paired_test(diffs) if len(diffs) > 1 else None)
+        if any(cells):
+            label = e["name"] if e["lam"] is None else f"{e['name']} (lambda {e['lam']:g})"
+            tests.append((label, len(article_diffs(e["evals"], m1["evals"], 0)), cells))
+    if not tests:
+        return []
+    ps = [c[3] for _, _, cells in tests for c in cells if c]
+    adjusted = iter(report.holm(ps))
+    table = []
+    for label, n, cells in tests:
+        row = [label, n]
+        for c in cells:
+            if c:
+                p_holm = next(adjusted)
+                row += [f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]", f"{p_holm:.2g}{report.significance_mark(p_holm)}"]
+            else:
+                row += ["", ""]
+        table.append(row)
+    header = ["model", "article pairs", "ROUGE-1 vs M1", "p_holm", "ROUGE-2 vs M1", "p_holm", "ROUGE-L vs M1", "p_holm"]
+    return ["", "## Against M1, article by article", "",
+            "Each model's ROUGE (%) minus M1's on the same held-out article and seed, pooled over the seeds "
+            "both have: mean difference [95% t-interval], and a paired t-test (two-sided) over those "
+            "article pairs, with Holm's correction over every test in this table ('*': p_holm < 0.05). "
+            "Articles of one seed are not independent of the model's training run, so this says whether the "
+            "difference holds across articles for these runs; the seeds' spread is in Table 3's ci.", "",
+            *report.md_table(header, table)]
 
 
 def training_record(by_key: dict, eval_record: dict) -> dict | None:

@@ -1,12 +1,13 @@
 """The T5 summarization modality's parts: eq. (3), truncation, ROUGE, perplexity, loading, bad input."""
 import json
 import math
+import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from collapse import config, storage, train
+from collapse import config, report_text, storage, train
 from collapse.config import ConfigError
 from collapse.data import text
 from collapse.device import StepNoise
@@ -168,6 +169,26 @@ def test_rouge_equals_rouge_scores_own_values_over_processes():
     assert proc.poll() is not None
 
 
+def test_the_article_by_article_comparison_with_m1_is_scipys_paired_t_test():
+    from scipy import stats
+    gen = torch.Generator().manual_seed(0)
+    m1 = (torch.rand(50, 4, generator=gen) * 40).tolist()
+    row = [[v + 1.0 + 3.0 * float(torch.randn(1, generator=gen)) for v in a] for a in m1]
+
+    def scored(per_article, seed):
+        return {"metrics": {"rouge_per_article": per_article}, "config": {"train": {"seed": seed}}}
+
+    # seed 1 is in M1 only, and seed 2's articles are not M1's: neither pairs
+    diffs = report_text.article_diffs([scored(row, 0), scored(row[:10], 2)],
+                                      [scored(m1, 0), scored(m1, 1), scored(m1[:20], 2)], column=0)
+    assert diffs == [a[0] - b[0] for a, b in zip(row, m1)]
+    mean, low, high, p = report_text.paired_test(diffs)
+    expected = stats.ttest_rel([a[0] for a in row], [b[0] for b in m1])
+    assert p == pytest.approx(expected.pvalue)
+    assert (low, high) == pytest.approx(tuple(expected.confidence_interval()))
+    assert mean == pytest.approx(statistics.fmean(diffs))
+
+
 def test_perplexity_is_exp_of_the_mean_token_nll():
     from transformers import GPT2Config, GPT2LMHeadModel
     tok = text.load_tokenizer(text.trained_tokenizer(ARTICLES + HIGHLIGHTS, 300))
@@ -317,6 +338,9 @@ def _check_grid_results(root):
     table = (root / "report" / "t5_two_table3.md").read_text()
     assert "| M0 (teacher) |" in table and "| M1 | 0 |" in table and "| student | 2 |" in table
     assert "41.3647" in table   # the paper's ROUGE-1 at lambda 2 beside ours
+    assert all(len(r["metrics"]["rouge_per_article"]) == 8 for r in evals)
+    by_article = table.split("## Against M1, article by article")[1]
+    assert "| M0 (teacher) | 8 |" in by_article and "| student (lambda 2) | 8 |" in by_article
     assert (root / "report" / "t5_two_rouge_curves.png").is_file()
     assert (root / "report" / "t5_two_perplexity.png").is_file()
     examples = (root / "report" / "t5_two_examples.md").read_text()

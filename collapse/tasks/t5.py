@@ -406,6 +406,8 @@ def evaluate(model, test_data: TextPairs, cfg, cache=None) -> dict:
     values = perplexity.perplexities(gpt2.to(device_of(model)), gpt2_tokenizer, generated)
     metrics = {name: scores[name] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
     metrics.update({f"{name}_ci": scores[f"{name}_ci"] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")})
+    # every article's ROUGE-1/2/L/Lsum (%), for the report's article-by-article comparison with M1
+    metrics["rouge_per_article"] = [[round(100 * v, 3) for v in row] for row in scores["per_pair"].tolist()]
     metrics.update(perplexity.summary(values))
     metrics.update({"articles": len(data), "perplexities": [None if v is None else round(v, 4) for v in values],
                     "mean_summary_tokens": sum(len(r) for r in rows) / max(len(rows), 1),
