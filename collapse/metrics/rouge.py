@@ -4,6 +4,7 @@ rouge-score's ROUGE-Lsum splits a summary into sentences at newlines (its nltk s
 punkt data these machines lack), so `sentences` puts one sentence a line first. Its stemmer is
 half the scoring time; `CachedStemmer` remembers each word's stem (the same stems, ~2x faster).
 """
+import collections
 import functools
 import json
 import os
@@ -11,7 +12,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from rouge_score.tokenizers import Tokenizer
 from nltk.stem import porter
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-WORKER_START_S = 1.0   # a scoring process's start and imports (rouge-score, nltk), measured
+CHUNK = 200   # pairs a process takes at a time: ~70 ms of scoring, against ~1 ms to send and receive
 # a sentence ends at . ! or ? (and any closing quote or bracket) followed by space and a capital, digit or quote
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
@@ -87,50 +87,52 @@ def scoring_processes(pairs: int, processes: int = 0) -> int:
 
 
 class Workers:
-    """Scoring subprocesses, started ahead of the scoring so that their imports (~1 s: WORKER_START_S) overlap
-    the caller's own work, e.g. generating the summaries they will score. Plain subprocesses that import only
+    """Scoring subprocesses, which can start ahead of the scoring so that their imports (~1 s) overlap the
+    caller's own work, e.g. generating the summaries they will score. Plain subprocesses that import only
     this module: a fork of the caller (torch's threads, maybe a gloo group) is not safe, and multiprocessing's
     spawn and forkserver workers re-import the caller's __main__ (a stage runner: torch, transformers, seconds
-    per worker). Each takes one batch of pairs; close() ends any that got none."""
+    per worker). They serve one score_pairs call; close() ends any that never served."""
 
     def __init__(self, count: int):
-        self.launched = time.perf_counter()
-        self.ready = False   # every process has said so (wait_ready)
         self.procs = [subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, env=_worker_env()) for _ in range(count)]
+        self.ready = [False] * count   # each has said "ready": its imports are done
 
     def wait_ready(self) -> None:
         """Block until every process has finished its imports."""
-        if not self.ready:
-            for proc in self.procs:
+        for i, proc in enumerate(self.procs):
+            if not self.ready[i]:
                 _expect_ready(proc)
-        self.ready = True
+                self.ready[i] = True
 
-    def send(self, chunks: list[list]) -> None:
-        """One chunk of pairs to each process, written from threads: a process reads its pairs only once
-        its imports are done, and the caller meanwhile scores its own share."""
-        self.feeders = [threading.Thread(target=_feed, args=(proc, chunk)) for proc, chunk in zip(self.procs, chunks)]
-        for feeder in self.feeders:
-            feeder.start()
-
-    def receive(self) -> list[list[list[float]]]:
-        """Each process's rows, in the order of the chunks sent."""
-        out = []
-        for proc, feeder in zip(self.procs, self.feeders):
-            if not self.ready:
-                _expect_ready(proc)
-            rows = proc.stdout.read()
-            feeder.join()
-            if proc.wait() != 0:
-                raise RuntimeError(f"a ROUGE scoring process exited with code {proc.returncode}")
-            out.append(json.loads(rows))
-        self.procs = []
-        return out
+    def serve(self, i: int, take, rows: dict) -> None:
+        """Process i scores chunks from `take` until none is left (run in a thread of the caller)."""
+        proc = self.procs[i]
+        if not self.ready[i]:
+            _expect_ready(proc)
+            self.ready[i] = True
+        # two chunks in flight: the process starts the next while this thread waits for the GIL
+        in_flight = collections.deque()
+        while True:
+            while len(in_flight) < 2 and (chunk := take()) is not None:
+                proc.stdin.write(json.dumps(chunk[1]).encode() + b"\n")
+                proc.stdin.flush()
+                in_flight.append(chunk[0])
+            if not in_flight:
+                break
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"a ROUGE scoring process exited with code {proc.wait()} mid-scoring")
+            rows[in_flight.popleft()] = json.loads(line)
+        proc.stdin.close()
+        if proc.wait() != 0:
+            raise RuntimeError(f"a ROUGE scoring process exited with code {proc.returncode}")
 
     def close(self) -> None:
         for proc in self.procs:
-            proc.kill()
-            proc.wait()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         self.procs = []
 
 
@@ -152,34 +154,41 @@ def score_pairs(references: list[str], predictions: list[str], processes: int = 
             return np.array(_score_chunk(pairs), dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
         workers = Workers(count - 1)
     try:
-        parts = _score_with(pairs, workers)
+        rows = _score_with(pairs, workers)
     finally:
         workers.close()
-    return np.array([row for part in parts for row in part], dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
+    return np.array(rows, dtype=np.float64).reshape(len(pairs), len(ROUGE_TYPES))
 
 
 def _score_with(pairs: list, workers: Workers) -> list:
-    """This process scores a probe to learn its rate while the workers import, then the rest is split so
-    that all finish together: this process also takes the pairs it can score before the workers are ready."""
-    processes = len(workers.procs) + 1
-    probe = min(500, len(pairs) // 10)
-    probe_started = time.perf_counter()
-    parts = [_score_chunk(pairs[:probe])]
-    now = time.perf_counter()
-    rate = probe / max(now - probe_started, 1e-9)   # pairs a second
-    rest = len(pairs) - probe
-    head_start = 0.0 if workers.ready else rate * max(0.0, WORKER_START_S - (now - workers.launched))
-    per_worker = max(0, int((rest - head_start) / processes))
-    ours = rest - per_worker * (processes - 1)
-    bounds = [probe + ours + i * per_worker for i in range(processes)]
-    workers.send([pairs[a:b] for a, b in zip(bounds, bounds[1:])])
-    parts.append(_score_chunk(pairs[probe:probe + ours]))
-    return parts + workers.receive()
+    """This process and the workers take chunks of CHUNK pairs from one queue until it is empty, so all
+    finish within a chunk of each other, however fast each is and whenever a worker's imports end."""
+    starts = iter(range(0, len(pairs), CHUNK))
+    lock = threading.Lock()
 
+    def take():
+        with lock:
+            start = next(starts, None)
+        return None if start is None else (start, pairs[start:start + CHUNK])
 
-def _feed(worker: subprocess.Popen, pairs: list) -> None:
-    worker.stdin.write(json.dumps(pairs).encode())
-    worker.stdin.close()
+    rows, errors = {}, []
+
+    def serve(i):
+        try:
+            workers.serve(i, take, rows)
+        except Exception as e:   # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(workers.procs))]
+    for thread in threads:
+        thread.start()
+    while (chunk := take()) is not None:
+        rows[chunk[0]] = _score_chunk(chunk[1])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [row for start in sorted(rows) for row in rows[start]]
 
 
 def _worker_env() -> dict:
@@ -187,15 +196,18 @@ def _worker_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
 
 
-# a scoring process: imports (~1 s: WORKER_START_S), says "ready", then reads its pairs
-SERVE = "import sys; from collapse.metrics.rouge import serve; serve()"
+# a scoring process: imports (~1 s), says "ready", then scores the chunks it is sent, a JSON line each
+SERVE = "from collapse.metrics.rouge import serve; serve()"
 
 
 def serve() -> None:
-    """Says "ready" once imported; then (reference, prediction) pairs as JSON in, their F1 rows as JSON out."""
+    """Says "ready" once imported; then for each line of (reference, prediction) pairs in JSON on stdin,
+    a line of their F1 rows in JSON on stdout, until stdin closes."""
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    sys.stdout.write(json.dumps(_score_chunk(json.loads(sys.stdin.buffer.read()))))
+    for line in sys.stdin:
+        sys.stdout.write(json.dumps(_score_chunk(json.loads(line))) + "\n")
+        sys.stdout.flush()
 
 
 def bootstrap_ci(per_item: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> np.ndarray:
