@@ -140,8 +140,9 @@ def article_lines(entries: list[dict]) -> list[str]:
             "Each model's ROUGE (%) minus M1's on the same held-out article and seed, pooled over the seeds "
             "both have: mean difference [95% t-interval], and a paired t-test (two-sided) over those "
             "article pairs, with Holm's correction over every test in this table ('*': p_holm < 0.05). "
-            "Articles of one seed are not independent of the model's training run, so this says whether the "
-            "difference holds across articles for these runs; the seeds' spread is in Table 3's ci.", "",
+            "The pairs of one seed share that seed's training runs: the test says whether the difference "
+            "holds across articles for these runs, not across retraining (that spread is Table 3's ci "
+            "when there are several seeds).", "",
             *report.md_table(header, table)]
 
 
