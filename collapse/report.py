@@ -88,7 +88,7 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict] = ()) -> tuple[list
     m0 = mean_ci([v for _, v in teachers.values()]) if teachers else (None, None)
     m1 = next((r for r in rows if all(not r.get(k) for k in SHORT) and "mean" in r), None)
     ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "metric": PRIMARY[task], "task": task,
-           "paper": paper_reference(task)}
+           "paper": paper_reference(task), "m0_evals": [by_key[k] for k in teachers]}
     for r in rows:
         if m1 and "mean" in r and r is not m1:
             r["vs_m1"] = compare_with_m1(r, m1, ref)
@@ -98,6 +98,19 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict] = ()) -> tuple[list
     for r in rows:
         r["paper"] = paper_value(r, ref["paper"])
     return rows, ref
+
+
+def seed_of(record: dict):
+    """An eval record's train.seed (None without a config)."""
+    return ((record.get("config") or {}).get("train") or {}).get("seed")
+
+
+def on_seeds(evals: list[dict], like: list[dict]) -> list[dict]:
+    """`evals` of the seeds that `like` has, when they cover all of them; else all of `evals` (M0 or M1
+    of the same seeds as a row, so that a row with fewer seeds is held against the same runs)."""
+    seeds = {seed_of(e) for e in like}
+    same = [e for e in evals if seed_of(e) in seeds]
+    return same if {seed_of(e) for e in same} == seeds else evals
 
 
 def _add_point(g: dict, p: dict, by_key: dict, metric: str, teachers: dict) -> None:
@@ -672,7 +685,7 @@ def write_reports(root) -> list[Path]:
                                 plot_curves(name, sweep, by_key, out)) if p]
         from collapse import report_images
         if report_images.handles(sweep):   # DDPM: Table 2 (L_M(Test), FID, KID, the paper's) and Figure 5
-            written += report_images.write(name, sweep, by_key, rows, root, out)
+            written += report_images.write(name, sweep, by_key, rows, ref, root, out)
     from collapse.results import write_table
     written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
     return written

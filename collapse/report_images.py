@@ -50,11 +50,6 @@ def means(evals: list[dict]) -> dict:
     return out
 
 
-def teacher_evals(sweep: dict, by_key: dict) -> list[dict]:
-    keys = dict.fromkeys(p["teacher_eval"] for p in sweep["config"]["points"] if p.get("teacher_eval"))
-    return [by_key[k] for k in keys if (by_key.get(k) or {}).get("status") == "done"]
-
-
 def gap_closed(fid_row: float | None, fid_m1: float | None, fid_m0: float | None) -> float | None:
     """None when M1 is not worse than M0: then there is no gap to close."""
     if None in (fid_row, fid_m1, fid_m0) or fid_m1 <= fid_m0:
@@ -62,8 +57,9 @@ def gap_closed(fid_row: float | None, fid_m1: float | None, fid_m0: float | None
     return 100.0 * (fid_m1 - fid_row) / (fid_m1 - fid_m0)
 
 
-def table2(sweep: dict, by_key: dict, rows: list[dict]) -> tuple[list[str], list[list], dict]:
-    """(header, cells, what the text needs): Table 2 with the paper's values beside ours."""
+def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
+    """(header, cells, what the text needs): Table 2 with the paper's values beside ours. A row's gap
+    closed is taken against M0 and M1 of that row's seeds."""
     paper = report.paper_values("ddpm")
     paper_rows = paper.get("table") or []
     paper_m0, paper_m1 = paper.get("m0") or {}, next((e for e in paper_rows if not e["lam"] and not e["encoder_mse"]), {})
@@ -72,14 +68,20 @@ def table2(sweep: dict, by_key: dict, rows: list[dict]) -> tuple[list[str], list
         return next((e for e in paper_rows if abs(e["lam"] - r.get("distill.lam", 0.0)) < 1e-9
                      and abs(e["encoder_mse"] - r.get("distill.encoder_mse", 0.0)) < 1e-9), {})
 
-    m0 = means(teacher_evals(sweep, by_key))
+    m0_evals = ref["m0_evals"]
+    m0 = means(m0_evals)
     students = [(r, means(r["evals"]), paper_row(r)) for r in rows]
     m1 = next((ours for r, ours, _ in students if row_name(r) == "M1"), {})
+    m1_evals = next((r["evals"] for r in rows if row_name(r) == "M1"), [])
+
+    def gap(r, ours):
+        same_m1, same_m0 = means(report.on_seeds(m1_evals, r["evals"])), means(report.on_seeds(m0_evals, r["evals"]))
+        return gap_closed(ours.get("fid"), same_m1.get("fid"), same_m0.get("fid"))
+
     header = ["model", "lam", "L_M(Test)", "paper L_M(Test)", "FID", "paper FID", "KID", "gap closed %",
               "paper gap closed %", "FID/KID images (ours vs real)", "seeds", "status"]
     counts = lambda evals: ", ".join(sorted({f"{e['metrics'].get('fid_samples')} vs {e['metrics'].get('fid_real')}"   # noqa: E731
                                              for e in evals if e.get("metrics")}))
-    m0_evals = teacher_evals(sweep, by_key)
     cells = [["M0 (teacher)", "", _g(m0.get("test_loss")), _g(paper_m0.get("test_loss")), _f(m0.get("fid"), 2),
               _f(paper_m0.get("fid"), 2), _f(m0.get("kid"), 4), "100 (reference)", "100 (reference)",
               counts(m0_evals), len(m0_evals), "reference"]]
@@ -88,11 +90,11 @@ def table2(sweep: dict, by_key: dict, rows: list[dict]) -> tuple[list[str], list
         cells.append([name if name == "M1" else "student", "M1 (0)" if name == "M1" else name,
                       _g(ours.get("test_loss")), _g(theirs.get("test_loss")), _f(ours.get("fid"), 2),
                       _f(theirs.get("fid"), 2), _f(ours.get("kid"), 4),
-                      "0 (reference)" if name == "M1" else _f(gap_closed(ours.get("fid"), m1.get("fid"), m0.get("fid")), 1),
+                      "0 (reference)" if name == "M1" else _f(gap(r, ours), 1),
                       "0 (reference)" if name == "M1" else
                       _f(gap_closed(theirs.get("fid"), paper_m1.get("fid"), paper_m0.get("fid")), 1),
                       counts(r["evals"]), r["seeds"], r["status"]])
-    return header, cells, {"m0": m0, "m1": m1, "students": students}
+    return header, cells, {"m0": m0, "m1": m1, "students": students, "m0_evals": m0_evals}
 
 
 def _f(v, digits):
@@ -116,8 +118,8 @@ def synth_line(sweep: dict, by_key: dict) -> str | None:
     return None
 
 
-def write(name: str, sweep: dict, by_key: dict, rows: list[dict], root: Path, out: Path) -> list[Path]:
-    header, cells, parts = table2(sweep, by_key, rows)
+def write(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path, out: Path) -> list[Path]:
+    header, cells, parts = table2(rows, ref)
     fid_m1, fid_m0 = parts["m1"].get("fid"), parts["m0"].get("fid")
     if fid_m1 is not None and fid_m0 is not None:
         verdict = (f"Collapse is visible: M1's FID {fid_m1:.2f} is {fid_m1 - fid_m0:+.2f} against M0's {fid_m0:.2f}"
@@ -132,7 +134,9 @@ def write(name: str, sweep: dict, by_key: dict, rows: list[dict], root: Path, ou
           "images; KID is unbiased at small counts, FID is not (it falls as the count grows), so compare FIDs only at "
           "equal counts, and with the paper's (5,000 images of CelebA) only in direction. gap closed % = "
           "(FID(M1) - FID(row)) / (FID(M1) - FID(M0)); the paper's is computed the same way from its Table 2 "
-          "(68.8% at lam = 0.5). Values are means over seeds.", "", verdict + ".",
+          "(68.8% at lam = 0.5), with FID(M1) and FID(M0) of the row's own seeds where they have them. Values are "
+          "means over seeds (column seeds); rows with different seeds differ by the seeds' spread too.", "",
+          verdict + ".",
           *report._optional(synth_line(sweep, by_key)), "", *report.md_table(header, cells), "",
           f"Figure 4 (L_M(Test) against step): {name}_curves.png. Figure 5 (samples of M0, M1 and the best "
           f"student): {name}_figure5.png."]
@@ -147,7 +151,7 @@ def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, 
     import matplotlib.image as mpimg
     distilled = [(r, ours) for r, ours, _ in parts["students"] if row_name(r) != "M1" and "fid" in ours and r["evals"]]
     m1 = next((r for r, _, _ in parts["students"] if row_name(r) == "M1" and r["evals"]), None)
-    m0 = teacher_evals(sweep, by_key)
+    m0 = parts["m0_evals"]
     if not m0 or m1 is None or not distilled:
         return None
     best, best_metrics = min(distilled, key=lambda rm: rm[1]["fid"])

@@ -23,10 +23,8 @@ def handles(ref: dict) -> bool:
 
 
 def models(sweep: dict, rows: list[dict], ref: dict, by_key: dict) -> list[dict]:
-    """M0 (its evals over seeds), then each row: {"name", "lam", "evals", "row"}."""
-    teachers = {p["teacher_eval"] for p in sweep["config"]["points"]}
-    m0 = [by_key[k] for k in sorted(teachers) if k in by_key and by_key[k].get("status") == "done"]
-    out = [{"name": "M0 (teacher)", "lam": None, "evals": m0, "row": None}]
+    """M0 (its evals over the seeds of every row, pooled ones too), then each row: {"name", "lam", "evals", "row"}."""
+    out = [{"name": "M0 (teacher)", "lam": None, "evals": ref["m0_evals"], "row": None}]
     for r in rows:
         out.append({"name": "M1" if r is ref["m1"] else "student", "lam": r.get(LAM), "evals": r["evals"], "row": r})
     return out
@@ -73,21 +71,19 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
           "articles. Mean perplexity: per token, of each generated summary, under the eval's GPT-2 (a stand-in "
           "trained on the training summaries where no GPT-2 weights are available; see the eval records' ppl_model). "
           "Empty generations score 0 ROUGE and have no perplexity; they are counted here. paper: Table 3 of the "
-          "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7).", "",
+          "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7). Rows with "
+          "different seeds (column seeds) differ by the seeds' spread too: the table below holds each row against "
+          "M1 of the same seeds.", "",
           *report.md_table(header, table), *paired]
     return [csv_path, report.write_text(out / f"{name}_table3.md", md)]
 
 
-def seed_of(eval_record: dict):
-    return ((eval_record.get("config") or {}).get("train") or {}).get("seed")
-
-
 def article_diffs(evals: list[dict], m1_evals: list[dict], column: int) -> list[float]:
     """row - M1 on each held-out article, for every seed both have scored on the same articles."""
-    m1 = {seed_of(e): e["metrics"].get("rouge_per_article") for e in m1_evals}
+    m1 = {report.seed_of(e): e["metrics"].get("rouge_per_article") for e in m1_evals}
     diffs = []
     for e in evals:
-        ours, theirs = e["metrics"].get("rouge_per_article"), m1.get(seed_of(e))
+        ours, theirs = e["metrics"].get("rouge_per_article"), m1.get(report.seed_of(e))
         if ours and theirs and len(ours) == len(theirs):
             diffs += [a[column] - b[column] for a, b in zip(ours, theirs)]
     return diffs

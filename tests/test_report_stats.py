@@ -240,3 +240,24 @@ def test_paper_values_hold_the_papers_numbers():
     assert 100 * (m1 - best) / (m1 - ddpm["m0"]["fid"]) == pytest.approx(ddpm["gap_closed_pct"], abs=0.05)
     assert 100 * (m1 - best) / m1 == pytest.approx(ddpm["best_distilled_vs_M1_improvement_pct"], abs=0.05)
     assert report.paper_values("gaussian") == {}
+
+
+def test_the_gap_closed_holds_a_row_against_m0_and_m1_of_its_own_seeds():
+    from collapse import report_images
+
+    def scored(seed, fid):
+        return {"config": {"train": {"seed": seed}},
+                "metrics": {"fid": fid, "kid": 0.1, "test_loss": 1.0, "fid_samples": 10, "fid_real": 10}}
+
+    m0 = [scored(0, 100.0), scored(1, 120.0), scored(2, 140.0)]
+    m1 = {"distill.lam": 0.0, "distill.encoder_mse": 0.0, "seeds": 3, "status": "done",
+          "evals": [scored(0, 200.0), scored(1, 260.0), scored(2, 300.0)]}
+    lone = {"distill.lam": 0.25, "distill.encoder_mse": 0.0, "seeds": 1, "status": "done", "evals": [scored(0, 150.0)]}
+    unmatched = {"distill.lam": 0.5, "distill.encoder_mse": 0.0, "seeds": 1, "status": "done", "evals": [scored(7, 150.0)]}
+    header, cells, _ = report_images.table2([m1, lone, unmatched], {"m0_evals": m0})
+    column = header.index("gap closed %")
+    assert cells[0][header.index("FID")] == "120.00"   # M0 over all its seeds
+    # seed 0 alone: (200 - 150) / (200 - 100); the seed means would give (253.3 - 150) / (253.3 - 120) = 77.5
+    assert cells[2][column] == "50.0"
+    assert cells[3][column] == "77.5"   # a seed M0 and M1 lack: their means over every seed
+    assert report.on_seeds(m1["evals"], lone["evals"]) == m1["evals"][:1]
