@@ -51,7 +51,7 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
     header = ["model", "lambda"]
     for _, label in METRICS:
         header += [label, f"{label} ci", f"paper {label}"]
-    header += ["empty generations", "seeds"]
+    header += ["empty generations", "distinct summaries", "seeds"]
     table = []
     for e in entries:
         cells = [e["name"], "" if e["lam"] is None else f"{e['lam']:g}"]
@@ -61,7 +61,9 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
             cells += [report._fmt(mean, 2), ci, "" if theirs is None else f"{theirs[metric]:g}"]
         empty = [ev["metrics"].get("empty_generations", 0) for ev in e["evals"]]
         articles = [ev["metrics"].get("articles", 0) for ev in e["evals"]]
-        cells += [f"{sum(empty)} of {sum(articles)}" if e["evals"] else "", len(e["evals"])]
+        distinct = [ev["metrics"].get("distinct_summaries") for ev in e["evals"]]
+        cells += [f"{sum(empty)} of {sum(articles)}" if e["evals"] else "",
+                  f"{sum(distinct)} of {sum(articles)}" if e["evals"] and None not in distinct else "", len(e["evals"])]
         table.append(cells)
     csv_path = report.write_csv(out / f"{name}_table3.csv", header, table)
     paired = article_lines(entries)
@@ -70,7 +72,9 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
           "ones, in percent; ci: a 95% t-interval across seeds, or with one seed the bootstrap 95% interval over "
           "articles. Mean perplexity: per token, of each generated summary, under the eval's GPT-2 (a stand-in "
           "trained on the training summaries where no GPT-2 weights are available; see the eval records' ppl_model). "
-          "Empty generations score 0 ROUGE and have no perplexity; they are counted here. paper: Table 3 of the "
+          "Empty generations score 0 ROUGE and have no perplexity; they are counted here. Distinct summaries: how "
+          "many different summaries the model wrote for its articles (a collapsing model writes one for many). "
+          "paper: Table 3 of the "
           "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7). Rows with "
           "different seeds (column seeds) differ by the seeds' spread too: the table below holds each row against "
           "M1 of the same seeds.", "",

@@ -339,6 +339,11 @@ def _check_grid_results(root):
     assert "| M0 (teacher) |" in table and "| M1 | 0 |" in table and "| student | 2 |" in table
     assert "41.3647" in table   # the paper's ROUGE-1 at lambda 2 beside ours
     assert all(len(r["metrics"]["rouge_per_article"]) == 8 for r in evals)
+    for r in evals:   # distinct summaries counted from the examples' generations where they overlap
+        assert 1 <= r["metrics"]["distinct_summaries"] <= 8
+        assert r["metrics"]["commonest_summary_share"] >= 1 / 8
+        shown = [x["summary"] for x in json.loads((root / r["artifacts"]["examples"]["path"]).read_text())]
+        assert r["metrics"]["distinct_summaries"] >= len(set(shown))
     by_article = table.split("## Against M1, article by article")[1]
     assert "| M0 (teacher) | 8 |" in by_article and "| student (lambda 2) | 8 |" in by_article
     assert (root / "report" / "t5_two_rouge_curves.png").is_file()

@@ -11,6 +11,7 @@ Data are `TextPairs` (collapse/data/text.py): articles cut to data.max_source_to
 data.max_target_tokens, as padded int tensors. D_M0 pairs the real training articles with the
 teacher's greedy summaries of them, cut to the same lengths.
 """
+import collections
 import functools
 import time
 from dataclasses import dataclass, field
@@ -409,6 +410,9 @@ def evaluate(model, test_data: TextPairs, cfg, cache=None) -> dict:
     # every article's ROUGE-1/2/L/Lsum (%), for the report's article-by-article comparison with M1
     metrics["rouge_per_article"] = [[round(100 * v, 3) for v in row] for row in scores["per_pair"].tolist()]
     metrics.update(perplexity.summary(values))
+    # a collapsing model writes one summary for many articles: how many distinct ones, and the commonest's share
+    commonest = max(collections.Counter(generated).values(), default=0)
+    metrics.update({"distinct_summaries": len(set(generated)), "commonest_summary_share": commonest / max(len(data), 1)})
     metrics.update({"articles": len(data), "perplexities": [None if v is None else round(v, 4) for v in values],
                     "mean_summary_tokens": sum(len(r) for r in rows) / max(len(rows), 1),
                     "generated_tokens_per_s": sum(len(r) for r in rows) / max(seconds, 1e-9),
