@@ -14,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RATIO = r"\s+\d+\.\d{3}"
+DISTRIBUTED = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 CASES = {
     "train_step.py": (["--steps", "2", "--rounds", "1"],
@@ -28,7 +29,9 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_bench_runs_and_prints_its_ratios(script):
     args, ratios = CASES[script]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # without the rendezvous an in-process test left in os.environ: its MASTER_PORT is this process's own store
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
