@@ -22,7 +22,7 @@ def handles(ref: dict) -> bool:
     return ref.get("task") == "t5"
 
 
-def models(sweep: dict, rows: list[dict], ref: dict, by_key: dict) -> list[dict]:
+def models(rows: list[dict], ref: dict) -> list[dict]:
     """M0 (its evals over the seeds of every row, pooled ones too), then each row: {"name", "lam", "evals", "row"}."""
     out = [{"name": "M0 (teacher)", "lam": None, "evals": ref["m0_evals"], "row": None}]
     for r in rows:
@@ -221,7 +221,7 @@ def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Pat
 
 
 def write(name: str, sweep: dict, rows: list[dict], ref: dict, by_key: dict, root: Path, out: Path) -> list[Path]:
-    entries = models(sweep, rows, ref, by_key)
+    entries = models(rows, ref)
     written = write_table3(name, entries, out)
     written += [p for p in (plot_rouge_curves(name, entries, by_key, out), plot_perplexity(name, entries, out),
                             write_examples(name, entries, Path(root), out)) if p]
