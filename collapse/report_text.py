@@ -115,12 +115,13 @@ def article_lines(entries: list[dict]) -> list[str]:
         if e is m1:
             continue
         cells = []
-        for column, metric in ((0, "ROUGE-1"), (1, "ROUGE-2"), (2, "ROUGE-L")):
+        for column in (0, 1, 2):   # ROUGE-1, ROUGE-2, ROUGE-L
             diffs = article_diffs(e["evals"], m1["evals"], column)
             cells.append(paired_test(diffs) if len(diffs) > 1 else None)
+            pairs = len(diffs)   # the same articles for every column
         if any(cells):
             label = e["name"] if e["lam"] is None else f"{e['name']} (lambda {e['lam']:g})"
-            tests.append((label, len(article_diffs(e["evals"], m1["evals"], 0)), cells))
+            tests.append((label, pairs, cells))
     if not tests:
         return []
     ps = [c[3] for _, _, cells in tests for c in cells if c]
