@@ -119,3 +119,17 @@ def test_a_failed_grid_point_is_recorded_and_the_rest_of_the_grid_finishes(tmp_p
     (report,) = [r for r in recs.values() if r["kind"] == "report"]
     assert report["status"] == "partial" and report["metrics"]["inputs_done"] == 2, report
     assert "2 failed or blocked" in out.stdout, out.stdout   # the student, and its eval blocked
+
+
+@pytest.mark.parametrize("part, whole, profile", [("vae_coeffs_key", "vae_coeffs", None),
+                                                  ("ddpm_lambda_key", "ddpm_lambda", "ddpm_cpu"),
+                                                  ("ddpm_lambda_best", "ddpm_lambda", "ddpm_cpu"),
+                                                  ("t5_lambda_key", "t5_lambda", "t5_cpu")])
+def test_a_shipped_subset_grid_has_only_stages_of_its_whole_grid(part, whole, profile):
+    """The docs launch these into the whole grid's results root; a stage of their own would be trained again."""
+    from collapse import plan
+    from collapse.grid import load_sweep
+    extra = [f"profile={profile}"] if profile else []
+    stages = lambda name: {k for k, s in plan.build(load_sweep([f"grid={name}", "cluster=local", "seeds=[0]", *extra])).stages.items()
+                           if s.kind != "report"}
+    assert stages(part) < stages(whole)
