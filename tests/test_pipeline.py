@@ -130,6 +130,9 @@ def test_a_shipped_subset_grid_has_only_stages_of_its_whole_grid(part, whole, pr
     from collapse import plan
     from collapse.grid import load_sweep
     extra = [f"profile={profile}"] if profile else []
-    stages = lambda name: {k for k, s in plan.build(load_sweep([f"grid={name}", "cluster=local", "seeds=[0]", *extra])).stages.items()
-                           if s.kind != "report"}
+
+    def stages(grid):
+        sweep = load_sweep([f"grid={grid}", "cluster=local", "seeds=[0]", *extra])
+        return {key for key, stage in plan.build(sweep).stages.items() if stage.kind != "report"}
+
     assert stages(part) < stages(whole)
