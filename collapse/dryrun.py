@@ -3,13 +3,17 @@
 The estimate of a stage to run: its work (training: steps x batch size; synth: items sampled;
 eval: test items) times the median seconds per unit of work of the finished stages of the same
 kind and task in this results root, run with the threads (and GPUs) they had; where none has
-finished, a stated default per kind (measured on one CPU core with the VAE). Wall time is a list
-schedule of those durations over the executor's parallelism, in plan order.
+finished, a stated rate: on GPUs, the task's stated seconds on one reference GPU
+(collapse/tasks/gpu_rates.py) over the GPUs the stage asks for; on CPU, a default per kind measured
+on one core with the VAE. Wall time is a list schedule of those durations over the executor's
+parallelism, in plan order. Then the warnings (collapse/preflight.py): a results root the nodes may
+not share, a GPU-sized stage without a GPU, a stage longer than its time limit or its partition's.
 """
 import math
 import statistics
 
-from collapse import lease, manifest
+from collapse import lease, manifest, preflight
+from collapse.tasks import gpu_rates
 
 # seconds per unit of work on one CPU core, the VAE measured here (23 ms a 256-item step, 60k samples
 # in 1.2 s, 10k test items in 1.7 s); used only where no finished stage of the kind exists
@@ -54,16 +58,20 @@ def rates(records: list[dict]) -> dict:
             for k, v in seen.items()}
 
 
-def estimate(stages: list, records: list[dict]) -> dict:
-    """key -> (seconds, threads, source) for each stage."""
+def estimate(stages: list, records: list[dict], gpus: dict | None = None) -> dict:
+    """key -> (seconds, threads, source) for each stage; gpus: key -> GPUs the stage asks for."""
     known = rates(records)
+    gpus = gpus or {}
     out = {}
     for s in stages:
         units = work(s.kind, s.config)
         rate = known.get((s.kind, s.config["task"]))
+        on_gpu = gpu_rates.seconds(s.kind, s.config) if gpus.get(s.key) else None
         if rate:
             out[s.key] = (rate[0] * units, rate[1], f"{rate[2]} finished {s.kind} stage(s)")
-        elif s.config["task"] in DEFAULT_TASKS:
+        elif on_gpu is not None:
+            out[s.key] = (on_gpu / gpus[s.key], 1, f"stated rate on {gpus[s.key]} {gpu_rates.REFERENCE_GPU}")
+        elif s.config["task"] in DEFAULT_TASKS or s.kind == "report":   # a report takes seconds whatever the task
             out[s.key] = (DEFAULT_SECONDS_PER_UNIT[s.kind] * units, 1, "default")
         else:   # a default measured on the VAE says nothing about a UNet or a T5
             out[s.key] = (0.0, 1, f"no estimate: no {s.kind} stage of task {s.config['task']} has finished here yet")
@@ -100,7 +108,8 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
     done = {s.key for s in plan.stages.values()} - {s.key for s in todo}
     states = {s.key: state(root, s, done, redo) for s in plan.stages.values()}
     to_run = [s for s in todo if states[s.key] in ("to run", "redo")]
-    say(f"dry run of grid {sweep.grid} into {root} on {backend}: nothing is written or submitted")
+    say(f"dry run of grid {sweep.grid} into {root} on {backend} (configs/cluster/{sweep.cluster}.yaml): "
+        "nothing is written or submitted")
     say(f"{len(plan.stages)} stages: {len(done)} done, {len(todo) - len(to_run)} running elsewhere, "
         f"{len(to_run)} to run" + (f" ({len(redo)} of them redone)" if redo else ""))
     say()
@@ -112,13 +121,30 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
     if backend == "slurm" and to_run:
         say()
         describe_slurm(to_run, cluster, say)
-    records = manifest.read_all(root) if root.exists() else []
-    costs = estimate(to_run, records)
-    seconds = {k: v[0] for k, v in costs.items()}
+    gpus = stage_gpus(to_run, cluster, backend)
+    costs = estimate(to_run, manifest.read_all(root) if root.exists() else [], gpus)
     say()
-    if not to_run:
+    if to_run:
+        say_estimate(to_run, costs, gpus, cluster, backend, say)
+    else:
         say("estimate: nothing to run")
-        return
+    notes = preflight.warnings(sweep, to_run, root, backend, {k: v[0] for k, v in costs.items()})
+    say()
+    say(f"warnings: {len(notes)}" if notes else "warnings: none")
+    for note in notes:
+        say(f"  - {note}")
+
+
+def stage_gpus(stages: list, cluster, backend: str) -> dict:
+    """key -> GPUs a stage gets: on SLURM what it asks for (nodes x gpus_per_node); locally the GPUs here."""
+    if backend == "slurm":
+        return {s.key: cluster.resources(s.kind).gpus_per_node * cluster.resources(s.kind).nodes for s in stages}
+    here = preflight.local_gpus()
+    return {s.key: min(here, 1) for s in stages}   # the local executor gives a stage one device
+
+
+def say_estimate(to_run: list, costs: dict, gpus: dict, cluster, backend: str, say) -> None:
+    seconds = {k: v[0] for k, v in costs.items()}
     sources = sorted({f"{s.kind}: {costs[s.key][2]}" for s in to_run})
     unknown = sum(costs[s.key][2].startswith("no estimate") for s in to_run)
     if unknown == len(to_run):
@@ -128,20 +154,26 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
     if unknown:
         say(f"estimate: none for {unknown} of the {len(to_run)} stages to run (below: the rest only)")
     if backend == "slurm":
-        gpus = {s.key: cluster.resources(s.kind).gpus_per_node * cluster.resources(s.kind).nodes for s in to_run}
         gpu_hours = sum(seconds[k] * gpus[k] for k in seconds) / 3600
+        core_hours = sum(seconds[k] * costs[k][1] for k in seconds if not gpus[k]) / 3600
         slots = min(cluster.array_parallelism, len(to_run))
-        say(f"estimate: {sum(seconds[k] * costs[k][1] for k in seconds) / 3600:.3g} core-hours"
-            + (f", {gpu_hours:.3g} GPU-hours" if gpu_hours else "")
-            + f"; wall {duration(list_schedule(to_run, seconds, slots))} with up to {slots} jobs at once "
-              "(queue waits not included)")
+        hours = (f"{gpu_hours:.3g} GPU-hours" + (f" and {core_hours:.3g} core-hours" if core_hours >= 0.05 else "")
+                 if gpu_hours else f"{core_hours:.3g} core-hours")
+        say(f"estimate: {hours}; wall {duration(list_schedule(to_run, seconds, slots))} with up to {slots} jobs "
+            "at once (queue waits not included)")
     else:
         import os
         slots = cluster.max_parallel or os.cpu_count() or 1
         say(f"estimate: {sum(seconds[k] * costs[k][1] for k in seconds) / 3600:.3g} core-hours; "
             f"wall {duration(list_schedule(to_run, seconds, slots))} at {slots} stages at once")
     say("  from: " + "; ".join(sources) + (" (default: DEFAULT_SECONDS_PER_UNIT in collapse/dryrun.py, "
-                                           "one CPU core, the VAE)" if any("default" in x for x in sources) else ""))
+                                           "one CPU core, the VAE)" if any("default" in x for x in sources) else "")
+        + (" (stated: collapse/tasks/gpu_rates.py)" if any("stated" in x for x in sources) else ""))
+    by_kind: dict = {}
+    for s in to_run:
+        by_kind.setdefault(s.kind, []).append(seconds[s.key])
+    say("  per stage: " + "; ".join(f"{kind} {duration(max(v))}" + (f" (x{len(v)})" if len(v) > 1 else "")
+                                    for kind, v in by_kind.items() if max(v) > 0))
 
 
 def duration(seconds: float) -> str:

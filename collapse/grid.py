@@ -19,6 +19,7 @@ from pathlib import Path
 
 from collapse.config import (REPO, ConfigError, ExperimentConfig, bad, from_dict, load_yaml, merge,
                              named_yaml, parse_dotlist)
+from collapse.executors import cluster_file
 
 GRID_DIR = REPO / "sweeps" / "grids"
 GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "axes")
@@ -38,6 +39,7 @@ class Sweep:
     base: ExperimentConfig
     points: list[Point]
     argv: list[str]
+    cluster: str = "local"   # the configs/cluster/ file it loaded (cluster=auto resolved)
 
 
 def grid_dirs() -> list[Path]:
@@ -123,8 +125,11 @@ def load_sweep(argv: list[str]) -> Sweep:
         raise in_grid(grid_name, e) from None
     if "profile" in selected:
         layers.append(named_yaml("profile", selected["profile"]))
-    if "cluster" in selected:
-        layers.append({"cluster": named_yaml("cluster", selected["cluster"])})
+    cluster = selected.get("cluster", "auto")
+    if cluster != "auto":
+        named_yaml("cluster", cluster)    # an unknown name fails as itself, not as what auto would pick
+    cluster = cluster_file(cluster)
+    layers.append({"cluster": named_yaml("cluster", cluster)})
     try:
         layers.append(dotted(grid.get("overrides") or {}))
     except ConfigError as e:
@@ -162,7 +167,7 @@ def load_sweep(argv: list[str]) -> Sweep:
             except ConfigError as e:
                 raise in_grid(grid_name, f"point {point_label}: {e}") from None
             points.append(Point(point_label, config))
-    return Sweep(grid_name, base, points, list(argv))
+    return Sweep(grid_name, base, points, list(argv), cluster)
 
 
 def _fails(data: dict, error: ConfigError) -> bool:

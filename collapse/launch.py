@@ -110,6 +110,12 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         from collapse import dryrun
         dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo)
         return 0
+    if backend == "slurm":   # the same warnings as the dry run's, said before submitting
+        from collapse import dryrun, preflight
+        costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
+                                dryrun.stage_gpus(todo, sweep.base.cluster, backend))
+        for note in preflight.warnings(sweep, todo, root, backend, {k: v[0] for k, v in costs.items()}):
+            print(f"warning: {note}", file=sys.stderr, flush=True)
     try:
         for stage in todo:
             previous = manifest.read(root, stage.key) if stage.key in redo else None

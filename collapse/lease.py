@@ -26,6 +26,7 @@ shared filesystem does atomically: link() for exclusive creation, rename(), and 
 
 No torch here: collapse.status reads leases and must answer fast.
 """
+import errno
 import json
 import os
 import socket
@@ -246,8 +247,9 @@ def acquire(root, key: str) -> Lease:
     taken_from = None
     try:
         for _ in range(10):
-            if _link(tmp, p):
-                return Lease(p, token, os.stat(tmp).st_ino, taken_from)
+            inode = _link(tmp, p)
+            if inode is not None:
+                return Lease(p, token, inode, taken_from)
             holder = read(root, key)
             if holder is None:        # released in between: try again
                 continue
@@ -264,12 +266,40 @@ def acquire(root, key: str) -> Lease:
         tmp.unlink(missing_ok=True)
 
 
-def _link(tmp: Path, p: Path) -> bool:
+# link() fails so on filesystems without hard links (some FUSE and object-store mounts)
+NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+def _link(tmp: Path, p: Path) -> int | None:
+    """Create `p` as `tmp`'s content, exclusively: the new lease's inode, or None when `p` exists."""
     try:
         os.link(tmp, p)
-        return True
+        return os.stat(tmp).st_ino
     except FileExistsError:
-        return os.stat(tmp).st_nlink == 2     # NFS: the link was made, its reply lost
+        st = os.stat(tmp)
+        return st.st_ino if st.st_nlink == 2 else None    # NFS: the link was made, its reply lost
+    except OSError as e:
+        if e.errno not in NO_LINK:
+            raise
+    return _create_exclusive(tmp, p)
+
+
+def _create_exclusive(tmp: Path, p: Path) -> int | None:
+    """Without hard links: an O_EXCL create, then the facts (a reader of the empty file in between sees a
+    fresh lease of unknown holder: alive, as it is)."""
+    try:
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create {p} exclusively (neither link() nor O_EXCL works on this "
+                               f"filesystem: {e.strerror}); put results_root on a filesystem that has one "
+                               "of them (NFS, Lustre, GPFS, ext4 and xfs all do)") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(tmp.read_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return os.stat(p).st_ino
 
 
 def _remove_dead(p: Path, dead_token: str, token: str) -> bool:

@@ -25,6 +25,39 @@ def tiny():
     return list(TINY)
 
 
+# ---------------------------------------------------------------- never a site's scheduler
+
+OWN_CLUSTER_MARKER = "# Written by collapse slurm/start.sh"
+
+
+def foreign_slurm() -> str | None:
+    """Why the SLURM that answers here is not the project's own local cluster (slurm/start.sh), or None
+    (it is ours, or none answers). Ours: the slurm.conf the controller runs with carries start.sh's marker."""
+    from collapse.executors import OFF_ENV, slurm_reachable
+    if os.environ.get(OFF_ENV, "").lower() == "off" or not slurm_reachable():
+        return None
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20).stdout
+    conf = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    conf = {k.strip(): v.strip() for k, v in conf.items()}
+    path = conf.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    try:
+        ours = OWN_CLUSTER_MARKER in Path(path).read_text(errors="replace")
+    except OSError:
+        ours = False
+    return None if ours else (f"the SLURM here (cluster {conf.get('ClusterName', '?')}, {path}) is not the project's "
+                              "own local cluster: tests submit nothing to it (start ours with `bash slurm/start.sh` "
+                              "on a throwaway machine)")
+
+
+def pytest_sessionstart(session):
+    """On a cluster login node: SLURM off for the tests and every process they start (auto -> local)."""
+    why = foreign_slurm()
+    if why:
+        from collapse.executors import OFF_ENV
+        os.environ[OFF_ENV] = "off"
+        session.config._collapse_no_slurm = why
+
+
 # ---------------------------------------------------------------- two test workers (make test: pytest -n 2)
 
 def pytest_configure(config):
@@ -46,6 +79,9 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """--dist loadgroup: the tests using the one local SLURM cluster run on one worker, one after the
     other (some count its queue); the other tests of a file stay together, so its shared fixtures run once."""
+    why = getattr(config, "_collapse_no_slurm", None)
     for item in items:
+        if why and item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.skip(reason=why))
         group = "slurm" if item.get_closest_marker("slurm") else item.path.name
         item.add_marker(pytest.mark.xdist_group(group))

@@ -18,6 +18,10 @@ stage's group (the stage unwinds: its lease is released, its log flushed), SIGKI
 after STOP_GRACE_S, records the stopped stages as cancelled and raises Cancelled. Every file is
 written atomically, so a stopped stage leaves its last checkpoint, from which the next launch
 resumes it. A second signal while stopping SIGKILLs the stages at once.
+
+Closing the terminal (SIGHUP) does not stop the run: the launch's output moves to
+<results_root>/logs/launch-<time>-<pid>.log and the run goes on (the stages, in their own process
+groups, never see the hangup). `nohup` or `setsid` are not needed.
 """
 import ctypes
 import os
@@ -99,7 +103,7 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
         say(msg)
 
     stop: list[int] = []      # the signals received: the first stops the run, a second kills at once
-    previous = _catch_stop_signals(stop, lambda: [proc for _, proc in running.values()])
+    previous = _catch_stop_signals(stop, lambda: [proc for _, proc in running.values()], root)
     try:
         while (waiting or running or held) and not stop:
             ready = []
@@ -173,8 +177,9 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
     return result
 
 
-def _catch_stop_signals(stop: list, procs) -> dict:
-    """Route SIGINT and SIGTERM into `stop` (the run loop checks it); return the handlers replaced."""
+def _catch_stop_signals(stop: list, procs, root) -> dict:
+    """Route SIGINT and SIGTERM into `stop` (the run loop checks it), SIGHUP into moving the output to a
+    log file; return the handlers replaced."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
@@ -184,7 +189,27 @@ def _catch_stop_signals(stop: list, procs) -> dict:
                 _signal_group(proc, signal.SIGKILL)
         stop.append(signum)
 
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: _output_to_log(root))
+    return previous
+
+
+def _output_to_log(root) -> None:
+    """The terminal is gone: from now on this process writes to a log file instead (a write to the dead
+    terminal would fail with EIO and end the run)."""
+    log = Path(root) / "logs" / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    print(f"[{time.strftime('%H:%M:%S')}] terminal closed (SIGHUP): the launch goes on, its output continues "
+          f"here ({log})", flush=True)
 
 
 def _restore_signals(previous: dict) -> None:

@@ -30,7 +30,6 @@ jobs this launch already submitted are cancelled (no half chain waits forever) a
 """
 import atexit
 import contextlib
-import fcntl
 import getpass
 import json
 import logging
@@ -54,6 +53,7 @@ INDEX_VERSION = 1
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 LOCK_TIMEOUT_S = 60
+LAUNCH_LEASE = "launch"   # <results_root>/leases/launch.json while a launch submits
 
 
 class SubmissionError(RuntimeError):
@@ -310,23 +310,27 @@ def job_stdout(root, job_id: str) -> Path:
 
 @contextlib.contextmanager
 def _locked(root, timeout_s: float = LOCK_TIMEOUT_S):
-    """One launch at a time per results root: relaunches see what the one before submitted."""
-    path = slurm_dir(root) / "launch.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SubmissionError(f"another launch has held {path} for {timeout_s:.0f}s") from None
-                time.sleep(0.2)
+    """One launch at a time per results root: relaunches see what the one before submitted.
+
+    A lease (collapse/lease.py: link() or O_EXCL, a heartbeat, taken over when its holder died), not
+    flock: Lustre mounted without flock and many NFS set-ups refuse or fake flock."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            held = lease.acquire(root, LAUNCH_LEASE)
+            break
+        except lease.Held as e:
+            if time.monotonic() > deadline:
+                raise SubmissionError(f"another launch has held {lease.path(root, LAUNCH_LEASE)} for "
+                                      f"{timeout_s:.0f}s ({e.holder}); wait for it, or remove the file if "
+                                      "that launch is gone") from None
+            time.sleep(0.2)
+        except OSError as e:
+            raise SubmissionError(f"cannot take the launch lock: {e.strerror or e}") from None
+    try:
+        yield
+    finally:
+        held.release()
 
 
 # ---------------------------------------------------------------- talking to SLURM
