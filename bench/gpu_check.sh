@@ -5,6 +5,8 @@
 #   3. the step-time benchmark on the GPU (engine/bare, distilled/plain, bf16/fp32)
 #   4. data parallel over 2 GPUs (torchrun, one stage through `python -m collapse.run`) against 1 GPU,
 #      where 2 GPUs exist
+#   5. the GPU-day projection: the paper's UNet and t5-small steps measured at the paper's batch in bf16
+#      against the stated rates of collapse/tasks/gpu_rates.py, and the paper grids re-projected (~1 min)
 # Prints one summary line per check ("gpu_check: <check> PASS|FAIL|SKIP <detail>"); exit 1 if any failed.
 # Run from the repo root with the project's venv: bash bench/gpu_check.sh [python]
 set -uo pipefail
@@ -83,6 +85,19 @@ EOF
   fi
 else
   say "data_parallel[2 GPUs] SKIP only $gpus GPU(s) here"
+fi
+
+# 5. the GPU-day projection from measured rates
+if [ "$gpus" -ge 1 ]; then
+  t0=$SECONDS
+  if out=$("$PY" bench/gpu_projection.py --device cuda --steps 5 2>&1); then
+    echo "$out"
+    say "bench[gpu_projection] PASS $(echo "$out" | grep -E 'measured/stated|measured rates' | tr -s ' ' | tr '\n' ';') in $((SECONDS - t0)) s"
+  else
+    say "bench[gpu_projection] FAIL $(echo "$out" | tail -3 | tr '\n' ' ')"; failed=1
+  fi
+else
+  say "bench[gpu_projection] SKIP no GPU here"
 fi
 
 echo "---- summary"

@@ -21,6 +21,7 @@ CASES = {
                       ["engine/bare", "distilled/plain", "bf16/fp32", "leased/plain"]),
     "ddpm_step.py": (["--steps", "1", "--rounds", "1", "--samples", "2", "--sample-batch", "2", "--ddim-steps", "2"],
                      ["engine/bare", "distilled/plain"]),
+    "gpu_projection.py": (["--steps", "1", "--device", "cpu", "--quick"], []),
     "t5_step.py": (["--steps", "1", "--rounds", "1", "--generate", "2", "--rouge-pairs", "10"],
                    ["engine/bare", "distilled/plain"]),
 }
@@ -37,3 +38,5 @@ def test_bench_runs_and_prints_its_ratios(script):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for name in ratios:
         assert re.search(re.escape(name) + RATIO, done.stdout), (name, done.stdout)
+    if script == "gpu_projection.py":   # both paper studies projected: GPU-hours from the stated rates
+        assert len(re.findall(r"paper grid, stated rates: \d+\.\d GPU-hours", done.stdout)) == 2, done.stdout

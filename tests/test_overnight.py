@@ -91,6 +91,25 @@ def test_paper_grids_ask_for_a_gpu_for_every_stage_but_the_report_with_limits_fr
     assert "--gpus-per-node=1" in text and "stated rate on 1 A100" in text
 
 
+def test_the_stated_flops_are_the_paper_models_flops():
+    """gpu_rates' FLOPs constants against a count of the models themselves (meta device: no weights)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    import torch
+    from collapse.models.unet import UNet
+    from transformers import T5Config, T5ForConditionalGeneration
+    with torch.device("meta"):
+        unet, t5 = UNet().net, T5ForConditionalGeneration(T5Config(
+            d_model=512, d_ff=2048, d_kv=64, num_layers=6, num_decoder_layers=6, num_heads=8, vocab_size=32128,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+        assert sum(p.numel() for p in unet.parameters()) == 38_390_019
+        with FlopCounterMode(display=False) as count, torch.no_grad():
+            unet(torch.zeros(1, 3, 64, 64), torch.zeros(1, dtype=torch.long))
+        assert count.get_total_flops() == pytest.approx(gpu_rates.UNET_FORWARD_FLOPS_64, rel=0.01)
+        with FlopCounterMode(display=False) as count, torch.no_grad():
+            t5(input_ids=torch.ones(1, 1024, dtype=torch.long), labels=torch.ones(1, 128, dtype=torch.long))
+        assert count.get_total_flops() == pytest.approx(gpu_rates.T5_FORWARD_FLOPS, rel=0.01)
+
+
 def test_gpu_sized_stages_without_a_gpu_are_warned(tmp_path):
     sweep = load_sweep(["grid=ddpm_lambda_celeba", "cluster=slurm", f"data.root={tmp_path}", "cluster.gpus_per_node=0"])
     stages = list(build(sweep).stages.values())
