@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from collapse import lease
-from collapse.executors import slurm
+from collapse.executors import slurm, slurm_command
 from collapse.plan import ANY_OUTCOME
 from collapse.status import launched_root
 
@@ -110,6 +110,9 @@ def scancel_ids(jobs: set, states: dict) -> list[str]:
 def cancel(root, grid: str | None = None, patterns: list[str] = (), out=sys.stdout) -> dict:
     """Cancel the selected stages' jobs; return {key: 'cancelled' | 'done'} of the stages whose job was queued."""
     root = Path(root)
+    if not slurm_command("squeue") or not slurm_command("scancel"):
+        raise CancelError("SLURM's squeue and scancel are not usable here (not installed, or COLLAPSE_SLURM=off): "
+                          "cancel from a machine of the cluster the sweep was submitted to")
     with slurm._locked(root):     # no launch submits while the index is read and its jobs cancelled
         index = slurm.read_index(root)
         chosen = select(root, index, grid, list(patterns))

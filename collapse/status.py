@@ -14,7 +14,6 @@ is dead (its runner was killed, its node lost) shows as failed, to be rerun by t
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collapse import lease
+from collapse.executors import slurm_command
 
 
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -45,7 +45,7 @@ class Row:
 # ---------------------------------------------------------------- SLURM, one call each
 
 def _slurm(cmd: list[str], timeout: float = 20) -> str | None:
-    if shutil.which(cmd[0]) is None:
+    if not slurm_command(cmd[0]):
         return None
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -57,7 +57,7 @@ def _slurm(cmd: list[str], timeout: float = 20) -> str | None:
 def squeue(job_ids) -> dict:
     from collapse.executors.slurm import SubmissionError, squeue_states
     try:
-        return squeue_states(job_ids) if shutil.which("squeue") else {}
+        return squeue_states(job_ids) if slurm_command("squeue") else {}
     except SubmissionError:
         return {}
 

@@ -237,3 +237,16 @@ def test_a_local_launch_outlives_its_terminal(tmp_path):
     assert {r["status"] for r in records if r["kind"] != "sweep"} == {"done"}
     log = next((root / "logs").glob("launch-*.log")).read_text()
     assert "terminal closed (SIGHUP): the launch goes on" in log and "done: " in log
+
+
+def test_status_and_cancel_follow_the_same_switch(tmp_path):
+    """COLLAPSE_SLURM=off (a login node under the tests): status reads the manifest alone, cancel says why not."""
+    root = tmp_path / "r"
+    (root / "manifest").mkdir(parents=True)
+    env = {"COLLAPSE_SLURM": "off"}
+    run = lambda script: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / "sweeps" / script), f"results_root={root}"], capture_output=True, text=True,
+        cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    assert run("status.py").returncode == 0
+    cancelled = run("cancel.py")
+    assert cancelled.returncode == 2 and "COLLAPSE_SLURM=off" in cancelled.stderr, cancelled.stderr

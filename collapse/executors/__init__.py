@@ -14,8 +14,18 @@ import subprocess
 OFF_ENV = "COLLAPSE_SLURM"
 
 
+def slurm_switched_off() -> bool:
+    return os.environ.get(OFF_ENV, "").lower() == "off"
+
+
+def slurm_command(name: str) -> bool:
+    """SLURM's command `name` (squeue, sacct, scancel) may be called here: installed, and SLURM not
+    switched off. No sinfo round trip: status must answer fast."""
+    return not slurm_switched_off() and shutil.which(name) is not None
+
+
 def slurm_reachable() -> bool:
-    if os.environ.get(OFF_ENV, "").lower() == "off":
+    if slurm_switched_off():
         return False
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return False
