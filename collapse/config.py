@@ -38,6 +38,8 @@ def bad(key: str, value, allowed: str) -> ConfigError:
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
 REDUCTIONS = ("sum", "pixel", "element")   # VAE loss readings, see collapse/tasks/vae.py
+LIKELIHOODS = ("bernoulli", "gaussian")   # VAE decoder likelihoods (model.likelihood), see collapse/tasks/vae.py
+VARIANCE_TERMS = ("logvar", "var")         # what the VAE's gamma term compares (distill.variance_term)
 LR_SCHEDULES = ("constant", "cosine")      # collapse/train.py lr_factor
 
 
@@ -70,10 +72,14 @@ class DataConfig:
 class ModelConfig:
     hidden: int = 420
     latent: int = 20
+    likelihood: str = "bernoulli"   # the decoder's: bernoulli (BCE) | gaussian (0.5 x squared error, unit variance)
+    kl_weight: float = 1.0          # L_VAE = reconstruction + kl_weight * KL (the paper's L_rec + lambda * D_KL)
 
     def check(self, p):
         for name in ("hidden", "latent"):
             _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
+        _check(self.likelihood in LIKELIHOODS, p + "likelihood", self.likelihood, "one of: " + ", ".join(LIKELIHOODS))
+        _check(0 <= self.kl_weight < float("inf"), p + "kl_weight", self.kl_weight, "a finite float >= 0")
 
 
 @dataclass
@@ -122,11 +128,14 @@ class DistillConfig:
     lam: float = 0.0     # output distillation, L(student output, teacher output)
     beta: float = 0.0    # MSE of encoder means (VAE)
     gamma: float = 0.0   # MSE of encoder variance predictions (VAE)
+    variance_term: str = "logvar"   # what gamma's MSE compares: the predicted log-variances, or var = their exp
 
     def check(self, p):
         for name in ("lam", "beta", "gamma"):
             v = getattr(self, name)
             _check(0 <= v < float("inf"), p + name, v, "a finite float >= 0")
+        _check(self.variance_term in VARIANCE_TERMS, p + "variance_term", self.variance_term,
+               "one of: " + ", ".join(VARIANCE_TERMS))
 
 
 @dataclass

@@ -41,7 +41,10 @@ NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), (
 ADDED_LATER = {("synth", "binarize"): False, ("train", "reduction"): "sum", ("train", "steps"): None,
                ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",
                ("train", "warmup_steps"): 0, ("train", "lr_waves"): 0.5,
-               ("synth", "shards"): 1}
+               ("synth", "shards"): 1,
+               # the VAE's readings of L_VAE and eq. (1) (collapse/tasks/vae.py), at today's reading
+               ("model", "likelihood"): "bernoulli", ("model", "kl_weight"): 1.0,
+               ("distill", "variance_term"): "logvar"}
 # Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
 # was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
 RESPELLED = {("train", "bf16"): {None: True, True: "always"}}

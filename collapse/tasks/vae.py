@@ -1,10 +1,20 @@
 """VAE on MNIST: the paper's section 4.1.
 
-L_VAE  = BCE(decoder(z), x) + KL(q(z|x) || N(0, I)), summed over pixels and latents, mean over images.
+L_VAE  = R(decoder(z), x) + w * KL(q(z|x) || N(0, I)), summed over pixels and latents, mean over images.
 L_SD   = L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) + beta * MSE(Es, Et) + gamma * MSE(Vs, Vt)   (eq. 1)
 where Yt is the frozen teacher's reconstruction of the same input decoded from its posterior
 mean (deterministic, so it is computed once per dataset, not once per step), E the encoder
 means and V the encoder's predicted log-variances.
+
+The paper leaves some of this open; each reading is a setting, today's reading the default:
+  model.likelihood       R: `bernoulli`, BCE(sigmoid(logits), x) (default), or `gaussian`,
+                         0.5 * ||x - sigmoid(logits)||^2: the negative log-likelihood of a Gaussian
+                         of mean sigmoid(logits) and unit variance, less its constant 0.5 * log(2 pi)
+                         per pixel. Samples are sigmoid(logits) under both.
+  model.kl_weight        w (default 1.0): section 4.1 writes L_VAE = L_rec + lambda * D_KL.
+  train.reduction        how one image's elements combine: vae_loss below.
+  distill.variance_term  V: `logvar`, the predicted log-variances (default), or `var`, their exp
+                         (the paper: "variances").
 """
 import torch
 import torch.nn.functional as F
@@ -32,25 +42,38 @@ def batch(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return data[index].reshape(len(index), -1).float().div_(255.0)
 
 
-def vae_loss(logits, target, mean, logvar, reduction: str = "sum") -> torch.Tensor:
+def vae_loss(logits, target, mean, logvar, reduction: str = "sum", likelihood: str = "bernoulli",
+             kl_weight: float = 1.0) -> torch.Tensor:
     """L_VAE averaged over the batch's images; `reduction` says how one image's elements combine:
 
-    sum      BCE summed over pixels + KL summed over latents: nats per image (~100 on MNIST)
+    sum      reconstruction summed over pixels + KL summed over latents: nats per image (~100 on MNIST)
     pixel    the same divided by the pixel count (1,024): nats per pixel (~0.06), the scale of the
              paper's Table 1. The encoder MSEs are elementwise means under every reading, so under
              `pixel` beta and gamma weigh 1,024 times more against L_VAE than under `sum`.
-    element  BCE averaged over pixels + KL averaged over latents: shifts the balance to the KL
-             (measured: it collapses the posterior, M0 = M1 = 0.20)
+    element  reconstruction averaged over pixels + KL averaged over latents: shifts the balance to
+             the KL (measured: it collapses the posterior, M0 = M1 = 0.20)
+
+    likelihood and kl_weight: the module's docstring. kl_weight multiplies the KL under every reduction.
     """
-    logits, target, mean, logvar = logits.float(), target.float(), mean.float(), logvar.float()  # fp32 loss
+    recon, kl = vae_terms(logits, target, mean, logvar, likelihood)
+    kl = kl_weight * kl   # exact at the default 1.0: today's reading keeps its numbers bit for bit
     pixels, latent = target.shape[1], mean.shape[1]
-    recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-    kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
     if reduction == "pixel":
         return (recon + kl) / (target.shape[0] * pixels)
     if reduction == "element":
         return (recon / pixels + kl / latent) / target.shape[0]
     return (recon + kl) / target.shape[0]
+
+
+def vae_terms(logits, target, mean, logvar, likelihood: str = "bernoulli") -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction, KL), each summed over the batch's images and elements, in fp32."""
+    logits, target, mean, logvar = logits.float(), target.float(), mean.float(), logvar.float()  # fp32 loss
+    if likelihood == "gaussian":
+        recon = 0.5 * F.mse_loss(torch.sigmoid(logits), target, reduction="sum")
+    else:
+        recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
+    return recon, kl
 
 
 def loss(model, x, noise: StepNoise, cfg, teacher=None):
@@ -59,19 +82,35 @@ def loss(model, x, noise: StepNoise, cfg, teacher=None):
     x: fp32 pixels in [0, 1] on the model's device, the target; the model sees them in its own dtype.
 
     Returns (loss, the student's outputs). The lam-term shares the student's reconstruction and
-    KL with L_VAE, and BCE is linear in its target, so
+    KL with L_VAE. BCE is linear in its target, so under `bernoulli`
         L_VAE(Ys, Y) + lam * L_VAE(Ys, Yt) = (1 + lam) * L_VAE(Ys, (Y + lam * Yt) / (1 + lam)):
-    one BCE pass instead of two (27 -> 23 ms a distilled step on one CPU core).
+    one BCE pass instead of two (27 -> 23 ms a distilled step on one CPU core). The squared error
+    is not linear in its target: the same mixed target would give the same gradients but a loss
+    lower by 0.5 * lam / (1 + lam) * ||Y - Yt||^2, so under `gaussian` the two terms are computed
+    as they are written. Either way L_M(Test) (test_loss) is the plain L_VAE: no teacher there.
     """
     reduction, dtype = cfg.train.reduction, dtype_of(model)
+    likelihood, kl_weight = reading(cfg)
     out = model(x.to(dtype), noise.randn(model_latent(model), dtype=dtype))
+
+    def l_vae(target):
+        return vae_loss(out["logits"], target, out["mean"], out["logvar"], reduction, likelihood, kl_weight)
+
     if teacher is None:
-        return vae_loss(out["logits"], x, out["mean"], out["logvar"], reduction), out
+        return l_vae(x), out
     coeffs = cfg.distill
     lam = coeffs.lam
-    target = (x + lam * teacher["probs"]) / (1 + lam) if lam else x
-    total = (1 + lam) * vae_loss(out["logits"], target, out["mean"], out["logvar"], reduction)
+    if likelihood == "bernoulli":
+        total = (1 + lam) * l_vae((x + lam * teacher["probs"]) / (1 + lam) if lam else x)
+    else:
+        total = l_vae(x) + lam * l_vae(teacher["probs"]) if lam else l_vae(x)
     return total + encoder_loss(out, teacher, coeffs), out
+
+
+def reading(cfg) -> tuple[str, float]:
+    """(model.likelihood, model.kl_weight); a config without them (a unit test's namespace) reads as the defaults."""
+    m = getattr(cfg, "model", None)
+    return getattr(m, "likelihood", "bernoulli"), getattr(m, "kl_weight", 1.0)
 
 
 def model_latent(model) -> int:
@@ -98,12 +137,16 @@ def distills(coeffs) -> bool:
 
 
 def encoder_loss(student, teacher, coeffs) -> torch.Tensor:
-    """beta * MSE(Es, Et) + gamma * MSE(Vs, Vt); a zero coefficient skips its term."""
+    """beta * MSE(Es, Et) + gamma * MSE(Vs, Vt); a zero coefficient skips its term. V: the predicted
+    log-variances, or their exp under distill.variance_term = var."""
     terms = []
     if coeffs.beta:
         terms.append(coeffs.beta * F.mse_loss(student["mean"].float(), teacher["mean"]))
     if coeffs.gamma:
-        terms.append(coeffs.gamma * F.mse_loss(student["logvar"].float(), teacher["logvar"]))
+        vs, vt = student["logvar"].float(), teacher["logvar"]
+        if getattr(coeffs, "variance_term", "logvar") == "var":   # a namespace without it: the default
+            vs, vt = vs.exp(), vt.exp()
+        terms.append(coeffs.gamma * F.mse_loss(vs, vt))
     return sum(terms) if terms else torch.zeros(())   # a 0-dim CPU zero adds to a loss on any device
 
 
@@ -114,8 +157,9 @@ def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
 
 @torch.no_grad()
 def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, batch_size: int = 5000) -> torch.Tensor:
-    """n images from the prior, as uint8 [n, 32, 32]: the decoder's Bernoulli means as grey levels,
-    or with synth.binarize a draw from those Bernoullis (0 or 255; never for a `grid` to look at).
+    """n images from the prior, as uint8 [n, 32, 32]: the decoder's means, sigmoid(logits), as grey
+    levels (under either likelihood), or with synth.binarize a Bernoulli draw of them (0 or 255;
+    never for a `grid` to look at).
     `generator` lives on the model's device."""
     binarize = cfg.synth.binarize and not grid
     chunks = []
@@ -129,8 +173,24 @@ def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, b
 
 
 def evaluate(model, test_data, cfg, cache=None) -> dict:
-    """cache: a folder for what evaluation can reuse across stages (the VAE has nothing to keep)."""
-    return {"test_loss": test_loss(model, test_data, cfg)}
+    """L_M(Test), and its two parts under the same reduction and noise: test_recon, the reconstruction
+    term, and test_kl, the KL before kl_weight (test_loss = test_recon + kl_weight * test_kl, to float
+    rounding). cache: a folder for what evaluation can reuse across stages (the VAE has nothing to keep)."""
+    return {"test_loss": test_loss(model, test_data, cfg), **test_parts(model, test_data, cfg)}
+
+
+def test_parts(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> dict:
+    """test_recon and test_kl (evaluate), each scaled as train.reduction scales it, with test_loss's noise."""
+    def part(index):
+        def value(model, x, noise, cfg):
+            dtype = dtype_of(model)
+            out = model(x.to(dtype), noise.randn(model_latent(model), dtype=dtype))
+            term = vae_terms(out["logits"], x, out["mean"], out["logvar"], reading(cfg)[0])[index]
+            per_image = {"sum": 1, "pixel": x.shape[1], "element": (x.shape[1], out["mean"].shape[1])[index]}
+            return term / (x.shape[0] * per_image[cfg.train.reduction]), out
+        return value
+    return {name: held_out_loss(part(i), batch, model, data, cfg, batch_size, EVAL_SEED)
+            for i, name in enumerate(("test_recon", "test_kl"))}
 
 
 def as_images(data: torch.Tensor) -> torch.Tensor:
