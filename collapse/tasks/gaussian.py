@@ -12,6 +12,7 @@ import numpy as np
 from collapse.gaussian import GaussianConfig, expected_sigma2, simulate
 
 DISTILL_MODES = ("none",)
+PATH_FIELDS = ()   # no data or weights on disk
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 

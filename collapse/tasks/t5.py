@@ -153,6 +153,7 @@ class T5EvalConfig(EvalConfig):
 CONFIG_SECTIONS = {"data": TextDataConfig, "model": T5ModelConfig, "distill": T5DistillConfig,
                    "synth": T5SynthConfig, "eval": T5EvalConfig}
 DISTILL_MODES = ("none",)
+PATH_FIELDS = ("data.root", "model.path", "model.tokenizer", "eval.ppl_model.path")   # fingerprinted in keys
 # The teacher's states depend only on the batch, but all of them are too big to hold: computed per step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
 
@@ -205,8 +206,7 @@ def real_data(cfg, split: str) -> TextPairs:
 def check_data(cfg) -> None:
     """Fail before launch, naming the key, when the data, tokenizer or models cannot work together."""
     d, m = cfg.data, cfg.model
-    data_key = "data.root" if d.root is not None else "data.dataset"
-    data_value = d.root if d.root is not None else d.dataset
+    data_key, data_value = ("data.root", d.root) if d.root is not None else ("data.dataset", d.dataset)
     sizes = {}
     for split in ("train", "test"):
         try:

@@ -25,6 +25,8 @@ from collapse.models.vae import VAE
 from collapse.tasks import held_out_loss
 
 EVAL_SEED = 12345
+# Config fields naming data or weights on disk: a stage key holds their content's fingerprint (collapse/plan.py).
+PATH_FIELDS = ("data.root",)
 
 
 def build_model(cfg) -> VAE:
