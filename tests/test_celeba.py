@@ -130,3 +130,25 @@ def test_celeba_config_is_checked_at_load():
         from_dict({"task": "ddpm", "data": {"dataset": "cifar"}})
     with pytest.raises(ConfigError, match="data.subset_seed"):
         from_dict({"task": "ddpm", "data": {"dataset": "celeba", "subset_seed": -1}})
+
+
+def test_the_decoded_cache_follows_content_not_the_path(sources, cache, tmp_path):
+    """A moved copy reuses the decoded subsets; a copy with other bytes (same names and sizes) does not."""
+    import shutil
+    from collapse import fingerprint
+    first = tmp_path / "a"
+    shutil.copytree(sources["dir"], first)
+    celeba.load_split(data_cfg(first))
+    cached = sorted(cache.glob("celeba-*.safetensors"))
+    moved = tmp_path / "b"
+    first.rename(moved)
+    fingerprint.cache_clear()
+    celeba.load_split(data_cfg(moved))
+    assert sorted(cache.glob("celeba-*.safetensors")) == cached
+    image = moved / "img_align_celeba" / "000001.jpg"
+    data = bytearray(image.read_bytes())
+    data[15] ^= 1    # the JFIF header's X density: other bytes, same size, same pixels
+    image.write_bytes(bytes(data))
+    fingerprint.cache_clear()
+    celeba.load_split(data_cfg(moved))
+    assert len(list(cache.glob("celeba-*.safetensors"))) == len(cached) + 1
