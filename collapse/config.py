@@ -397,7 +397,8 @@ def named_yaml(kind: str, name: str) -> dict:
     """configs/<kind>/<name>.yaml, with the allowed names in the error when it is missing."""
     folder = CONFIG_DIR / kind
     if not isinstance(name, str) or "/" in name or name.startswith(".") or not (folder / f"{name}.yaml").is_file():
-        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        names = sorted(p.stem for p in folder.glob("*.yaml")) + (["auto (slurm where sinfo answers, else local)"]
+                                                                  if kind == "cluster" else [])
         raise bad(kind, name, "one of: " + ", ".join(names))
     return load_yaml(folder / f"{name}.yaml", kind)
 
