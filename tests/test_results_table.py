@@ -37,7 +37,8 @@ def test_one_row_per_stage_record_with_flat_config_and_metrics(root, stages):
     assert sorted(table["kind"].value_counts().items()) == [("eval", 4), ("report", 1), ("student", 3), ("synth", 1),
                                                            ("teacher", 1)]
 
-    m1 = next(r for r in stages if r["kind"] == "student" and not any(r["config"]["distill"].values()))
+    m1 = next(r for r in stages if r["kind"] == "student"
+              and not any(r["config"]["distill"][k] for k in ("lam", "beta", "gamma")))
     row = table.set_index("key").loc[m1["key"]]
     assert row["metrics.best_test_loss"] == m1["metrics"]["best_test_loss"]
     assert row["config.distill.lam"] == 0.0 and row["config.train.seed"] == 0
