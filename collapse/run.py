@@ -219,10 +219,11 @@ def run_report(task, cfg, inputs, root, out: Path, log):
     """The sweep's tables and plots, over every record in the root. It runs whatever its inputs'
     outcome (plan.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
     (killed, out of memory) are recorded failed, so the report shows them as such."""
-    from collapse import report, status
+    from collapse import status   # heavy: SLURM's accounting is read only by the report stage
+    from collapse.report.write import write_reports   # heavy: scipy and matplotlib only for the report stage
     for key, why in status.record_dead_jobs(root).items():
         log(f"stage {key}: recorded failed ({why})")
-    files = [str(Path(p).relative_to(root)) for p in report.write_reports(root)]
+    files = [str(Path(p).relative_to(root)) for p in write_reports(root)]
     done = sum(1 for record in inputs.values() if record is not None and record["status"] == "done")
     log(f"report: {len(files)} files, from {done} of {len(inputs)} inputs done")
     return {"files": files, "inputs": len(inputs), "inputs_done": done}, {}

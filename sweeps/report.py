@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collapse.report import write_reports  # noqa: E402
+from collapse.report.write import write_reports  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from collapse import generations, manifest, plan, report_chains
+from collapse import generations, manifest, plan
 from collapse.gaussian import POLICIES, GaussianConfig, expected_sigma2, train_sizes
 from collapse.generations import REAL, sources, training_set
 from collapse.grid import load_sweep
+from collapse.report import chains
+from collapse.tasks.vae_report import PRIMARY as VAE_PRIMARY
 from conftest import launch
 
 N = 10
@@ -201,8 +203,8 @@ def test_chain_report_pairs_seeds_for_the_distillation_effect(tmp_path):
         points.append({"label": {"generations.data": "accumulate", "generations.distill": mode, "train.seed": seed},
                        "evals": keys, "models": keys})
     sweep = {"config": {"task": "vae", "plan": "chains", "points": points}}
-    assert report_chains.handles(sweep)
-    report_chains.write("toy", sweep, by_key, tmp_path, tmp_path)
+    assert chains.handles(sweep)
+    chains.write_chains("toy", sweep, by_key, tmp_path, VAE_PRIMARY)
     rows = {r["distill"]: r for r in csv.DictReader(open(tmp_path / "toy.csv"))}
     assert float(rows["none"]["L_M(Test)"]) == 6.5 and float(rows["teacher"]["L_M(Test)"]) == 5.0
     assert float(rows["teacher"]["distill_effect"]) == -1.5                  # mean of (4-6, 6-7)

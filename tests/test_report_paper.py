@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse import report
+from collapse.report import paper
 from test_report_stats import M1, read_report, row_of, write_sweep
 
 BEST, LAM0, BETA0 = (0.5, 1.0, 1.0), (0.0, 1.0, 1.0), (0.5, 0.0, 1.0)
@@ -92,7 +92,7 @@ def test_rows_are_compared_with_m1_of_their_own_seed(table):
 
 
 def test_no_paper_columns_without_a_paper_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "paper_values", lambda task: {})
+    monkeypatch.setattr(paper, "paper_values", lambda task: {})
     write_sweep(tmp_path, "t1", ROWS, teacher=TEACHER)
     rows, md = read_report(tmp_path, "t1")
     assert "paper" not in rows[0] and "sign_vs_M1_ours/paper" not in rows[0]

@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse import manifest, report
+from collapse import manifest, plan
 from collapse.config import REPO, ExperimentConfig, load_yaml, to_dict
+from collapse.report import paper, stats as report_stats
+from collapse.report.write import write_reports
+from collapse.tasks import vae_report
 
 M1 = (0.0, 0.0, 0.0)
 ROWS = {   # (lam, beta, gamma) -> {seed: L_M(Test)}: M1, a clear gain, a wash, a lone seed, a loss, unpaired
@@ -68,7 +71,7 @@ def write_sweep(root, name, rows, teacher=TEACHER, overrides=None, ended=1.0, wi
 
 
 def read_report(root, name):
-    report.write_reports(root)
+    write_reports(root)
     with open(root / "report" / f"{name}.csv") as f:
         rows = list(csv.DictReader(f))
     return rows, (root / "report" / f"{name}.md").read_text()
@@ -155,7 +158,7 @@ def test_holm_adjusts_over_the_rows_tested(table):
     marks = {c: row_of(rows, c)["sig_vs_M1"] for c in [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)]}
     assert marks == {(1.0, 0.0, 0.0): "*", (0.0, 1.0, 0.0): "", (1.0, 1.0, 1.0): "*"}
     assert "two-sided at alpha = 0.05" in md and "Holm's step-down correction over the 4 rows tested" in md
-    assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert report_stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
 def test_pairing_finds_a_consistent_gain_that_welch_misses(tmp_path):
@@ -167,7 +170,7 @@ def test_pairing_finds_a_consistent_gain_that_welch_misses(tmp_path):
     r = row_of(rows, (1.0, 0.0, 0.0))
     seeds = sorted(m1)
     paired = stats.ttest_rel([row[s] for s in seeds], [m1[s] for s in seeds]).pvalue
-    welch = report.welch_p(list(row.values()), list(m1.values()))
+    welch = report_stats.welch_p(list(row.values()), list(m1.values()))
     assert r["test_vs_M1"] == "paired t (n=5)" and float(r["p_vs_M1"]) == pytest.approx(paired, rel=5e-3)
     assert paired < 1e-4 and welch > 0.5 and r["sig_vs_M1"] == "*"
 
@@ -219,8 +222,12 @@ def test_the_unit_follows_train_reduction(tmp_path, reduction, unit):
         assert len(row_of(table, M1)["L_M(Test)"].split(".")[1]) == 5
 
 
+
+def test_records_older_than_train_reduction_read_as_the_stage_key_reads_them():
+    assert vae_report.OLDER_REDUCTION == plan.ADDED_LATER[("train", "reduction")]
+
 def test_paper_values_hold_the_papers_numbers():
-    vae = report.paper_values("vae")
+    vae = paper.paper_values("vae")
     assert vae["best_distilled_vs_M1_improvement_pct"] == 9.6 and vae["metric"] == "test_loss"
     assert vae["zero_costs_pct"] == {"lam": 0.12, "beta": 12.91, "gamma": 4.83}
     # Table 1's rows are the grid's rows, in order; the last is M1
@@ -234,16 +241,16 @@ def test_paper_values_hold_the_papers_numbers():
     for name, zero in {"lam": (0.0, 1.0, 1.0), "beta": (0.5, 0.0, 1.0), "gamma": (0.5, 1.0, 0.0)}.items():
         assert 100 * (value[zero] - best) / best == pytest.approx(vae["zero_costs_pct"][name], abs=0.01)
     assert 100 * (value[(0.0, 0.0, 0.0)] - best) / value[(0.0, 0.0, 0.0)] == pytest.approx(9.6, abs=0.05)
-    ddpm = report.paper_values("ddpm")   # Table 2: the quoted 68.8% is the FID gap closed at lam 0.5, 18.6% its gain
+    ddpm = paper.paper_values("ddpm")   # Table 2: the quoted 68.8% is the FID gap closed at lam 0.5, 18.6% its gain
     fid = {(e["lam"], e["encoder_mse"]): e["fid"] for e in ddpm["table"]}
     m1, best = fid[(0.0, 0.0)], fid[(0.5, 0.0)]
     assert 100 * (m1 - best) / (m1 - ddpm["m0"]["fid"]) == pytest.approx(ddpm["gap_closed_pct"], abs=0.05)
     assert 100 * (m1 - best) / m1 == pytest.approx(ddpm["best_distilled_vs_M1_improvement_pct"], abs=0.05)
-    assert report.paper_values("gaussian") == {}
+    assert paper.paper_values("gaussian") == {}
 
 
 def test_the_gap_closed_holds_a_row_against_m0_and_m1_of_its_own_seeds():
-    from collapse import report_images
+    from collapse.tasks import ddpm_report
 
     def scored(seed, fid):
         return {"config": {"train": {"seed": seed}},
@@ -254,10 +261,10 @@ def test_the_gap_closed_holds_a_row_against_m0_and_m1_of_its_own_seeds():
           "evals": [scored(0, 200.0), scored(1, 260.0), scored(2, 300.0)]}
     lone = {"distill.lam": 0.25, "distill.encoder_mse": 0.0, "seeds": 1, "status": "done", "evals": [scored(0, 150.0)]}
     unmatched = {"distill.lam": 0.5, "distill.encoder_mse": 0.0, "seeds": 1, "status": "done", "evals": [scored(7, 150.0)]}
-    header, cells, _ = report_images.table2([m1, lone, unmatched], {"m0_evals": m0})
+    header, cells, _ = ddpm_report.table2([m1, lone, unmatched], {"m0_evals": m0})
     column = header.index("gap closed %")
     assert cells[0][header.index("FID")] == "120.00"   # M0 over all its seeds
     # seed 0 alone: (200 - 150) / (200 - 100); the seed means would give (253.3 - 150) / (253.3 - 120) = 77.5
     assert cells[2][column] == "50.0"
     assert cells[3][column] == "77.5"   # a seed M0 and M1 lack: their means over every seed
-    assert report.on_seeds(m1["evals"], lone["evals"]) == m1["evals"][:1]
+    assert report_stats.on_seeds(m1["evals"], lone["evals"]) == m1["evals"][:1]

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from collapse import config, report_text, storage, train
+from collapse import config, storage, train
 from collapse.config import ConfigError
 from collapse.data import text
 from collapse.device import StepNoise
 from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
-from collapse.tasks import t5
+from collapse.tasks import t5, t5_report
 
 # Real CNN/DailyMail-shaped rows (the tests write them as files in the release's formats)
 ARTICLES = [
@@ -179,10 +179,10 @@ def test_the_article_by_article_comparison_with_m1_is_scipys_paired_t_test():
         return {"metrics": {"rouge_per_article": per_article}, "config": {"train": {"seed": seed}}}
 
     # seed 1 is in M1 only, and seed 2's articles are not M1's: neither pairs
-    diffs = report_text.article_diffs([scored(row, 0), scored(row[:10], 2)],
+    diffs = t5_report.article_diffs([scored(row, 0), scored(row[:10], 2)],
                                       [scored(m1, 0), scored(m1, 1), scored(m1[:20], 2)], column=0)
     assert diffs == [a[0] - b[0] for a, b in zip(row, m1)]
-    mean, low, high, p = report_text.paired_test(diffs)
+    mean, low, high, p = t5_report.paired_test(diffs)
     expected = stats.ttest_rel([a[0] for a in row], [b[0] for b in m1])
     assert p == pytest.approx(expected.pvalue)
     assert (low, high) == pytest.approx(tuple(expected.confidence_interval()))
@@ -372,7 +372,7 @@ def test_a_tiny_t5_grid_runs_end_to_end_on_slurm(tmp_path, monkeypatch):
     import test_slurm
     if why := test_slurm.cluster_answers():
         pytest.skip(why)
-    from collapse.executors import slurm
+    from collapse.executors import slurm_index
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "t5_two.yaml").write_text(TWO_ROWS)
@@ -380,5 +380,5 @@ def test_a_tiny_t5_grid_runs_end_to_end_on_slurm(tmp_path, monkeypatch):
     out = test_slurm.launch("grid=t5_two", "profile=t5_smoke", "cluster=slurm", f"results_root={root}",
                             env={"COLLAPSE_GRID_DIR": str(grids)})
     assert out.returncode == 0, test_slurm.show(out)
-    test_slurm.wait_done(test_slurm.launch_jobs(slurm.read_index(root)["launches"][-1]), timeout=600)
+    test_slurm.wait_done(test_slurm.launch_jobs(slurm_index.read_index(root)["launches"][-1]), timeout=600)
     _check_grid_results(root)

@@ -1,4 +1,5 @@
-"""The summarization grid's own report parts (paper section 5), beside the generic table of report.py:
+"""The T5's part of the report (paper section 5), beside the generic table (collapse/report/), and what
+the generic report asks of the task (its primary metric and coefficient columns):
 
 - <grid>_table3.{md,csv}: Table 3, lam with ROUGE-1/2/L (%) and mean perplexity, M0 first, the paper's
   values in columns beside ours, empty generations counted; then each row against M1 article by article
@@ -12,14 +13,21 @@ import math
 import statistics
 from pathlib import Path
 
-from collapse import report
+from collapse.report import stats
+from collapse.report.paper import paper_values
+from collapse.report.plots import pyplot, save_figure
+from collapse.report.tables import fmt, md_table, write_csv, write_text
+
+PRIMARY = ("rouge1", "ROUGE-1 %", "higher")   # the metric of the generic table, its label, which way is better
+REPORT_COLUMNS = {"distill.lam": "lambda"}   # coefficient -> column of the generic table
 
 METRICS = (("rouge1", "ROUGE-1 %"), ("rouge2", "ROUGE-2 %"), ("rougeL", "ROUGE-L %"), ("ppl_mean", "mean perplexity"))
 LAM = "distill.lam"
 
 
-def handles(ref: dict) -> bool:
-    return ref.get("task") == "t5"
+def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+    """For the generic table: nothing after its heading, no line on units."""
+    return "", None
 
 
 def models(rows: list[dict], ref: dict) -> list[dict]:
@@ -35,7 +43,7 @@ def _value(evals: list[dict], metric: str) -> tuple[float | None, str]:
     values = [e["metrics"][metric] for e in evals if e["metrics"].get(metric) is not None]
     if not values:
         return None, ""
-    mean, half = report.mean_ci(values)
+    mean, half = stats.mean_ci(values)
     if half is not None:
         return mean, f"+-{half:.2f}"
     ci = evals[0]["metrics"].get(f"{metric}_ci")
@@ -43,7 +51,7 @@ def _value(evals: list[dict], metric: str) -> tuple[float | None, str]:
 
 
 def paper_rows() -> dict:
-    return {float(e["lam"]): e for e in (report.paper_values("t5").get("table") or [])}
+    return {float(e["lam"]): e for e in (paper_values("t5").get("table") or [])}
 
 
 def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
@@ -58,14 +66,14 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
         theirs = paper.get(float(e["lam"])) if e["lam"] is not None else None
         for metric, _ in METRICS:
             mean, ci = _value(e["evals"], metric)
-            cells += [report._fmt(mean, 2), ci, "" if theirs is None else f"{theirs[metric]:g}"]
+            cells += [fmt(mean, 2), ci, "" if theirs is None else f"{theirs[metric]:g}"]
         empty = [ev["metrics"].get("empty_generations", 0) for ev in e["evals"]]
         articles = [ev["metrics"].get("articles", 0) for ev in e["evals"]]
         distinct = [ev["metrics"].get("distinct_summaries") for ev in e["evals"]]
         cells += [f"{sum(empty)} of {sum(articles)}" if e["evals"] else "",
                   f"{sum(distinct)} of {sum(articles)}" if e["evals"] and None not in distinct else "", len(e["evals"])]
         table.append(cells)
-    csv_path = report.write_csv(out / f"{name}_table3.csv", header, table)
+    csv_path = write_csv(out / f"{name}_table3.csv", header, table)
     paired = article_lines(entries)
     md = [f"# {name}: Table 3 (T5 summarization)", "",
           "ROUGE F1 (rouge-score, Porter stemming) of greedy summaries of the held-out articles against the human "
@@ -78,16 +86,16 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
           "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7). Rows with "
           "different seeds (column seeds) differ by the seeds' spread too: the table below holds each row against "
           "M1 of the same seeds.", "",
-          *report.md_table(header, table), *paired]
-    return [csv_path, report.write_text(out / f"{name}_table3.md", md)]
+          *md_table(header, table), *paired]
+    return [csv_path, write_text(out / f"{name}_table3.md", md)]
 
 
 def article_diffs(evals: list[dict], m1_evals: list[dict], column: int) -> list[float]:
     """row - M1 on each held-out article, for every seed both have scored on the same articles."""
-    m1 = {report.seed_of(e): e["metrics"].get("rouge_per_article") for e in m1_evals}
+    m1 = {stats.seed_of(e): e["metrics"].get("rouge_per_article") for e in m1_evals}
     diffs = []
     for e in evals:
-        ours, theirs = e["metrics"].get("rouge_per_article"), m1.get(report.seed_of(e))
+        ours, theirs = e["metrics"].get("rouge_per_article"), m1.get(stats.seed_of(e))
         if ours and theirs and len(ours) == len(theirs):
             diffs += [a[column] - b[column] for a, b in zip(ours, theirs)]
     return diffs
@@ -95,13 +103,13 @@ def article_diffs(evals: list[dict], m1_evals: list[dict], column: int) -> list[
 
 def paired_test(diffs: list[float]) -> tuple[float, float, float, float]:
     """Mean difference, its 95% t-interval and the two-sided p of a paired t-test (differences given)."""
-    from scipy import stats
+    from scipy.stats import t as student_t   # heavy: only the report's numbers need scipy
     mean = statistics.fmean(diffs)
     sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
     if sem == 0:
         return mean, mean, mean, 1.0 if mean == 0 else 0.0
-    half = stats.t.ppf(0.975, len(diffs) - 1) * sem
-    return mean, mean - half, mean + half, float(2 * stats.t.sf(abs(mean / sem), len(diffs) - 1))
+    half = student_t.ppf(0.975, len(diffs) - 1) * sem
+    return mean, mean - half, mean + half, float(2 * student_t.sf(abs(mean / sem), len(diffs) - 1))
 
 
 def article_lines(entries: list[dict]) -> list[str]:
@@ -125,14 +133,14 @@ def article_lines(entries: list[dict]) -> list[str]:
     if not tests:
         return []
     ps = [c[3] for _, _, cells in tests for c in cells if c]
-    adjusted = iter(report.holm(ps))
+    adjusted = iter(stats.holm(ps))
     table = []
     for label, n, cells in tests:
         row = [label, n]
         for c in cells:
             if c:
                 p_holm = next(adjusted)
-                row += [f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]", f"{p_holm:.2g}{report.significance_mark(p_holm)}"]
+                row += [f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]", f"{p_holm:.2g}{stats.significance_mark(p_holm)}"]
             else:
                 row += ["", ""]
         table.append(row)
@@ -144,7 +152,7 @@ def article_lines(entries: list[dict]) -> list[str]:
             "The pairs of one seed share that seed's training runs: the test says whether the difference "
             "holds across articles for these runs, not across retraining (that spread is Table 3's ci "
             "when there are several seeds).", "",
-            *report.md_table(header, table)]
+            *md_table(header, table)]
 
 
 def training_record(by_key: dict, eval_record: dict) -> dict | None:
@@ -162,7 +170,7 @@ def plot_rouge_curves(name: str, entries: list[dict], by_key: dict, out: Path) -
                 curves.append((label, history))
     if not curves:
         return None
-    plt = report.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (metric, label) in zip(axes, METRICS[:3]):
         for name_, history in curves:
@@ -174,7 +182,7 @@ def plot_rouge_curves(name: str, entries: list[dict], by_key: dict, out: Path) -
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{name}: ROUGE of validation summaries during training (Figures 6-7)")
     fig.tight_layout()
-    return report.save_figure(fig, out / f"{name}_rouge_curves.png")
+    return save_figure(fig, out / f"{name}_rouge_curves.png")
 
 
 def plot_perplexity(name: str, entries: list[dict], out: Path) -> Path | None:
@@ -187,7 +195,7 @@ def plot_perplexity(name: str, entries: list[dict], out: Path) -> Path | None:
             panels.append((f"{label} (median {statistics.median(values):.1f}, empty {empty})", values))
     if not panels:
         return None
-    plt = report.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 1.6 * len(panels)), sharex=True, squeeze=False)
     upper = max(max(v) for _, v in panels)
     for ax, (label, values) in zip(axes[:, 0], panels):
@@ -195,7 +203,7 @@ def plot_perplexity(name: str, entries: list[dict], out: Path) -> Path | None:
         ax.set_title(label, fontsize=8)
     axes[-1, 0].set_xlabel("perplexity per token of a generated summary")
     fig.tight_layout()
-    return report.save_figure(fig, out / f"{name}_perplexity.png")
+    return save_figure(fig, out / f"{name}_perplexity.png")
 
 
 def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Path | None:
@@ -218,10 +226,12 @@ def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Pat
                f"- **human:** {item['reference']}"]
         md += [f"- **{label}:** {items[i]['summary'] or '(empty)'}" for label, items in shown if i < len(items)]
         md.append("")
-    return report.write_text(out / f"{name}_examples.md", md)
+    return write_text(out / f"{name}_examples.md", md)
 
 
-def write(name: str, sweep: dict, rows: list[dict], ref: dict, by_key: dict, root: Path, out: Path) -> list[Path]:
+def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path,
+                 out: Path) -> list[Path]:
+    """Table 3, the ROUGE curves, the perplexity histograms and the examples."""
     entries = models(rows, ref)
     written = write_table3(name, entries, out)
     written += [p for p in (plot_rouge_curves(name, entries, by_key, out), plot_perplexity(name, entries, out),

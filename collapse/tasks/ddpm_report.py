@@ -1,15 +1,23 @@
-"""The DDPM grid's report (paper section 4.2): Table 2 and Figure 5, beside report.py's generic table.
+"""The DDPM's part of the report (paper section 4.2): Table 2 and Figure 5, beside the generic table
+(collapse/report/), and what the generic report asks of the task: its primary metric, its coefficient
+columns and the data set named in the headings.
 
 Table 2: one row per model (M0, then M1 and the students by lam; encoder_mse 0.5 is the paper's
 "0.5 + MSE" row) with our L_M(Test), FID and KID (means over seeds) and the paper's L_M(Test) and
 FID beside them, the gap closed (FID(M1) - FID(row)) / (FID(M1) - FID(M0)) in % (ours and the
-paper's), and the sample counts behind FID/KID. Figure 4 (L_M(Test) against step) is report.py's
-curves plot; Figure 5 puts the sample grids of M0, M1 and the best student (lowest FID) side by side.
+paper's), and the sample counts behind FID/KID. Figure 4 (L_M(Test) against step) is the generic
+report's curves plot; Figure 5 puts the sample grids of M0, M1 and the best student (lowest FID) side by side.
 """
 import statistics
 from pathlib import Path
 
-from collapse import report
+from collapse.report import stats
+from collapse.report.paper import paper_values
+from collapse.report.plots import pyplot, read_image, save_figure
+from collapse.report.tables import md_table, optional, write_csv, write_text
+
+PRIMARY = ("fid", "FID", "lower")   # the metric of the generic table, its label, which way is better
+REPORT_COLUMNS = {"distill.lam": "lambda", "distill.encoder_mse": "encoder_mse"}   # coefficient -> column
 
 # dataset -> what the report's heading calls it
 DATASETS = {"mnist": "MNIST 32x32, the offline stand-in for CelebA 64x64",
@@ -17,14 +25,13 @@ DATASETS = {"mnist": "MNIST 32x32, the offline stand-in for CelebA 64x64",
 METRICS = (("test_loss", "L_M(Test)"), ("fid", "FID"), ("kid", "KID"))
 
 
-def handles(sweep: dict) -> bool:
-    return sweep["config"].get("task") == "ddpm"
+def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+    """For the generic table: its heading's ending (the data set), and no line on units."""
+    return data_note(sweep, by_key), None
 
 
 def data_note(sweep: dict, by_key: dict) -> str:
-    """' on <dataset>' for a DDPM grid's headings ('' for other tasks or when no record says)."""
-    if not handles(sweep):
-        return ""
+    """' on <dataset>' for the grid's headings ('' when no record says)."""
     for p in sweep["config"]["points"]:
         config = (by_key.get(p.get("teacher")) or {}).get("config") or {}
         dataset = (config.get("data") or {}).get("dataset")
@@ -60,7 +67,7 @@ def gap_closed(fid_row: float | None, fid_m1: float | None, fid_m0: float | None
 def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
     """(header, cells, what the text needs): Table 2 with the paper's values beside ours. A row's gap
     closed is taken against M0 and M1 of that row's seeds."""
-    paper = report.paper_values("ddpm")
+    paper = paper_values("ddpm")
     paper_rows = paper.get("table") or []
     paper_m0, paper_m1 = paper.get("m0") or {}, next((e for e in paper_rows if not e["lam"] and not e["encoder_mse"]), {})
 
@@ -75,7 +82,7 @@ def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
     m1_evals = next((r["evals"] for r in rows if row_name(r) == "M1"), [])
 
     def gap(r, ours):
-        same_m1, same_m0 = means(report.on_seeds(m1_evals, r["evals"])), means(report.on_seeds(m0_evals, r["evals"]))
+        same_m1, same_m0 = means(stats.on_seeds(m1_evals, r["evals"])), means(stats.on_seeds(m0_evals, r["evals"]))
         return gap_closed(ours.get("fid"), same_m1.get("fid"), same_m0.get("fid"))
 
     header = ["model", "lam", "L_M(Test)", "paper L_M(Test)", "FID", "paper FID", "KID", "gap closed %",
@@ -118,7 +125,9 @@ def synth_line(sweep: dict, by_key: dict) -> str | None:
     return None
 
 
-def write(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path, out: Path) -> list[Path]:
+def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path,
+                 out: Path) -> list[Path]:
+    """Table 2 (<name>_table2.{csv,md}) and Figure 5 (<name>_figure5.png)."""
     header, cells, parts = table2(rows, ref)
     fid_m1, fid_m0 = parts["m1"].get("fid"), parts["m0"].get("fid")
     if fid_m1 is not None and fid_m0 is not None:
@@ -137,18 +146,17 @@ def write(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, roo
           "(68.8% at lam = 0.5), with FID(M1) and FID(M0) of the row's own seeds where they have them. Values are "
           "means over seeds (column seeds); rows with different seeds differ by the seeds' spread too.", "",
           verdict + ".",
-          *report._optional(synth_line(sweep, by_key)), "", *report.md_table(header, cells), "",
+          *optional(synth_line(sweep, by_key)), "", *md_table(header, cells), "",
           f"Figure 4 (L_M(Test) against step): {name}_curves.png. Figure 5 (samples of M0, M1 and the best "
           f"student): {name}_figure5.png."]
-    written = [report.write_csv(out / f"{name}_table2.csv", header, cells),
-               report.write_text(out / f"{name}_table2.md", md)]
+    written = [write_csv(out / f"{name}_table2.csv", header, cells),
+               write_text(out / f"{name}_table2.md", md)]
     figure = plot_figure5(name, sweep, by_key, parts, root, out)
     return written + ([figure] if figure else [])
 
 
 def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, out: Path) -> Path | None:
     """Figure 5: the sample grids of M0, M1 and the student with the lowest FID, side by side."""
-    import matplotlib.image as mpimg
     distilled = [(r, ours) for r, ours, _ in parts["students"] if row_name(r) != "M1" and "fid" in ours and r["evals"]]
     m1 = next((r for r, _, _ in parts["students"] if row_name(r) == "M1" and r["evals"]), None)
     m0 = parts["m0_evals"]
@@ -160,12 +168,12 @@ def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, 
     paths = [root / ((e.get("artifacts") or {}).get("samples") or {}).get("path", "") for _, e, _ in panels]
     if not all(p.is_file() for p in paths):
         return None
-    plt = report.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
     for ax, (title, _, metrics), path in zip(axes, panels, paths):
-        ax.imshow(mpimg.imread(path), cmap="gray")
+        ax.imshow(read_image(path), cmap="gray")
         ax.set_title(f"{title}\nFID {metrics.get('fid', float('nan')):.2f}", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{name}: samples{data_note(sweep, by_key)}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))   # leave the suptitle its own band above the panel titles
-    return report.save_figure(fig, out / f"{name}_figure5.png")
+    return save_figure(fig, out / f"{name}_figure5.png")

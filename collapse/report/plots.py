@@ -1,0 +1,131 @@
+"""The report's figures of a one-generation grid: the metric against each coefficient (Figures 1-2),
+samples of M1 beside the best distilled student (Figure 3) and the test loss during training; and
+pyplot and save_figure for every other figure of the report. matplotlib loads on the first plot."""
+from pathlib import Path
+
+from collapse import storage
+
+SEED = "train.seed"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node)."""
+    import matplotlib   # heavy: only the report's figures need matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt   # heavy: as above
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` to `path` as PNG (atomically) and free it."""
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    pyplot().close(fig)
+    return path
+
+
+def read_image(path: Path):
+    """A PNG as an array, for imshow."""
+    import matplotlib.image as mpimg   # heavy: only the report's figures need matplotlib
+    return mpimg.imread(path)
+
+
+def coefficient_sweeps(rows: list[dict], columns: dict) -> list[tuple]:
+    """Per coefficient, the largest set of rows that moves it alone, the others held at one setting
+    (0 in a one-at-a-time grid, the best row's values in the paper's Table 1): (c, held, rows)."""
+    found = []
+    for c in columns:
+        groups: dict = {}
+        for r in rows:
+            if "mean" in r and c in r:
+                held = tuple((o, r.get(o, 0.0)) for o in columns if o != c and o in r)
+                groups.setdefault(held, []).append(r)
+        held, members = max(groups.items(), key=lambda kv: len({r[c] for r in kv[1]}), default=((), []))
+        if len({r[c] for r in members}) >= 2:
+            found.append((c, held, members))
+    return found
+
+
+def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path | None:
+    """Figures 1-2: the metric against each coefficient, the others held fixed."""
+    plt = pyplot()
+    columns = ref["columns"]
+    sweeps = coefficient_sweeps(rows, columns)
+    if not sweeps:
+        return None
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4), squeeze=False)
+    for ax, (c, held, members) in zip(axes[0], sweeps):
+        xs, ys, es = zip(*sorted((r[c], r["mean"], r.get("ci95") or 0.0) for r in members))
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="student")
+        if ref["m0"][0] is not None:
+            ax.axhline(ref["m0"][0], color="k", ls="--", lw=1, label="M0 (teacher)")
+        if ref["m1"] and "mean" in ref["m1"]:
+            ax.axhline(ref["m1"]["mean"], color="r", ls=":", lw=1, label="M1")
+        ax.set_xlabel(columns[c])
+        ax.set_ylabel(ref["metric"][1])
+        ax.set_title(", ".join(f"{columns[o]}={v:g}" for o, v in held) or "others 0", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{name}: {ref['metric'][1]} against each coefficient, the others held")
+    fig.tight_layout()
+    path = out / f"{name}_coefficients.png"
+    return save_figure(fig, path)
+
+
+def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) -> Path | None:
+    """Figure 3: samples of M1 beside the best distilled student."""
+    plt = pyplot()
+    m1, columns = ref["m1"], ref["columns"]
+    lower = ref["metric"][2] == "lower"
+    distilled = [r for r in rows if r is not m1 and "mean" in r and r["evals"]]
+    if not m1 or not m1["evals"] or not distilled:
+        return None
+    best = min(distilled, key=lambda r: r["mean"] if lower else -r["mean"])
+    images = [(r["evals"][0].get("artifacts") or {}).get("samples", {}).get("path") for r in (m1, best)]
+    if not all(images) or not all((root / p).is_file() for p in images):
+        return None   # an eval recorded without its sample grid (an older version), or the file is gone
+    panels = [("M1 (plain student)", m1),
+              ("best distilled: " + ", ".join(f"{columns[k]}={best[k]:g}" for k in columns if k in best), best)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    for ax, (title, r) in zip(axes, panels):
+        ax.imshow(read_image(root / r["evals"][0]["artifacts"]["samples"]["path"]), cmap="gray")
+        ax.set_title(f"{title}\n{ref['metric'][1]} {r['mean']:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / f"{name}_samples.png"
+    return save_figure(fig, path)
+
+
+def curve_models(sweep: dict, by_key: dict, columns: dict) -> list[tuple[str, dict]]:
+    """(legend label, training record) of each model of a one-generation grid that has a history:
+    the teachers M0 (one per seed), then the students; M1 is the student without distillation."""
+    several_seeds = len({p["label"].get(SEED) for p in sweep["config"]["points"]}) > 1
+    teachers, students = {}, []
+    for p in sweep["config"]["points"]:
+        seed = f" seed={p['label'].get(SEED)}" if several_seeds else ""
+        teachers.setdefault(p.get("teacher"), "M0" + seed)
+        coeffs = {k: v for k, v in p["label"].items() if k != SEED}
+        distilled = [f"{columns.get(k, k)}={v:g}" for k, v in coeffs.items() if k in columns and v]
+        others = [f"{k}={v}" for k, v in coeffs.items() if k not in columns]
+        students.append((p.get("student"), ", ".join(distilled or ["M1"]) + "".join(f" {o}" for o in others) + seed))
+    return [(label, by_key[key]) for key, label in [*teachers.items(), *students]
+            if key in by_key and (by_key[key].get("metrics") or {}).get("history")]
+
+
+def plot_curves(name: str, sweep: dict, by_key: dict, columns: dict, out: Path) -> Path | None:
+    """Test loss against step for each model of a grid, from the training records' metrics.history."""
+    models = curve_models(sweep, by_key, columns)
+    if not models:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, record in models:
+        history = [h for h in record["metrics"]["history"] if "step" in h and "test_loss" in h]
+        style = ({"color": "0.45", "ls": "--"} if label.startswith("M0") else
+                 {"color": "k", "lw": 2} if label.startswith("M1") else {"lw": 1})
+        ax.plot([h["step"] for h in history], [h["test_loss"] for h in history], marker=".", label=label, **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("L_M(Test)")
+    ax.legend(fontsize=6, ncol=2 if len(models) > 8 else 1)
+    ax.set_title(f"{name}: test loss during training")
+    fig.tight_layout()
+    path = out / f"{name}_curves.png"
+    return save_figure(fig, path)

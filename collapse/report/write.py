@@ -1,0 +1,66 @@
+"""Manifest -> tables (csv, md) and plots (png), one set per grid, in <results_root>/report/.
+
+Each sweep's task (collapse.tasks.get) says what the generic report cannot know: its primary metric
+(PRIMARY), its coefficient columns (REPORT_COLUMNS), what its table's heading and unit line say
+(table_notes) and its own tables and figures (write_report). A one-generation sweep gets the generic
+table (collapse/report/tables.py: rows against M1 and the paper, collapse/report/rows.py) and figures
+(collapse/report/plots.py), then the task's part; a chain sweep gets the chains report
+(collapse/report/chains.py); a sweep of any other plan (a simulation's) is the task's alone.
+Last, every stage record as one table: results.csv (.parquet).
+"""
+import importlib
+from pathlib import Path
+
+from collapse import manifest, tasks
+from collapse.report import chains
+from collapse.report.plots import plot_coefficients, plot_curves, plot_samples
+from collapse.report.rows import latest_sweeps, sweep_rows, warn_malformed, well_formed
+from collapse.report.tables import write_tables
+from collapse.results import write_table
+
+ONE_GENERATION = (None, "one_generation")   # plan shapes of the generic table
+
+
+def write_reports(root) -> list[Path]:
+    root = Path(root)
+    records = manifest.read_all(root)
+    by_key = {r["key"]: r for r in records}
+    out = root / "report"
+    written = []
+    sweeps = [r for r in records if r.get("kind") == "sweep" and r.get("status") == "done" and well_formed(r)]
+    others = sorted(sweeps, key=lambda r: r.get("ended", 0))   # seeds of the same rows, pooled
+    for name, sweep in sorted(latest_sweeps(records).items()):
+        if not well_formed(sweep):
+            warn_malformed(name, sweep)
+            continue
+        task = task_of(sweep)
+        shape = sweep["config"].get("plan")
+        if chains.handles(sweep):   # iterative retraining: metric against generation
+            written += chains.write_chains(name, sweep, by_key, out, task.PRIMARY)
+        elif shape in ONE_GENERATION:
+            written += one_generation(name, sweep, by_key, others, task, root, out)
+        else:   # a simulation: its report is its own
+            written += task.write_report(name, sweep, by_key, [], {}, root, out)
+    written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
+    return written
+
+
+def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], task, root: Path,
+                   out: Path) -> list[Path]:
+    """The generic table and figures of a one-generation grid, then the task's own part."""
+    rows, ref = sweep_rows(sweep, by_key, others, task.PRIMARY, task.REPORT_COLUMNS)
+    heading, unit = task.table_notes(sweep, by_key)
+    written = write_tables(name, rows, ref, out, heading, unit)
+    written += [p for p in (plot_coefficients(name, rows, ref, out),
+                            plot_samples(name, rows, ref, root, out),
+                            plot_curves(name, sweep, by_key, ref["columns"], out)) if p]
+    return written + task.write_report(name, sweep, by_key, rows, ref, root, out)
+
+
+def task_of(sweep: dict):
+    """The sweep's task module. TEMPORARY: until every task module imports its report part, the part
+    itself (collapse/tasks/<name>_report.py) stands in."""
+    module = tasks.get(sweep["config"]["task"])
+    if hasattr(module, "write_report") and hasattr(module, "PRIMARY"):
+        return module
+    return importlib.import_module(f"collapse.tasks.{sweep['config']['task']}_report")

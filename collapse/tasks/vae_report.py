@@ -1,0 +1,39 @@
+"""The VAE's part of the report: what the generic report (collapse/report/) asks of the task, its
+primary metric, its coefficient columns and the line saying what one L_M(Test) value is (it follows
+train.reduction). The VAE has no tables or figures beyond the generic ones."""
+from pathlib import Path
+
+PRIMARY = ("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
+REPORT_COLUMNS = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}   # coefficient -> column
+UNITS = {   # train.reduction -> what one L_M(Test) value is
+    "pixel": "nats per pixel (L_VAE / 1,024 pixels; train.reduction = pixel), the paper's per-element "
+             "kind of value, though not its level (our M0 is above its M1): compare ranks, signs and %",
+    "sum": "nats per image (L_VAE summed over the 1,024 pixels; train.reduction = sum); the paper's "
+           "values are per pixel, so compare its ranks, signs and % figures, not its values",
+    "element": "BCE averaged over pixels + KL averaged over latents (train.reduction = element), "
+               "not the paper's scale"}
+# What records older than train.reduction computed: its value in collapse/plan.py's ADDED_LATER, which
+# this module cannot import (plan -> tasks -> this module).
+OLDER_REDUCTION = "sum"
+
+
+def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+    """For the generic table: nothing after its heading, and the line on units."""
+    return "", unit_line(sweep, by_key)
+
+
+def unit_line(sweep: dict, by_key: dict) -> str | None:
+    """What one value is, from the train.reduction of the sweep's stage records (known before any eval ends)."""
+    records = [by_key.get(p.get(role)) for p in sweep["config"]["points"] for role in ("eval", "student", "teacher")]
+    reductions = sorted({(rec["config"].get("train") or {}).get("reduction", OLDER_REDUCTION)
+                         for rec in records if rec and isinstance(rec.get("config"), dict)})
+    if not reductions:
+        return None
+    if len(reductions) > 1:
+        return f"Unit: rows mix train.reduction = {', '.join(reductions)}; their values are not comparable."
+    return f"Unit: {UNITS.get(reductions[0], f'train.reduction = {reductions[0]}')}."
+
+
+def write_report(name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path, out: Path) -> list[Path]:
+    """No files of its own: the generic table, coefficient plot, samples and curves are the VAE's report."""
+    return []
