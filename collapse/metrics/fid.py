@@ -214,9 +214,3 @@ def reference_features(images, extractor: "InceptionFeatures", cache: Path | Non
     storage.save_tensors(path, {"features": torch.from_numpy(feats)},
                          {"dataset": dataset, "images": len(images), "inception_sha256": extractor.file_sha256})
     return feats
-
-
-def fid_kid(images_a, images_b, extractor, **kid_args) -> dict:
-    """FID and KID of two image sets; extractor: images -> features (e.g. an InceptionFeatures)."""
-    fa, fb = extractor(images_a), extractor(images_b)
-    return {"fid": fid(fa, fb), "kid": kid(fa, fb, **kid_args), "n_a": len(fa), "n_b": len(fb)}
