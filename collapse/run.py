@@ -6,6 +6,7 @@ Reads the stage's spec (written at plan time), reads its inputs through its depe
 manifest records, runs the stage, and writes its record: done with metrics and artifacts, or
 failed with the error and the log path. Artifacts live in <results_root>/stages/<key>/.
 """
+import inspect
 import math
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import config, generations, lease, manifest, storage, tasks, train
+from collapse import config, generations, lease, manifest, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
 from collapse.plan import ANY_OUTCOME
 
@@ -106,10 +107,20 @@ def load_data(task, root, record: dict, name: str = "data"):
     return task.from_tensors(tensors) if hasattr(task, "from_tensors") else tensors["data"]
 
 
-def synthesize(task, teacher, cfg, start: int, stop: int, generator):
+def synthesize(task, teacher, cfg, start: int, stop: int, generator, keep: partial.Keep | None = None):
     if hasattr(task, "synthesize"):
-        return task.synthesize(teacher, cfg, start, stop, generator)
-    return task.sample(teacher, stop - start, generator, cfg)
+        return task.synthesize(teacher, cfg, start, stop, generator, **_keeping(task.synthesize, keep))
+    return task.sample(teacher, stop - start, generator, cfg, **_keeping(task.sample, keep))
+
+
+def _keep(out: Path, log, **made_from) -> partial.Keep:
+    """Where a stage's resumable loops keep their finished chunks: <out>/partial/ (collapse/partial.py)."""
+    return partial.Keep(out / "partial", made_from, log)
+
+
+def _keeping(task_function, keep: partial.Keep | None) -> dict:
+    """keep= for a task's function that resumes part-way (it takes `keep`); {} for one that runs in one piece."""
+    return {"keep": keep} if keep is not None and "keep" in inspect.signature(task_function).parameters else {}
 
 
 def concat(task, parts: list):
@@ -121,11 +132,17 @@ def run_synth(task, cfg, inputs, root, out: Path, log):
         return run_synth_merge(task, cfg, inputs, root, out, log)
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
-    data = synthesize(task, teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)))
+    keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=cfg.synth.seed)
+    data = synthesize(task, teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)), keep)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
+    keep.clear()
     log(f"sampled {n} items from teacher {inputs['teacher']['key']}")
     return {"n": n}, {"data": path}
+
+
+def _weights_sha256(record: dict) -> str:
+    return record["artifacts"]["weights"]["sha256"]
 
 
 def shard_range(n: int, shards: int, i: int) -> tuple[int, int]:
@@ -142,9 +159,11 @@ def run_synth_shard(task, cfg, inputs, root, out: Path, log, shard: int):
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
     start, stop = shard_range(n, cfg.synth.shards, shard)
     seed = shard_seed(cfg.synth.seed, shard)
-    data = synthesize(task, teacher, cfg, start, stop, generator(seed, device_of(teacher)))
+    keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=seed, start=start)
+    data = synthesize(task, teacher, cfg, start, stop, generator(seed, device_of(teacher)), keep)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "start": start, "stop": stop, "seed": seed})
+    keep.clear()
     log(f"sampled items {start}..{stop - 1} of {n} from teacher {inputs['teacher']['key']} (seed {seed})")
     return {"n": stop - start, "start": start, "stop": stop, "seed": seed}, {"data": path}
 
@@ -181,8 +200,11 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
-    samples = synthesize(task, model.eval().requires_grad_(False), cfg, 0, len(real), generator(seed, device_of(model)))
+    keep = _keep(out, log, model=storage.sha256(out / "best.safetensors"), seed=seed)
+    samples = synthesize(task, model.eval().requires_grad_(False), cfg, 0, len(real), generator(seed, device_of(model)),
+                         keep)
     path = save_data(task, out / "data.safetensors", samples, {"generation": t + 1, "n": len(real), "seed": seed})
+    keep.clear()
     metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,
                "distilled_from": inputs["distill_from"]["key"] if teacher is not None else None}
     return metrics, {"weights": out / "best.safetensors", "data": path}
@@ -201,10 +223,14 @@ def run_gaussian(task, cfg, inputs, root, out: Path, log):
 def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
-    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache")
+    keep = _keep(out, log, model=_weights_sha256(model_record))
+    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache",
+                            **_keeping(task.evaluate, keep))
     log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in metrics.items() if not isinstance(v, (list, dict))))
-    return metrics, write_examples(task, model, cfg, out)
+    examples = write_examples(task, model, cfg, out)
+    keep.clear()
+    return metrics, examples
 
 
 def write_examples(task, model, cfg, out: Path) -> dict:

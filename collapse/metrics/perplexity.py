@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from collapse import partial
 from collapse.cache import cached_dir, content_key
 from collapse.data.text import texts_fingerprint
 
@@ -37,23 +38,25 @@ def padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def perplexities(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[float | None]:
-    """Per-token perplexity of each text (None for an empty one)."""
+def perplexities(model, tokenizer, texts: list[str], batch_size: int = 32, keep=None) -> list[float | None]:
+    """Per-token perplexity of each text (None for an empty one). `keep` (a collapse.partial.Keep): the
+    values are kept chunk by chunk as they are scored, and a rerun resumes after the last chunk."""
     model.eval()
     device = next(model.parameters()).device
     rows = token_ids(tokenizer, texts, model.config.n_positions)
-    out: list[float | None] = [None] * len(texts)
     scored = [i for i, r in enumerate(rows) if len(r) > 1 and texts[i].strip()]
-    for start in range(0, len(scored), batch_size):
-        chunk = scored[start:start + batch_size]
-        ids, mask = padded([rows[i] for i in chunk], 0)
+
+    def mean_nll(start, stop):   # of the texts scored[start:stop]
+        ids, mask = padded([rows[i] for i in scored[start:stop]], 0)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-        keep = mask[:, 1:].float()
-        mean_nll = (nll * keep).sum(1) / keep.sum(1)
-        for i, v in zip(chunk, mean_nll.tolist()):
-            out[i] = math.exp(v)
+        real = mask[:, 1:].float()
+        return {"mean_nll": ((nll * real).sum(1) / real.sum(1)).double().cpu()}
+    made = partial.batched(keep, "perplexities", len(scored), batch_size, mean_nll, what="scored")
+    out: list[float | None] = [None] * len(texts)
+    for i, v in zip(scored, made["mean_nll"].tolist() if made else []):
+        out[i] = math.exp(v)
     return out
 
 

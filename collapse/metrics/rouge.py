@@ -220,12 +220,15 @@ def bootstrap_ci(per_item: np.ndarray, resamples: int = 1000, seed: int = 0, lev
 
 
 def rouge(references: list[str], predictions: list[str], bootstrap: int = 1000, processes: int = 0,
-          seed: int = 0, workers: Workers | None = None) -> dict:
+          seed: int = 0, workers: Workers | None = None, keep=None) -> dict:
     """Mean F1 of each ROUGE type in percent, with its bootstrap 95% interval, and per-pair values.
+    `keep` (a collapse.partial.Keep): the per-pair values are kept once scored, and read back by a rerun.
 
     {"rouge1": 41.3, "rouge1_ci": [40.9, 41.7], ..., "per_pair": float [n, 4] (0-1)}
     """
-    per_pair = score_pairs(references, predictions, processes, workers)
+    def scored():
+        return score_pairs(references, predictions, processes, workers)
+    per_pair = scored() if keep is None else _kept(keep, len(references), scored)
     out = {"per_pair": per_pair}
     means = per_pair.mean(axis=0) * 100
     ci = bootstrap_ci(per_pair, bootstrap, seed) * 100 if bootstrap and len(per_pair) > 1 else None
@@ -233,3 +236,10 @@ def rouge(references: list[str], predictions: list[str], bootstrap: int = 1000, 
         out[name] = float(means[i])
         out[f"{name}_ci"] = [float(ci[0, i]), float(ci[1, i])] if ci is not None else None
     return out
+
+
+def _kept(keep, pairs: int, scored) -> np.ndarray:
+    import torch   # here: a scoring process imports this module and must not wait for torch
+
+    from collapse import partial
+    return partial.once(keep, "rouge", pairs, lambda: {"per_pair": torch.from_numpy(scored())})["per_pair"].numpy()

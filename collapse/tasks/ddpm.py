@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from collapse import diffusion
+from collapse import diffusion, partial
 from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
 from collapse.device import StepNoise, device_of, dtype_of
 from collapse.models.unet import UNet
@@ -232,28 +232,42 @@ def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 256) -> float:
     return held_out_loss(loss, batch, model, data, cfg, batch_size, EVAL_SEED)
 
 
+SAMPLE_BATCH = 256
+
+
 @torch.no_grad()
-def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, batch_size: int = 256) -> torch.Tensor:
-    """n images as uint8 [n, C, H, W] on the CPU, by cfg.synth.sampler with cfg.synth.steps."""
-    m, chunks = cfg.model, []
+def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, batch_size: int = SAMPLE_BATCH,
+           keep=None) -> torch.Tensor:
+    """n images as uint8 [n, C, H, W] on the CPU, by cfg.synth.sampler with cfg.synth.steps; with `keep`
+    (collapse/partial.py), kept chunk by chunk with the generator's state, and resumed from them."""
+    def images(start, stop):
+        return {"images": _sampled(model, stop - start, generator, cfg)}
+    return partial.batched(keep, "samples", n, batch_size, images, generator)["images"]
+
+
+def _sampled(model, n: int, generator: torch.Generator, cfg) -> torch.Tensor:
+    """One batch of n images, as uint8 on the CPU."""
+    m = cfg.model
     eps_model = lambda x, t: model(x, t)["eps"]   # noqa: E731
-    for start in range(0, n, batch_size):
-        shape = (min(batch_size, n - start), m.channels, m.image_size, m.image_size)
-        x = diffusion.sample(eps_model, scheduler(cfg), shape, generator, cfg.synth.sampler, cfg.synth.steps,
-                             dtype_of(model))
-        chunks.append(x.add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu())
-    return torch.cat(chunks)
+    x = diffusion.sample(eps_model, scheduler(cfg), (n, m.channels, m.image_size, m.image_size), generator,
+                         cfg.synth.sampler, cfg.synth.steps, dtype_of(model))
+    return x.add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
 
 
-def evaluate(model, test_data, cfg, cache: Path | None = None) -> dict:
+def evaluate(model, test_data, cfg, cache: Path | None = None, keep=None) -> dict:
     """L_M(Test), and FID/KID of eval.fid_samples samples against as many real hold-out images,
-    whose Inception features are computed once and kept in `cache` (<results_root>/cache)."""
+    whose Inception features are computed once and kept in `cache` (<results_root>/cache). With `keep`,
+    the samples' features are kept chunk by chunk (collapse/partial.py) and a rerun resumes from them."""
     from collapse.metrics.fid import InceptionFeatures, fid, kid, reference_features
     n = cfg.eval.fid_samples
-    samples = sample(model, n, torch.Generator(device=device_of(model)).manual_seed(EVAL_SEED), cfg)
+    generator = torch.Generator(device=device_of(model)).manual_seed(EVAL_SEED)
     extractor = InceptionFeatures(cfg.eval.inception, device=device_of(model))
+
+    def features(start, stop):   # a sampling batch is whole extractor batches: the ones it sees in one go
+        return {"features": torch.from_numpy(extractor(_sampled(model, stop - start, generator, cfg)))}
+    fake = partial.batched(keep, "fid_features", n, SAMPLE_BATCH, features, generator, what="scored")["features"]
+    fake = fake.numpy()
     real = reference_features(test_data[:n], extractor, cache, dataset=cfg.data.dataset)
-    fake = extractor(samples)
     return {"test_loss": test_loss(model, test_data, cfg), "fid": fid(fake, real), "kid": kid(fake, real),
             "fid_samples": len(fake), "fid_real": len(real)}
 

@@ -13,7 +13,6 @@ teacher's greedy summaries of them, cut to the same lengths.
 """
 import collections
 import functools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from collapse.data import summaries, text
 from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)
 from collapse.device import StepNoise, device_of
 from collapse.models import t5 as t5_model
+from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 
 EVAL_BATCH_TOKENS = 2 ** 16
 transformers.logging.disable_progress_bar()   # a stage's log is read by people: no progress bars
@@ -332,39 +332,17 @@ def test_loss(model, data: TextPairs, cfg) -> float:
 
 # ---------------------------------------------------------------- generation
 
-@torch.no_grad()
-def summarize(model, source: torch.Tensor, pad_id: int, max_new_tokens: int, batch_size: int) -> list[list[int]]:
-    """Greedy summaries of the articles `source` (int [N, S]): each one's tokens up to and with </s>,
-    at most max_new_tokens (never the pad token). Articles are generated in order of length, so a batch holds little padding."""
-    net = unwrapped(model).eval()
-    device, eos = device_of(net), net.config.eos_token_id
-    lengths = (source != pad_id).sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)
-    out: list[list[int]] = [[] for _ in range(len(source))]
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        width = max(1, int(lengths[index].max()))
-        ids = source[index, :width].long().to(device)
-        generated = net.generate(input_ids=ids, attention_mask=(ids != pad_id).long(), max_new_tokens=max_new_tokens,
-                                 do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos,
-                                 decoder_start_token_id=net.config.decoder_start_token_id,
-                                 suppress_tokens=[pad_id])   # pad marks the end of a stored row: never content
-        for i, row in zip(index.tolist(), generated[:, 1:].tolist()):   # drop the decoder start token
-            out[i] = row[:row.index(eos) + 1] if eos in row else row
-    return out
-
-
-def synthesize(teacher, cfg, start: int, stop: int, generator=None) -> TextPairs:
+def synthesize(teacher, cfg, start: int, stop: int, generator=None, keep=None) -> TextPairs:
     """Synthetic items start..stop-1 of D_M0: real training articles start..stop-1 with the teacher's
-    greedy summaries (greedy decoding draws nothing from `generator`)."""
+    greedy summaries (greedy decoding draws nothing from `generator`); `keep`: see summarize."""
     real = real_data(cfg, "train").select(start, stop)
-    rows = summarize(teacher, real.source, real.pad_id, cfg.data.max_target_tokens, cfg.synth.batch_size)
+    rows = summarize(teacher, real.source, real.pad_id, cfg.data.max_target_tokens, cfg.synth.batch_size, keep)
     return TextPairs(real.source, text.from_rows(rows, real.pad_id), real.pad_id)
 
 
-def sample(model, n: int, generator, cfg, grid: bool = False) -> TextPairs:
+def sample(model, n: int, generator, cfg, grid: bool = False, keep=None) -> TextPairs:
     """The first n items of D_M0 (the runner's default synth calls this)."""
-    return synthesize(model, cfg, 0, n, generator)
+    return synthesize(model, cfg, 0, n, generator, keep)
 
 
 def decode(cfg, rows: list[list[int]]) -> list[str]:
@@ -385,26 +363,27 @@ def ppl_model(cfg):
     return perplexity.load(folder)
 
 
-def evaluate(model, test_data: TextPairs, cfg, cache=None) -> dict:
+def evaluate(model, test_data: TextPairs, cfg, cache=None, keep=None) -> dict:
     """Greedy summaries of eval.articles validation articles: ROUGE-1/2/L/Lsum (%, bootstrap 95% CIs),
     their per-token perplexity under GPT-2 (mean, and every value for the histogram), empty ones counted,
     generation speed, and L_M(Test). `cache` (the image tasks' reference features) is not needed here:
-    the stand-in tokenizer and GPT-2 are cached by content in $COLLAPSE_CACHE (collapse/cache.py)."""
+    the stand-in tokenizer and GPT-2 are cached by content in $COLLAPSE_CACHE (collapse/cache.py). With
+    `keep` (collapse/partial.py) the summaries, ROUGE scores and perplexities are kept as they are made."""
     from collapse.metrics import perplexity, rouge
     data = test_data.select(0, cfg.eval.articles or len(test_data))
     extra = rouge.scoring_processes(len(data), cfg.eval.processes) - 1
     workers = rouge.Workers(extra) if extra else None   # they import while the summaries are generated
     try:
-        started = time.time()
-        rows = summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens, cfg.eval.batch_size)
-        seconds = time.time() - started
+        rows, seconds = timed_summaries(model, data.source, data.pad_id, cfg.data.max_target_tokens,
+                                        cfg.eval.batch_size, keep)
         generated = decode(cfg, rows)
-        scores = rouge.rouge(data.summaries, generated, cfg.eval.bootstrap, cfg.eval.processes, workers=workers)
+        scores = rouge.rouge(data.summaries, generated, cfg.eval.bootstrap, cfg.eval.processes, workers=workers,
+                             keep=keep)
     finally:
         if workers:
             workers.close()
     gpt2, gpt2_tokenizer = ppl_model(cfg)
-    values = perplexity.perplexities(gpt2.to(device_of(model)), gpt2_tokenizer, generated)
+    values = perplexity.perplexities(gpt2.to(device_of(model)), gpt2_tokenizer, generated, keep=keep)
     metrics = {name: scores[name] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
     metrics.update({f"{name}_ci": scores[f"{name}_ci"] for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")})
     # every article's ROUGE-1/2/L/Lsum (%), for the report's article-by-article comparison with M1
