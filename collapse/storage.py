@@ -2,18 +2,20 @@
 
 Everything is written to a temporary name in the same directory, fsynced and renamed into
 place. Weights and synthetic data are safetensors (no pickle); records are JSON.
+
+No torch at import: the manifest, stage specs and the SLURM job index are written through this module
+by commands that must answer fast (status, cancel, the dry run). Tensors and checkpoints import it
+where they are read or written.
 """
 import hashlib
 import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
 
 
 class CorruptFileError(RuntimeError):
@@ -144,23 +146,22 @@ def verify(path: Path, expected_sha256: str) -> Path:
 
 
 def save_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file   # torch: JSON writers (status, cancel) never load it
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file   # torch: JSON readers (status, cancel) never load it
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for torn or foreign files
         raise CorruptFileError(f"cannot read tensors from {path}: {e}") from None
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> Path:
-    return save_tensors(path, model.state_dict())
-
-
-def load_weights(path: Path, model: torch.nn.Module) -> torch.nn.Module:
+def load_weights(path: Path, model):
+    """Load the weights at `path` into `model` (a torch.nn.Module) and return it."""
     model.load_state_dict(load_tensors(path))
     return model
 
@@ -267,7 +268,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    torch = sys.modules.get("torch")   # a process that never imported torch has no process group
+    if torch is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    return torch.distributed.get_rank()
 
 
 # ---------------------------------------------------------------- loading checkpoints without pickle's risks
@@ -292,6 +296,7 @@ def safe_torch_load(path, map_location=None):
     DeepSpeed's TorchCheckpointEngine.load calls torch.load(weights_only=False), which would run
     any code a crafted checkpoint names; `use_safe_loader` puts this function in its place.
     """
+    import torch   # torch: JSON writers (status, cancel) import this module without it
     with torch.serialization.safe_globals(_deepspeed_safe_globals()):
         return torch.load(path, map_location=map_location, weights_only=True)
 
