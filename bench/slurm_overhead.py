@@ -30,9 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from collapse import manifest, plan as planning  # noqa: E402
-from collapse.executors import slurm, slurm_reachable  # noqa: E402
+from collapse.executors import slurm, slurm_index, slurm_reachable  # noqa: E402
+from collapse.executors.slurm_groups import make_groups  # noqa: E402
 from collapse.grid import load_sweep  # noqa: E402
-from collapse.run import write_spec  # noqa: E402
+from collapse.stages import write_spec  # noqa: E402
 
 TRIVIAL = ["profile=smoke", "cluster=slurm", "data.train_size=64", "data.test_size=64", "train.epochs=1",
            "train.batch_size=64", "model.hidden=32", "synth.size=64", "eval.grid_samples=4"]
@@ -60,7 +61,7 @@ def sixteen_stages(plan) -> list:
 def submitit_start(root, job_id: str) -> float | None:
     """When the job's Python was up: the timestamp of submitit's first log line."""
     try:
-        for line in slurm.job_stdout(root, job_id).read_text().splitlines():
+        for line in slurm_index.job_stdout(root, job_id).read_text().splitlines():
             if "Starting with JobEnvironment" in line:
                 stamp = line.split("(", 1)[1].split(")", 1)[0]
                 return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     for s in stages:
         sub.add(s)
         write_spec(root, s)
-    groups = slurm.make_groups(stages)
+    groups = make_groups(stages)
     levels = {s.key: g.level for g in groups for s in g.stages}
     n_levels = 1 + max(levels.values())
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     if rc != 0:
         print((work / "launch.txt").read_text(), file=sys.stderr)
         return rc
-    index = slurm.read_index(root)
+    index = slurm_index.read_index(root)
     launch = index["launches"][-1]
 
     deadline = time.monotonic() + args.timeout
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
             break
         time.sleep(0.1)
     else:
-        slurm.cancel([a["job"] for a in launch["arrays"]] + [launch["report"]])
+        slurm_index.cancel([a["job"] for a in launch["arrays"]] + [launch["report"]])
         print(f"error: the stages did not finish in {args.timeout:.0f}s (results in {root})", file=sys.stderr)
         return 1
     failed = [r["name"] for r in recs.values() if r["status"] != "done"]

@@ -12,16 +12,15 @@ stage that is not done is recorded "cancelled" in the manifest: status shows it 
 plans it again and resumes it from its checkpoint, which is kept.
 """
 import fnmatch
-import json
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from collapse import lease
-from collapse.executors import slurm, slurm_command
-from collapse.plan import ANY_OUTCOME
-from collapse.status import launched_root
+from collapse import lease, manifest, stages
+from collapse.executors import slurm_command, slurm_index
+from collapse.executors.slurm_index import SubmissionError, base_id
+from collapse.status import launched_root, read_records
 
 GONE_TIMEOUT_S = 60     # scancel's SIGTERM, then SIGKILL after the cluster's KillWait (30 s by default)
 
@@ -32,15 +31,14 @@ class CancelError(RuntimeError):
 
 def record_cancelled(root, key: str, why: str) -> str:
     """Record stage `key` cancelled unless it is done; return its status afterwards ('done' or 'cancelled')."""
-    from collapse import manifest
     root = Path(root)
     record = manifest.read(root, key)
     if record is not None and record["status"] == "done":
         return "done"
     if record is None or record["status"] == "unreadable":
-        spec = json.loads((root / "stages" / key / "stage.json").read_text())
+        spec = stages.read_spec(root, key)
         record = {k: spec[k] for k in ("kind", "key", "name", "deps", "config")}
-        record["log"] = f"logs/{spec['kind']}-{key}.log"
+        record["log"] = str(stages.log_path(root, spec).relative_to(root))
     manifest.write(root, {**record, "status": "cancelled", "error": why, "ended": manifest.now()})
     return "cancelled"
 
@@ -49,15 +47,14 @@ def record_cancelled(root, key: str, why: str) -> str:
 
 def select(root: Path, index: dict, grid: str | None, patterns: list[str]) -> dict:
     """{key: index entry} of the stages asked for; CancelError on an unknown grid or a pattern matching nothing."""
-    from collapse.status import _latest_sweeps, read_records
     entries = index["stages"]
     if grid is not None:
-        sweeps = _latest_sweeps(read_records(root), grid)
-        if not sweeps:
+        sweep = stages.latest_sweeps(read_records(root), grid).get(grid)
+        if sweep is None:
             names = sorted({r["name"] for r in read_records(root) if r.get("kind") == "sweep"})
             raise CancelError(f"key 'grid': value '{grid}' is not allowed; expected a grid launched in {root} "
                               f"(one of: {', '.join(names) or 'none'})")
-        keys = sweeps[0].get("config", {}).get("stages", [])
+        keys = sweep.get("config", {}).get("stages", [])
         entries = {k: entries[k] for k in keys if k in entries}
     if not patterns:
         return dict(entries)
@@ -73,34 +70,26 @@ def select(root: Path, index: dict, grid: str | None, patterns: list[str]) -> di
     return chosen
 
 
-def with_dependents(root: Path, index: dict, keys: set, active: set) -> set:
+def with_dependents(root: Path, keys: set, active: set) -> set:
     """`keys` and the queued stages (of `active`) that read them, directly or not."""
-    deps = {}
+    reads = {}
     for key in active:
         try:
-            spec = json.loads((root / "stages" / key / "stage.json").read_text())
+            spec = stages.read_spec(root, key)
             # a report runs whatever its inputs' outcome: cancelling a student leaves it queued
-            deps[key] = set() if spec["kind"] in ANY_OUTCOME else set(spec["deps"].values())
+            reads[key] = () if spec["kind"] in stages.ANY_OUTCOME else spec["deps"].values()
         except (OSError, ValueError, KeyError):
-            deps[key] = set()
-    keys = set(keys)
-    grew = True
-    while grew:
-        grew = False
-        for key in active - keys:
-            if deps[key] & keys:
-                keys.add(key)
-                grew = True
-    return keys
+            reads[key] = ()
+    return stages.downstream(keys, reads)
 
 
 def scancel_ids(jobs: set, states: dict) -> list[str]:
     """The ids to scancel for `jobs` ('123' or '123_4'): an array whole when all its queued tasks are in
     `jobs`, else its tasks one by one."""
     ids = []
-    for base in sorted({slurm.base_id(j) for j in jobs}, key=int):
-        queued = {j for j in states if slurm.base_id(j) == base}
-        mine = {j for j in jobs if slurm.base_id(j) == base}
+    for base in sorted({base_id(j) for j in jobs}, key=int):
+        queued = {j for j in states if base_id(j) == base}
+        mine = {j for j in jobs if base_id(j) == base}
         ids += [base] if queued <= mine else sorted(mine, key=lambda j: int(j.split("_")[1]))
     return ids
 
@@ -113,22 +102,22 @@ def cancel(root, grid: str | None = None, patterns: list[str] = (), out=sys.stdo
     if not slurm_command("squeue") or not slurm_command("scancel"):
         raise CancelError("SLURM's squeue and scancel are not usable here (not installed, or COLLAPSE_SLURM=off): "
                           "cancel from a machine of the cluster the sweep was submitted to")
-    with slurm._locked(root):     # no launch submits while the index is read and its jobs cancelled
-        index = slurm.read_index(root)
+    with slurm_index.locked(root):     # no launch submits while the index is read and its jobs cancelled
+        index = slurm_index.read_index(root)
         chosen = select(root, index, grid, list(patterns))
         entries = index["stages"]
-        states = slurm.squeue_states([e["job"] for e in entries.values()])
-        active = {k for k, e in entries.items() if slurm.is_active(e["job"], states, e.get("job_name"))}
-        keys = with_dependents(root, index, set(chosen) & active, active)
+        states = slurm_index.squeue_states([e["job"] for e in entries.values()])
+        active = {k for k, e in entries.items() if slurm_index.is_active(e["job"], states, e.get("job_name"))}
+        keys = with_dependents(root, set(chosen) & active, active)
         jobs = {entries[k]["job"] for k in keys}
         if not jobs:
             print(f"nothing to cancel: none of the {len(chosen)} stages selected in {root} has a queued or "
                   f"running job", file=out, flush=True)
             return {}
         ids = scancel_ids(jobs, states)
-        done = slurm._run(["scancel", *ids])
-        if done.returncode != 0:
-            raise slurm.SubmissionError(f"scancel {' '.join(ids)} failed: {done.stderr.strip()}")
+        failed = slurm_index.scancel(ids)
+        if failed:
+            raise SubmissionError(f"scancel {' '.join(ids)} failed: {failed}")
         _wait_gone(jobs)
         why = f"cancelled by sweeps/cancel.py (scancel {' '.join(ids)})"
         result = {}
@@ -148,14 +137,14 @@ def _wait_gone(jobs: set, timeout_s: float = GONE_TIMEOUT_S) -> None:
     """Until no job of `jobs` is queued or running: a stage killed mid-write must not overwrite its record."""
     deadline = time.monotonic() + timeout_s
     while True:
-        states = slurm.squeue_states(jobs)
-        left = sorted(j for j in jobs if any(st[0] in slurm.ACTIVE and (s == j or slurm.base_id(s) == j)
+        states = slurm_index.squeue_states(jobs)
+        left = sorted(j for j in jobs if any(st[0] in slurm_index.ACTIVE and (s == j or base_id(s) == j)
                                               for s, st in states.items()))
         if not left:
             return
         if time.monotonic() > deadline:
-            raise slurm.SubmissionError(f"jobs {', '.join(left)} still in the queue {timeout_s:.0f}s after scancel; "
-                              "nothing recorded: run this again")
+            raise SubmissionError(f"jobs {', '.join(left)} still in the queue {timeout_s:.0f}s after scancel; "
+                                  "nothing recorded: run this again")
         time.sleep(0.5)
 
 
@@ -182,7 +171,7 @@ def main(argv: list[str]) -> int:
     except CancelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except slurm.SubmissionError as e:    # squeue or the index lock
+    except SubmissionError as e:    # squeue or the index lock
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -10,9 +10,12 @@ parallelism, in plan order. Then the warnings (collapse/preflight.py): a results
 not share, a GPU-sized stage without a GPU, a stage longer than its time limit or its partition's.
 """
 import math
+import os
 import statistics
 
 from collapse import lease, manifest, preflight
+from collapse.executors.slurm import sbatch_parameters
+from collapse.executors.slurm_groups import make_groups
 from collapse.tasks import gpu_rates
 
 # seconds per unit of work on one CPU core, the VAE measured here (23 ms a 256-item step, 60k samples
@@ -21,7 +24,6 @@ DEFAULT_SECONDS_PER_UNIT = {"teacher": 9e-5, "student": 9e-5, "generation": 9e-5
                             "eval": 2e-4, "gaussian": 2e-6, "report": 10.0}
 DEFAULT_TASKS = ("vae", "gaussian")       # the tasks those defaults describe
 FULL_SIZES = {"mnist": (60_000, 10_000)}   # train, test items of a dataset used whole (data.*_size null)
-TRAINING = ("teacher", "student", "generation")
 
 
 def work(kind: str, config: dict) -> float:
@@ -162,7 +164,6 @@ def say_estimate(to_run: list, costs: dict, gpus: dict, cluster, backend: str, s
         say(f"estimate: {hours}; wall {duration(list_schedule(to_run, seconds, slots))} with up to {slots} jobs "
             "at once (queue waits not included)")
     else:
-        import os
         slots = cluster.max_parallel or os.cpu_count() or 1
         say(f"estimate: {sum(seconds[k] * costs[k][1] for k in seconds) / 3600:.3g} core-hours; "
             f"wall {duration(list_schedule(to_run, seconds, slots))} at {slots} stages at once")
@@ -181,14 +182,13 @@ def duration(seconds: float) -> str:
 
 
 def describe_slurm(to_run: list, cluster, say) -> None:
-    from collapse.executors import slurm
-    groups = slurm.make_groups(to_run)
+    groups = make_groups(to_run)
     for i, g in enumerate(groups):
         g.job_id = f"<job {i + 1}>"
     say(f"{len(groups)} sbatch calls (one job array per stage kind and dependency level):")
     for i, g in enumerate(groups):
         res = cluster.resources(g.kind)
-        params = slurm.sbatch_parameters(res, f"collapse-{g.kind}", g.dependency(groups))
+        params = sbatch_parameters(res, f"collapse-{g.kind}", g.dependency(groups))
         shown = {k: params[k] for k in ("time", "nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node",
                                         "mem", "partition", "account", "qos", "constraint", "dependency")
                  if k in params}

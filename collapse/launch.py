@@ -10,11 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
-from collapse import manifest, plan as planning, storage, tasks
+from collapse import dryrun, manifest, plan as planning, preflight, storage, tasks
 from collapse.config import ConfigError, bad
-from collapse.executors import choose_backend, slurm_reachable
+from collapse.executors import choose_backend, local, slurm, slurm_reachable
 from collapse.grid import load_sweep
-from collapse.run import artifact, write_spec
+from collapse.run import artifact
+from collapse.stages import write_spec
 
 
 def check_results_root(value: str) -> Path:
@@ -107,11 +108,9 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         return 2
     todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
     if options["dry_run"]:
-        from collapse import dryrun
         dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo)
         return 0
     if backend == "slurm":   # the same warnings as the dry run's, said before submitting
-        from collapse import dryrun, preflight
         costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
                                 dryrun.stage_gpus(todo, sweep.base.cluster, backend))
         for note in preflight.warnings(sweep, todo, root, backend, {k: v[0] for k, v in costs.items()}):
@@ -129,7 +128,6 @@ def launch(argv: list[str], out=sys.stdout) -> int:
           + (f" ({len(redo)} redone: {options['redo']} and what reads it)" if redo else "")
           + f"; results in {root}", file=out, flush=True)
     if backend == "local":
-        from collapse.executors import local
         try:
             result = local.run(todo, root, sweep.base.cluster.max_parallel)
         except local.Cancelled as e:
@@ -142,5 +140,4 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
               f"report: {report_files(root, plan)}", file=out)
         return 1 if failed else 0
-    from collapse.executors import slurm
     return slurm.submit(sweep, plan, todo, root, out=out)

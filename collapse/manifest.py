@@ -2,13 +2,12 @@
 
 One file per key means concurrent writers never contend for the same bytes; each write is
 atomic (temp file + rename), so a reader sees a whole record or the previous one. The
-report and status read only this folder. No torch here (storage, which writes, is imported when a
-record is written): status reads records through this module and must answer in well under a second.
+report and status read only this folder. No torch here: status reads records through this module and
+must answer in well under a second.
 """
 import getpass
 import json
 import os
-import re
 import socket
 import subprocess
 import time
@@ -16,24 +15,15 @@ from pathlib import Path
 
 import orjson
 
+from collapse import storage
+from collapse.stages import RAN_TO_THE_END, is_safe_key   # noqa: F401 (run.main reads manifest.RAN_TO_THE_END)
+
 VERSION = 1
-# cancelled: stopped, not done, rerun next launch; partial: a report written while an input had failed
-STATUSES = ("running", "done", "failed", "cancelled", "partial")
-# A run that ended as it should: its process exits 0 and its job succeeds (only `done` counts as done).
-RAN_TO_THE_END = ("done", "partial")
 REQUIRED = ("version", "kind", "key", "name", "status")
 
 
 def folder(root) -> Path:
     return Path(root) / "manifest"
-
-
-# A key names a file in manifest/ (and a folder in stages/): never a path out of the results root.
-SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
-
-
-def is_safe_key(key) -> bool:
-    return isinstance(key, str) and SAFE_KEY.match(key) is not None
 
 
 def _path(root, key) -> Path:
@@ -44,7 +34,6 @@ def _path(root, key) -> Path:
 
 
 def write(root, record: dict) -> dict:
-    from collapse import storage
     record = {"version": VERSION, **record}
     storage.write_json(_path(root, record["key"]), record)
     return record

@@ -11,9 +11,10 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from collapse import fingerprint as content, generations, manifest, tasks
+from collapse import fingerprint as content, generations, manifest, stages, tasks
 from collapse.config import ConfigError, ExperimentConfig, bad, to_dict
 from collapse.grid import Sweep
+from collapse.stages import ANY_OUTCOME   # noqa: F401 (run.py reads plan.ANY_OUTCOME)
 
 # Which config sections decide a stage's output. Execution details (where the data lives,
 # ZeRO stage, threads, checkpoint interval) do not change the numbers and stay out of the key.
@@ -34,9 +35,6 @@ KEY_SECTIONS = {
     # The sweep's tables and plots: its deps are every eval (or gaussian stage) of the sweep.
     "report": ("task",),
 }
-# Kinds that run once their inputs have ended, whatever the outcome (a report shows the failures too);
-# every other stage runs only when all its inputs are done.
-ANY_OUTCOME = {"report"}
 # data.root is left out as a path; when set, its content's fingerprint goes in (see with_fingerprints).
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every"),
               ("synth", "batch_size"), ("eval", "batch_size"), ("eval", "processes")}   # T5: items per generate() call, ROUGE workers
@@ -285,9 +283,5 @@ def matching(plan: Plan, pattern: str) -> set:
 
 
 def downstream(plan: Plan, keys: set) -> set:
-    """`keys` and every stage that reads one of them, directly or not."""
-    out = set(keys)
-    for s in plan.stages.values():   # plan order is dependency order
-        if any(d in out for d in s.deps.values()):
-            out.add(s.key)
-    return out
+    """`keys` and every stage of `plan` that reads one of them, directly or not."""
+    return stages.downstream(keys, {s.key: s.deps.values() for s in plan.stages.values()})

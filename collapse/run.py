@@ -18,28 +18,11 @@ import torch
 from collapse import config, generations, lease, manifest, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
 from collapse.plan import ANY_OUTCOME
+from collapse.stages import log_path, read_spec, stage_dir, write_spec   # noqa: F401 (write_spec: run.write_spec)
 
 
 class StageInputError(RuntimeError):
     pass
-
-
-def stage_dir(root, key: str) -> Path:
-    if not manifest.is_safe_key(key):
-        raise ValueError(f"stage key {key!r} is not allowed: it would name a path outside {root}/stages")
-    return Path(root) / "stages" / key
-
-
-def log_path(root, stage) -> Path:
-    return Path(root) / "logs" / f"{stage['kind']}-{stage['key']}.log"
-
-
-def write_spec(root, stage, redo_of: dict | None = None) -> None:
-    """The stage's spec for its runner; `redo_of`: the done record a `redo=` launch replaces."""
-    spec = stage.spec()
-    if redo_of is not None:
-        spec["redo_of"] = {"started": redo_of["started"], "ended": redo_of.get("ended")}
-    storage.write_json(stage_dir(root, stage.key) / "stage.json", spec)
 
 
 def _redoing(spec: dict, previous: dict | None) -> bool:
@@ -56,10 +39,6 @@ def _replaced(previous: dict) -> list:
     if isinstance(summary["metrics"], dict):
         summary["metrics"] = {k: v for k, v in summary["metrics"].items() if k != "history"}
     return [summary] + list(previous.get("replaced") or [])
-
-
-def read_spec(root, key: str) -> dict:
-    return storage.read_json(stage_dir(root, key) / "stage.json")
 
 
 def artifact(root, record: dict, name: str) -> Path:

@@ -12,7 +12,6 @@ A stage's lease (collapse/lease.py) says who runs it now, on any node and under 
 host, pid or SLURM job, and the age of its last heartbeat; a stage recorded running whose lease
 is dead (its runner was killed, its node lost) shows as failed, to be rerun by the next launch.
 """
-import json
 import os
 import subprocess
 import sys
@@ -20,15 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collapse import lease
+from collapse import lease, manifest, stages
 from collapse.executors import slurm_command
+from collapse.executors.slurm_index import SubmissionError, base_id, job_stdout, read_index, squeue_states
 
 
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED")
 RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
 STATES = ("done", "running", "pending", "failed", "missing", "cancelled", "partial")
-KIND_ORDER = ("teacher", "synth_shard", "synth", "student", "generation", "gaussian", "eval", "report")
 
 
 @dataclass
@@ -55,7 +54,6 @@ def _slurm(cmd: list[str], timeout: float = 20) -> str | None:
 
 
 def squeue(job_ids) -> dict:
-    from collapse.executors.slurm import SubmissionError, squeue_states
     try:
         return squeue_states(job_ids) if slurm_command("squeue") else {}
     except SubmissionError:
@@ -64,13 +62,15 @@ def squeue(job_ids) -> dict:
 
 def sacct(job_ids) -> dict:
     """{job id: (state, elapsed)}; pending array ranges expanded; a never-started array under its base id."""
-    from submitit.slurm.slurm import read_job_id
-    bases = sorted({str(j).split("_")[0] for j in job_ids if j}, key=int)
+    bases = sorted({base_id(j) for j in job_ids if j}, key=int)
     if not bases:
         return {}
     text = _slurm(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "-o", "JobID,State,Elapsed"])
+    if not text:
+        return {}
+    from submitit.slurm.slurm import read_job_id   # slow import (submitit: 60 ms), only where sacct answered
     info = {}
-    for line in (text or "").splitlines():
+    for line in text.splitlines():
         parts = line.split("|")
         if len(parts) != 3 or not parts[0]:
             continue
@@ -90,12 +90,11 @@ def sacct(job_ids) -> dict:
 
 def read_records(root) -> list[dict]:
     """Every record, malformed ones as 'unreadable' (manifest.read_all)."""
-    from collapse import manifest
     return manifest.read_all(root)
 
 
 def _job_info(job: str, info: dict):
-    return info.get(job) or info.get(job.split("_")[0])
+    return info.get(job) or info.get(base_id(job))
 
 
 # ---------------------------------------------------------------- the table
@@ -107,22 +106,12 @@ def _seconds(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _latest_sweeps(records: list[dict], grid: str | None) -> list[dict]:
-    latest = {}
-    for r in records:
-        if r.get("kind") == "sweep" and (grid is None or r.get("name") == grid):
-            if r["name"] not in latest or r.get("ended", 0) >= latest[r["name"]].get("ended", 0):
-                latest[r["name"]] = r
-    return list(latest.values())
-
-
 def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> tuple[list[Row], list[dict]]:
     """(rows, sweeps) for every stage of the latest sweep of `grid` (all grids and stages when None)."""
-    from collapse.executors.slurm import job_stdout, read_index
     root = Path(root)
     records = read_records(root)
     by_key = {r["key"]: r for r in records if r.get("kind") != "sweep"}
-    sweeps = _latest_sweeps(records, grid)
+    sweeps = list(stages.latest_sweeps(records, grid).values())
     keys = list(dict.fromkeys(k for s in sweeps for k in (s.get("config") or {}).get("stages", [])))
     try:
         index = read_index(root)
@@ -142,8 +131,7 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
         name, kind = (rec or entry).get("name"), (rec or entry).get("kind")
         if name is None:
             try:
-                with open(root / "stages" / key / "stage.json") as f:
-                    spec = json.load(f)
+                spec = stages.read_spec(root, key)
                 name, kind = spec["name"], spec["kind"]
             except (OSError, ValueError, KeyError):
                 name, kind = key, "?"
@@ -198,8 +186,7 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
         if holder is not None:
             _show_holder(row, holder, status, q)
         rows.append(row)
-    order = {k: i for i, k in enumerate(KIND_ORDER)}
-    rows.sort(key=lambda r: (order.get(r.kind, len(order)), r.name))
+    rows.sort(key=lambda r: (len(stages.KINDS) if r.kind == "?" else stages.kind_rank(r.kind), r.name))
     return rows, sweeps
 
 
@@ -229,7 +216,6 @@ def render(rows: list[Row], root, sweeps: list[dict]) -> str:
 
 def record_dead_jobs(root, squeue_fn=squeue, sacct_fn=sacct) -> dict:
     """Record as failed the stages whose record says running but whose job ended (killed, timed out)."""
-    from collapse import manifest
     rows, _ = collect(root, None, squeue_fn, sacct_fn)
     marked = {}
     for row in rows:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from collapse import cancel, lease  # noqa: E402
 from collapse.executors import local  # noqa: E402
 from test_slurm import cluster, launch, launch_jobs, records, show, wait_done  # noqa: E402,F401
-from collapse.executors import slurm  # noqa: E402
+from collapse.executors import slurm_index  # noqa: E402
 
 GRID = "experiment: vae_mnist\nrows:\n  - {distill.lam: 0.5}\n"
 ARGS = ["grid=cancel_one", "profile=smoke", "data.train_size=256", "data.test_size=128", "train.epochs=1",
@@ -126,7 +126,7 @@ def test_bad_input_is_one_error_line_exit_2(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, out.stderr)
     # an exact name with brackets selects its stage (fnmatch alone would read [..] as a character class)
-    index = slurm.read_index(tmp_path)
+    index = slurm_index.read_index(tmp_path)
     assert list(cancel.select(tmp_path, index, "g", ["student[lam=0.5,seed=0]"])) == ["a" * 16]
     assert list(cancel.select(tmp_path, index, None, ["student[lam=0.5*"])) == ["a" * 16]
 
@@ -214,8 +214,8 @@ def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identic
     assert out.returncode == 0, show(out)
     out = launch(*ARGS, "cluster=slurm", f"results_root={second}", env=grid_env)
     assert out.returncode == 0, show(out)
-    jobs1 = launch_jobs(slurm.read_index(first)["launches"][-1])
-    jobs2 = launch_jobs(slurm.read_index(second)["launches"][-1])
+    jobs1 = launch_jobs(slurm_index.read_index(first)["launches"][-1])
+    jobs2 = launch_jobs(slurm_index.read_index(second)["launches"][-1])
     try:
         wait_for("the first sweep's teacher to checkpoint", lambda: list(first.glob("stages/*/checkpoints/latest.json")))
         started = time.monotonic()
@@ -243,7 +243,7 @@ def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identic
 
     out = launch(*ARGS, "cluster=slurm", f"results_root={first}", env=grid_env)
     assert out.returncode == 0, show(out)
-    relaunch = slurm.read_index(first)["launches"][-1]
+    relaunch = slurm_index.read_index(first)["launches"][-1]
     assert sum(a["size"] for a in relaunch["arrays"]) == len(unfinished), relaunch
     rows = wait_done(launch_jobs(relaunch))
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from collapse import plan as planning, train
-from collapse.executors import slurm
+from collapse.executors import slurm, slurm_index
 from collapse.grid import load_sweep
-from collapse.run import write_spec
+from collapse.stages import write_spec
 from test_slurm import REPO, cluster_answers, launch_jobs, records, wait_done
 
 # Two ranks sum their gradients in another order than one process, so agreement is promised to
@@ -65,7 +65,7 @@ def test_two_task_job_trains_like_one_process_and_resumes_after_a_requeue(cluste
 
     out = io.StringIO()
     assert slurm.submit(sweep, planning.build(sweep), [teacher], root, out=out) == 0, out.getvalue()
-    launch_ = slurm.read_index(root)["launches"][-1]
+    launch_ = slurm_index.read_index(root)["launches"][-1]
     job = launch_["arrays"][0]["job"]
     try:
         wait_for("a first checkpoint", pointer.exists)

@@ -203,7 +203,7 @@ def test_a_tiny_ddpm_grid_runs_on_slurm_shards_after_the_teacher_evals_after_the
     if why := test_slurm.cluster_answers():
         pytest.skip(why)
     from collapse import manifest
-    from collapse.executors import slurm
+    from collapse.executors import slurm_index
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "ddpm_two.yaml").write_text("experiment: ddpm_mnist\nrows:\n  - {distill.lam: 0.0}\n  - {distill.lam: 0.5}\n")
@@ -211,13 +211,13 @@ def test_a_tiny_ddpm_grid_runs_on_slurm_shards_after_the_teacher_evals_after_the
     out = test_slurm.launch("grid=ddpm_two", "cluster=slurm", f"results_root={root}", "synth.shards=2", *TINY_DDPM,
                             env={"COLLAPSE_GRID_DIR": str(grids)})
     assert out.returncode == 0, test_slurm.show(out)
-    launch_ = slurm.read_index(root)["launches"][-1]
+    launch_ = slurm_index.read_index(root)["launches"][-1]
     assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [
         (0, "teacher", 1), (1, "synth_shard", 2), (1, "eval", 1), (2, "synth", 1), (3, "student", 2), (4, "eval", 2),
         (5, "report", 1)]
     rows = test_slurm.wait_done(test_slurm.launch_jobs(launch_), timeout=600)
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
-    job = {k: e["job"] for k, e in slurm.read_index(root)["stages"].items()}
+    job = {k: e["job"] for k, e in slurm_index.read_index(root)["stages"].items()}
     recs = {r["key"]: r for r in manifest.read_all(root) if r["kind"] != "sweep"}
     assert all(r["status"] == "done" for r in recs.values()), recs
     start, end = (lambda k: test_slurm.ts(rows[job[k]]["Start"])), (lambda k: test_slurm.ts(rows[job[k]]["End"]))

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from collapse import lease, manifest, plan as planning, status
-from collapse.executors import local, slurm
+from collapse.executors import local, slurm_index
+from collapse.executors.slurm_job import StageJob
 from collapse.grid import load_sweep
 from test_faults import (child_env, data_root, final, plan_stages, pointer_step, reference,  # noqa: F401
                          resumed_step, teacher_of)
@@ -166,7 +167,7 @@ def test_local_launch_waits_for_stages_running_as_slurm_jobs(cluster, tmp_path):
     submitted = launch_proc(root, "cluster=slurm", "train.batch_size=32", env={"COLLAPSE_TEST_STEP_DELAY_S": "0.5"})
     code, text = finish(submitted, timeout=120)
     assert code == 0, text
-    index = slurm.read_index(root)
+    index = slurm_index.read_index(root)
     teacher_key, teacher_job = next((k, e["job"]) for k, e in index["stages"].items() if e["kind"] == "teacher")
     holder = wait_for("the teacher job to take its lease", lambda: lease.live_holder(root, teacher_key), timeout=120)
     assert holder.job == teacher_job, holder
@@ -205,7 +206,7 @@ def test_slurm_launch_skips_what_a_local_launch_runs_and_says_so(cluster, tmp_pa
         assert (f"not submitted: 1 stage running under a local launch, which SLURM cannot wait on "
                 f"(teacher[seed=0] ({teacher.key}) held by {lease.HOST}:{holder.pid}") in text, text
         assert "and 9 stages that depend on them" in text and "nothing submitted" in text, text
-        last = slurm.read_index(root)["launches"][-1]
+        last = slurm_index.read_index(root)["launches"][-1]
         assert last["arrays"] == [] and len(last["held_locally"]) == 10, last
     finally:
         os.killpg(running.pid, signal.SIGKILL)
@@ -321,7 +322,7 @@ def test_a_slurm_job_that_finds_its_stage_held_waits_for_the_holder_then_finishe
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "holding"
     started = time.monotonic()
-    result = slurm.StageJob(str(root), teacher.key, teacher.name)()
+    result = StageJob(str(root), teacher.key, teacher.name)()
     assert result == {"key": teacher.key, "status": "done"}
     assert holder.wait(timeout=60) == 0 and time.monotonic() - started >= 2.5
     out = capsys.readouterr().out

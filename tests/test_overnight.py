@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from collapse import lease, preflight
-from collapse.executors import slurm
+from collapse.executors import slurm_index
 from collapse.grid import load_sweep
 from collapse.plan import build
 from collapse.tasks import gpu_rates
@@ -164,22 +164,22 @@ def test_launch_lock_needs_no_flock_and_falls_back_to_exclusive_create(tmp_path,
     def no_flock(*a, **k):
         raise OSError(errno.ENOLCK, "No locks available")
     monkeypatch.setattr(fcntl, "flock", no_flock)    # Lustre mounted without flock
-    with slurm._locked(tmp_path, timeout_s=5):
-        assert lease.read(tmp_path, slurm.LAUNCH_LEASE).pid == os.getpid()
-        with pytest.raises(slurm.SubmissionError, match="another launch has held .*launch.json"):
-            with slurm._locked(tmp_path, timeout_s=0.5):
+    with slurm_index.locked(tmp_path, timeout_s=5):
+        assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE).pid == os.getpid()
+        with pytest.raises(slurm_index.SubmissionError, match="another launch has held .*launch.json"):
+            with slurm_index.locked(tmp_path, timeout_s=0.5):
                 pass
-    assert lease.read(tmp_path, slurm.LAUNCH_LEASE) is None
+    assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE) is None
 
     def no_link(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
     monkeypatch.setattr(os, "link", no_link)          # a filesystem without hard links: O_EXCL
-    with slurm._locked(tmp_path, timeout_s=5):
-        assert lease.read(tmp_path, slurm.LAUNCH_LEASE).pid == os.getpid()
-        with pytest.raises(slurm.SubmissionError, match="another launch"):
-            with slurm._locked(tmp_path, timeout_s=0.5):
+    with slurm_index.locked(tmp_path, timeout_s=5):
+        assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE).pid == os.getpid()
+        with pytest.raises(slurm_index.SubmissionError, match="another launch"):
+            with slurm_index.locked(tmp_path, timeout_s=0.5):
                 pass
-    assert lease.read(tmp_path, slurm.LAUNCH_LEASE) is None
+    assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE) is None
 
     real_open = os.open
 
@@ -188,8 +188,8 @@ def test_launch_lock_needs_no_flock_and_falls_back_to_exclusive_create(tmp_path,
             raise OSError(errno.EOPNOTSUPP, "Operation not supported")
         return real_open(p, flags, *a)
     monkeypatch.setattr(os, "open", no_excl)          # neither: one line naming the path and what to do
-    with pytest.raises(slurm.SubmissionError) as e:
-        with slurm._locked(tmp_path, timeout_s=1):
+    with pytest.raises(slurm_index.SubmissionError) as e:
+        with slurm_index.locked(tmp_path, timeout_s=1):
             pass
     assert str(tmp_path / "leases" / "launch.json") in str(e.value) and "neither link() nor O_EXCL" in str(e.value)
 

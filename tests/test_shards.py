@@ -4,7 +4,7 @@ DDPM grid on SLURM (tests/test_ddpm.py) and the tiny T5 grid (tests/test_t5.py) 
 import pytest
 
 from collapse import plan as planning
-from collapse.executors import slurm
+from collapse.executors.slurm_groups import make_groups
 from collapse.grid import load_sweep
 from collapse.run import shard_range, shard_seed
 
@@ -46,7 +46,7 @@ def test_shard_ranges_cover_every_item_once_and_seeds_differ():
 
 def test_on_slurm_the_shards_are_one_array_after_the_teacher_and_the_join_waits_for_all():
     plan = build("synth.shards=4")
-    groups = slurm.make_groups(list(plan.stages.values()))
+    groups = make_groups(list(plan.stages.values()))
     for i, g in enumerate(groups):
         g.job_id = str(100 + i)
     shape = [(g.level, g.kind, len(g.stages), g.dependency(groups)) for g in groups]

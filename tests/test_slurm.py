@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from collapse import plan as planning  # noqa: E402
 from collapse.config import ConfigError, from_dict, to_dict  # noqa: E402
-from collapse.executors import slurm  # noqa: E402
+from collapse.executors import slurm, slurm_index  # noqa: E402
+from collapse.executors.slurm_groups import make_groups  # noqa: E402
 from collapse.grid import load_sweep  # noqa: E402
 from collapse.plan import Stage  # noqa: E402
 from collapse import status, train  # noqa: E402
@@ -133,7 +134,7 @@ def fake_stage(kind, name, deps=None):
 def test_groups_one_array_per_level_and_kind_with_aftercorr_where_aligned():
     sweep = load_sweep(["grid=vae_smoke3", "seeds=[0,1]", *TINY])
     plan = planning.build(sweep)
-    groups = slurm.make_groups(list(plan.stages.values()))
+    groups = make_groups(list(plan.stages.values()))
     shape = [(g.level, g.kind, len(g.stages)) for g in groups]
     assert shape == [(0, "teacher", 2), (1, "synth", 2), (1, "eval", 2), (2, "student", 6), (3, "eval", 6),
                      (4, "report", 1)]
@@ -157,7 +158,7 @@ def test_groups_chains_line_up_and_done_or_queued_inputs():
         g1 = fake_stage("generation", c + "1", {"data.0": s.key, "distill_from": t.key})
         g2 = fake_stage("generation", c + "2", {"data.0": s.key, "data.1": g1.key, "distill_from": t.key})
         stages += [t, s, g1, g2]
-    groups = slurm.make_groups(stages)
+    groups = make_groups(stages)
     assert [(g.level, g.kind, len(g.stages)) for g in groups] == [
         (0, "teacher", 2), (1, "synth", 2), (2, "generation", 2), (3, "generation", 2)]
     for i, g in enumerate(groups):
@@ -167,11 +168,11 @@ def test_groups_chains_line_up_and_done_or_queued_inputs():
     # inputs already done need nothing; inputs queued by an earlier launch are waited for by job id
     t, s = stages[0], stages[1]
     g1 = stages[2]
-    groups = slurm.make_groups([g1, stages[3]], external={})
+    groups = make_groups([g1, stages[3]], external={})
     assert [(g.level, len(g.stages)) for g in groups] == [(0, 1), (1, 1)]
     groups[0].job_id, groups[1].job_id = "20", "21"
     assert groups[0].dependency(groups) is None and groups[1].dependency(groups) == "afterok:20"
-    groups = slurm.make_groups([stages[3]], external={g1.key: "15_1", s.key: "14"})
+    groups = make_groups([stages[3]], external={g1.key: "15_1", s.key: "14"})
     groups[0].job_id = "22"
     assert groups[0].dependency(groups) == "afterok:14:15_1"
 
@@ -179,7 +180,7 @@ def test_groups_chains_line_up_and_done_or_queued_inputs():
 def test_groups_afterok_names_only_the_tasks_needed():
     a = [fake_stage("teacher", str(i)) for i in range(3)]
     b = [fake_stage("synth", "x", {"teacher": a[0].key}), fake_stage("synth", "y", {"teacher": a[2].key})]
-    groups = slurm.make_groups(a + b)
+    groups = make_groups(a + b)
     groups[0].job_id, groups[1].job_id = "30", "31"
     assert groups[1].dependency(groups) == "afterok:30_0:30_2"
 
@@ -295,17 +296,17 @@ def launched(cluster, tmp_path_factory):
     env = {"COLLAPSE_GRID_DIR": str(grids)}
     first = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
     assert first.returncode == 0, show(first)
-    index1 = slurm.read_index(root)
+    index1 = slurm_index.read_index(root)
     second = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
     assert second.returncode == 0, show(second)
-    index2 = slurm.read_index(root)
+    index2 = slurm_index.read_index(root)
     # this root's jobs (their batch script lives under it): other tests' jobs may be queued meanwhile
     queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j|%o"], capture_output=True, text=True, timeout=20).stdout
     queued = {line.split("|")[0].split("_")[0] for line in queue.splitlines()
               if "|vae_smoke3." in line and str(root) in line}
     diverging = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
     assert diverging.returncode == 0, show(diverging)
-    index3 = slurm.read_index(root)
+    index3 = slurm_index.read_index(root)
     return {"root": root, "env": env, "first": first, "second": second, "diverging": diverging,
             "index1": index1, "index2": index2, "index3": index3, "queued": queued}
 
@@ -336,7 +337,7 @@ def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics
     plan = planning.build(sweep)
     teacher = next(iter(plan.stages.values()))
     assert teacher.kind == "teacher"
-    from collapse.run import write_spec
+    from collapse.stages import write_spec
     for r in (root, ref_root):
         write_spec(r, teacher)
     # the uninterrupted reference, here, meanwhile
@@ -369,7 +370,7 @@ def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics
     try:
         out = io.StringIO()
         assert slurm.submit(sweep, plan, [teacher], root, out=out) == 0, out.getvalue()   # the real path
-        launch_ = slurm.read_index(root)["launches"][-1]
+        launch_ = slurm_index.read_index(root)["launches"][-1]
         job = launch_["arrays"][0]["job"]
         wait_for("a first checkpoint", lambda: step() > 0)
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=20)
@@ -377,7 +378,7 @@ def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics
         resumed = step()
         wait_for("a checkpoint after the resume", lambda: step() > resumed)
         import submitit
-        submitit.SlurmJob(folder=slurm.submitit_folder(root), job_id=job)._interrupt()   # SIGTERM, then USR2
+        submitit.SlurmJob(folder=slurm_index.submitit_folder(root), job_id=job)._interrupt()   # SIGTERM, then USR2
         wait_for("the preempted job to resume", lambda: text().count("resumed at") >= 2)
         rows = wait_done(launch_jobs(launch_), timeout=180)
         assert rows[job]["State"] == "COMPLETED", rows
@@ -501,7 +502,7 @@ def test_failed_grid_point_others_finish_status_shows_it_relaunch_reruns_only_it
 
     again = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
     assert again.returncode == 0, show(again)
-    index = slurm.read_index(root)
+    index = slurm_index.read_index(root)
     relaunch = index["launches"][-1]
     assert [(a["kind"], a["size"]) for a in relaunch["arrays"]] == [("student", 1), ("eval", 1), ("report", 1)], relaunch
     report_key = next(k for k, r in recs.items() if r["kind"] == "report")
@@ -527,7 +528,7 @@ def test_sbatch_rejection_mid_sweep_cancels_what_was_submitted(cluster, tmp_path
     assert cancelled, err
     rows = wait_done(cancelled.groups(), timeout=30)
     assert all(r["State"] == "CANCELLED" for r in rows.values()), rows
-    index = slurm.read_index(root)
+    index = slurm_index.read_index(root)
     assert index["stages"] == {} and index["launches"][-1]["cancelled"] == list(cancelled.groups())
     assert records(root) == {}
 

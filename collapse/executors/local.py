@@ -35,9 +35,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from collapse import lease, manifest
+from collapse.cancel import record_cancelled
 from collapse.config import REPO
-from collapse.plan import ANY_OUTCOME
-from collapse.run import log_path
+from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path
 
 
 STOP_GRACE_S = 10.0     # how long stopped stages get to exit on SIGINT before they are SIGKILLed
@@ -161,7 +161,7 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
                     del held[key]
                     record = manifest.read(root, key)
                     status = record["status"] if record else "missing"
-                    if status in manifest.RAN_TO_THE_END + ("failed",):
+                    if status in RAN_TO_THE_END + ("failed",):
                         finished(key, stage, "failed" if status == "failed" else "done",
                                  f"{status} {stage.name}, run by another runner: see {log_path(root, stage.spec())}")
                     else:   # its runner died without recording an end: run it here (it resumes)
@@ -238,7 +238,6 @@ def stop_processes(procs: list, grace_s: float = STOP_GRACE_S) -> None:
 
 
 def _cancel_running(root: Path, running: dict, waiting: dict, held: dict, signum: int) -> Cancelled:
-    from collapse.cancel import record_cancelled
     name = signal.Signals(signum).name
     stopped_at = time.monotonic()
     stop_processes([proc for _, proc in running.values()])
@@ -306,7 +305,7 @@ def _finish(root: Path, stage, returncode: int) -> str:
     record = manifest.read(root, stage.key)
     if record is not None and record["status"] in ("done", "failed") and not (returncode and record["status"] == "done"):
         return record["status"]
-    if record is not None and record["status"] in manifest.RAN_TO_THE_END and not returncode:
+    if record is not None and record["status"] in RAN_TO_THE_END and not returncode:
         return "done"   # partial: a report that ran while some input had failed; its record says so
     # The process died without recording its end (killed, out of memory): record it.
     try:
