@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from collapse.grid import load_sweep  # noqa: E402
 from collapse.models.unet import UNet  # noqa: E402
 from collapse.plan import build  # noqa: E402
+from collapse import tasks  # noqa: E402
 from collapse.tasks import gpu_rates  # noqa: E402
 
 T5_SMALL = dict(d_model=512, d_ff=2048, d_kv=64, num_layers=6, num_decoder_layers=6, num_heads=8, vocab_size=32128,
@@ -116,7 +117,7 @@ def grid_hours(grid: str, extra: list[str], train_ratio: float = 1.0, infer_rati
     plan = build(load_sweep([f"grid={grid}", "cluster=slurm", *extra]))
     by_kind: dict = {}
     for stage in plan.stages.values():
-        seconds = gpu_rates.seconds(stage.kind, stage.config) or 0.0
+        seconds = tasks.get(stage.config['task']).gpu_seconds(stage.kind, stage.config) or 0.0
         seconds *= train_ratio if stage.kind in TRAINING else infer_ratio
         by_kind.setdefault(stage.kind, []).append(seconds)
     total = sum(sum(v) for v in by_kind.values()) / 3600

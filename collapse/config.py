@@ -6,7 +6,6 @@ command line's `key=value` overrides. Every value is checked against its field's
 when the dataclasses are built, so a typo fails before anything is submitted.
 """
 import dataclasses
-import importlib
 import re
 import types
 import typing
@@ -15,8 +14,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from collapse.gaussian import COVARIANCES, ESTIMATORS, POLICIES
-from collapse.tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -37,9 +34,7 @@ def bad(key: str, value, allowed: str) -> ConfigError:
 # stay inside a signed 64-bit integer; counts (sizes, epochs) are bounded far above any real use.
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
-REDUCTIONS = ("sum", "pixel", "element")   # VAE loss readings, see collapse/tasks/vae.py
-LIKELIHOODS = ("bernoulli", "gaussian")   # VAE decoder likelihoods (model.likelihood), see collapse/tasks/vae.py
-VARIANCE_TERMS = ("logvar", "var")         # what the VAE's gamma term compares (distill.variance_term)
+REDUCTIONS = ("sum", "pixel", "element")   # how a loss sums one item's elements (a task may read it)
 LR_SCHEDULES = ("constant", "cosine")      # collapse/train.py lr_factor
 
 
@@ -50,14 +45,16 @@ def _check(cond: bool, key: str, value, allowed: str) -> None:
 
 @dataclass
 class DataConfig:
-    DATASETS = ("mnist",)            # a task's own DataConfig may allow more
-    dataset: str = "mnist"
+    """The real data; a task's own data section subclasses it with its DATASETS and default dataset."""
+    DATASETS = ()                    # not a field: each task's data section names its datasets
+    dataset: str = ""
     root: str | None = None          # None: the copy shipped in a package; else a directory
     train_size: int | None = None    # use the first N real training items (None: all)
     test_size: int | None = None
 
     def check(self, p):
-        _check(self.dataset in self.DATASETS, p + "dataset", self.dataset, "one of: " + ", ".join(self.DATASETS))
+        if self.DATASETS:   # a task without real data (a simulation) names none
+            _check(self.dataset in self.DATASETS, p + "dataset", self.dataset, "one of: " + ", ".join(self.DATASETS))
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             _check(v is None or 1 <= v <= MAX_COUNT, p + name, v, f"an integer in [1, {MAX_COUNT}] or null")
@@ -65,22 +62,8 @@ class DataConfig:
             _check(Path(self.root).is_dir(), p + "root", self.root, "an existing directory")
 
 
-# The sections below (model, distill, synth, eval) are the VAE's, the default task's. Another task
-# brings its own in its module's CONFIG_SECTIONS (e.g. collapse/tasks/ddpm.py), checked the same way.
-
-@dataclass
-class ModelConfig:
-    hidden: int = 420
-    latent: int = 20
-    likelihood: str = "bernoulli"   # the decoder's: bernoulli (BCE) | gaussian (0.5 x squared error, unit variance)
-    kl_weight: float = 1.0          # L_VAE = reconstruction + kl_weight * KL (the paper's L_rec + lambda * D_KL)
-
-    def check(self, p):
-        for name in ("hidden", "latent"):
-            _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
-        _check(self.likelihood in LIKELIHOODS, p + "likelihood", self.likelihood, "one of: " + ", ".join(LIKELIHOODS))
-        _check(0 <= self.kl_weight < float("inf"), p + "kl_weight", self.kl_weight, "a finite float >= 0")
-
+# A task brings its model and distill sections, and its own data, synth and eval sections where it needs
+# more than these (its module's CONFIG_SECTIONS, collapse/tasks/base.py), checked the same way.
 
 @dataclass
 class TrainConfig:
@@ -123,26 +106,9 @@ class TrainConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Coefficients of L_SD (eq. 1); all zero is the plain student M1."""
-    lam: float = 0.0     # output distillation, L(student output, teacher output)
-    beta: float = 0.0    # MSE of encoder means (VAE)
-    gamma: float = 0.0   # MSE of encoder variance predictions (VAE)
-    variance_term: str = "logvar"   # what gamma's MSE compares: the predicted log-variances, or var = their exp
-
-    def check(self, p):
-        for name in ("lam", "beta", "gamma"):
-            v = getattr(self, name)
-            _check(0 <= v < float("inf"), p + name, v, "a finite float >= 0")
-        _check(self.variance_term in VARIANCE_TERMS, p + "variance_term", self.variance_term,
-               "one of: " + ", ".join(VARIANCE_TERMS))
-
-
-@dataclass
 class SynthConfig:
     size: int | None = None   # None: as many as the real training set
     seed: int = 0
-    binarize: bool = False    # VAE: Bernoulli draws of the decoder's pixel probabilities, not the probabilities
     shards: int = 1           # > 1: sampled by that many stages (one SLURM array), shard i with its own seed
 
     def check(self, p):
@@ -161,6 +127,7 @@ class EvalConfig:
 
 
 DISTILL_MODES = ("none", "teacher", "previous")   # generations.distill
+POLICIES = ("replace", "mix", "accumulate", "accumulate_subsample")   # generations.data, collapse/generations.py
 
 
 @dataclass
@@ -180,45 +147,6 @@ class GenerationsConfig:
         _check(self.subsample_size is None or self.subsample_size >= 2, p + "subsample_size",
                self.subsample_size, "an integer >= 2 or null")
         _check(self.distill in DISTILL_MODES, p + "distill", self.distill, "one of: " + ", ".join(DISTILL_MODES))
-
-    def check_with(self, cfg, p):
-        """The checks that need the rest of the experiment's config."""
-        g = p + "generations."
-        if self.count is None:
-            _check(cfg.task != "gaussian", g + "count", None, "an integer >= 1 (task gaussian simulates chains)")
-            for name in ("data", "distill"):
-                default = getattr(GenerationsConfig, name)
-                _check(getattr(self, name) == default, g + name, getattr(self, name),
-                       f"{default!r} unless generations.count is set")
-            return
-        modes = getattr(importlib.import_module(f"collapse.tasks.{cfg.task}"), "DISTILL_MODES", ("none",))
-        _check(self.distill in modes, g + "distill", self.distill, f"one of: {', '.join(modes)} (task {cfg.task})")
-        if self.distill != "none":
-            module = importlib.import_module(f"collapse.tasks.{cfg.task}")
-            _check(module.distills(cfg.distill), g + "distill", self.distill,
-                   "'none' when every distill.* coefficient is 0")
-        _check(cfg.synth.size is None, p + "synth.size", cfg.synth.size,
-               "null with generations.count set (each generation samples as many items as the real set)")
-
-
-@dataclass
-class GaussianToyConfig:
-    """task: gaussian, the toy model of collapse/gaussian.py; its chains are simulated at once."""
-    n: int = 100                  # real samples
-    dim: int = 1
-    sigma0: float = 1.0
-    estimator: str = "mle"        # mle | unbiased
-    covariance: str = "isotropic"  # isotropic | full
-    chains: int = 5000            # independent chains (seeds) per stage
-
-    def check(self, p):
-        _check(self.n >= 2, p + "n", self.n, "an integer >= 2")
-        _check(self.dim >= 1, p + "dim", self.dim, "an integer >= 1")
-        _check(0 < self.sigma0 < float("inf"), p + "sigma0", self.sigma0, "a finite number > 0")
-        _check(self.estimator in ESTIMATORS, p + "estimator", self.estimator, "one of: " + ", ".join(ESTIMATORS))
-        _check(self.covariance in COVARIANCES, p + "covariance", self.covariance,
-               "one of: " + ", ".join(COVARIANCES))
-        _check(self.chains >= 1, p + "chains", self.chains, "an integer >= 1")
 
 
 # sbatch options the SLURM backend sets itself (cluster.* fields, dependencies, arrays, logs).
@@ -288,10 +216,7 @@ class ClusterConfig(SlurmResources):
         super().check(p)
         _check(self.backend in ("auto", "local", "slurm"), p + "backend", self.backend, "one of: auto, local, slurm")
         _check(self.max_parallel >= 0, p + "max_parallel", self.max_parallel, "an integer >= 0")
-        import importlib
-        kinds = tuple(getattr(importlib.import_module("collapse.plan"), "KINDS", ()))
-        for kind in self.stages:
-            _check(kind in kinds, p + "stages", kind, "stage kinds among: " + ", ".join(kinds))
+        for kind in self.stages:   # the kind names are checked against the plan's (collapse/experiment.py)
             self.resources(kind, p)
 
     def resources(self, kind: str, p: str = "cluster.") -> SlurmResources:
@@ -308,21 +233,18 @@ class ClusterConfig(SlurmResources):
 
 @dataclass
 class ExperimentConfig:
-    task: str = "vae"
+    """The sections every experiment has; collapse/experiment.py adds its task's (model, distill, ...)."""
+    task: str = ""
     results_root: str = "results"
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     generations: GenerationsConfig = field(default_factory=GenerationsConfig)
-    gaussian: GaussianToyConfig = field(default_factory=GaussianToyConfig)
 
     def check(self, p):
-        _check(self.task in TASKS, p + "task", self.task, "one of: " + ", ".join(TASKS))
-        self.generations.check_with(self, p)
+        pass   # the checks that need the task: collapse/experiment.py
 
 
 # ---------------------------------------------------------------- building and checking
@@ -422,18 +344,10 @@ def merge(*dicts: dict) -> dict:
     return out
 
 
-def schema(task: str) -> type:
-    """ExperimentConfig with the task's own sections (its module's CONFIG_SECTIONS) in place of the VAE's."""
-    if task not in TASKS:
-        raise bad("task", task, "one of: " + ", ".join(TASKS))
-    sections = getattr(importlib.import_module(f"collapse.tasks.{task}"), "CONFIG_SECTIONS", {})
+def schema(name: str, sections: dict) -> type:
+    """ExperimentConfig with a task's own sections added, or in place of the core's of the same name."""
     if not sections:
         return ExperimentConfig
-    return dataclasses.make_dataclass(f"{task.capitalize()}ExperimentConfig",
-                                      [(name, cls, field(default_factory=cls)) for name, cls in sections.items()],
+    return dataclasses.make_dataclass(f"{name.capitalize()}ExperimentConfig",
+                                      [(key, cls, field(default_factory=cls)) for key, cls in sections.items()],
                                       bases=(ExperimentConfig,))
-
-
-def from_dict(data: dict) -> ExperimentConfig:
-    task = data.get("task", ExperimentConfig.task) if isinstance(data, dict) else None
-    return build(schema(task) if isinstance(task, str) else ExperimentConfig, data)

@@ -13,29 +13,26 @@ import math
 import os
 import statistics
 
-from collapse import lease, manifest, preflight
+from collapse import lease, manifest, preflight, tasks
 from collapse.executors.slurm import sbatch_parameters
 from collapse.executors.slurm_groups import make_groups
-from collapse.tasks import gpu_rates
+from collapse.tasks.base import Simulation
+from collapse.tasks.gpu_rates import REFERENCE_GPU
 
-# seconds per unit of work on one CPU core, the VAE measured here (23 ms a 256-item step, 60k samples
-# in 1.2 s, 10k test items in 1.7 s); used only where no finished stage of the kind exists
-DEFAULT_SECONDS_PER_UNIT = {"teacher": 9e-5, "student": 9e-5, "generation": 9e-5, "synth": 2e-5, "synth_shard": 2e-5,
-                            "eval": 2e-4, "gaussian": 2e-6, "report": 10.0}
-DEFAULT_TASKS = ("vae", "gaussian")       # the tasks those defaults describe
-FULL_SIZES = {"mnist": (60_000, 10_000)}   # train, test items of a dataset used whole (data.*_size null)
+REPORT_SECONDS = 10.0   # a report stage, whatever the task
 
 
 def work(kind: str, config: dict) -> float:
-    """Units of work of a stage: item-steps for training, items for synth and eval, chain-generations
-    for the Gaussian model."""
-    data, train, synth = config["data"], config["train"], config["synth"]
-    full_train, full_test = FULL_SIZES.get(data.get("dataset"), (60_000, 10_000))
-    n_train = data.get("train_size") or full_train
-    if kind == "gaussian":
-        return config["gaussian"]["chains"] * (config["generations"]["count"] or 1)
+    """Units of work of a stage: item-steps for training, items for synth and eval; a simulation's
+    own unit (its task's simulation_work)."""
+    task = tasks.get(config["task"])
     if kind == "report":
         return 1
+    if isinstance(task, Simulation) and kind == task.SIMULATION_KIND:
+        return task.simulation_work(config)
+    data, train, synth = config["data"], config["train"], config["synth"]
+    full_train, full_test = task.full_sizes(data)
+    n_train = data.get("train_size") or full_train
     if kind in ("synth", "synth_shard"):   # a shard: its share; the join of shards: ~nothing
         shards = synth.get("shards", 1)
         return (synth.get("size") or n_train) / (shards if kind == "synth_shard" else shards ** 2)
@@ -50,7 +47,7 @@ def rates(records: list[dict]) -> dict:
     """(kind, task) -> median seconds per unit of work of its finished stages, with their threads."""
     seen: dict = {}
     for r in records:
-        if r.get("status") != "done" or r.get("kind") not in DEFAULT_SECONDS_PER_UNIT or "ended" not in r:
+        if r.get("status") != "done" or r.get("kind") in (None, "sweep") or "ended" not in r:
             continue
         units = work(r["kind"], r["config"])
         if units > 0:
@@ -67,15 +64,17 @@ def estimate(stages: list, records: list[dict], gpus: dict | None = None) -> dic
     out = {}
     for s in stages:
         units = work(s.kind, s.config)
+        task = tasks.get(s.config["task"])
         rate = known.get((s.kind, s.config["task"]))
-        on_gpu = gpu_rates.seconds(s.kind, s.config) if gpus.get(s.key) else None
+        on_gpu = task.gpu_seconds(s.kind, s.config) if gpus.get(s.key) else None
+        stated = REPORT_SECONDS if s.kind == "report" else task.CPU_SECONDS_PER_UNIT.get(s.kind)
         if rate:
             out[s.key] = (rate[0] * units, rate[1], f"{rate[2]} finished {s.kind} stage(s)")
         elif on_gpu is not None:
-            out[s.key] = (on_gpu / gpus[s.key], 1, f"stated rate on {gpus[s.key]} {gpu_rates.REFERENCE_GPU}")
-        elif s.config["task"] in DEFAULT_TASKS or s.kind == "report":   # a report takes seconds whatever the task
-            out[s.key] = (DEFAULT_SECONDS_PER_UNIT[s.kind] * units, 1, "default")
-        else:   # a default measured on the VAE says nothing about a UNet or a T5
+            out[s.key] = (on_gpu / gpus[s.key], 1, f"stated rate on {gpus[s.key]} {REFERENCE_GPU}")
+        elif stated is not None:
+            out[s.key] = (stated * units, 1, "default")
+        else:   # no finished stage here, and the task states no rate for this kind on a CPU core
             out[s.key] = (0.0, 1, f"no estimate: no {s.kind} stage of task {s.config['task']} has finished here yet")
     return out
 
@@ -167,9 +166,10 @@ def say_estimate(to_run: list, costs: dict, gpus: dict, cluster, backend: str, s
         slots = cluster.max_parallel or os.cpu_count() or 1
         say(f"estimate: {sum(seconds[k] * costs[k][1] for k in seconds) / 3600:.3g} core-hours; "
             f"wall {duration(list_schedule(to_run, seconds, slots))} at {slots} stages at once")
-    say("  from: " + "; ".join(sources) + (" (default: DEFAULT_SECONDS_PER_UNIT in collapse/dryrun.py, "
-                                           "one CPU core, the VAE)" if any("default" in x for x in sources) else "")
-        + (" (stated: collapse/tasks/gpu_rates.py)" if any("stated" in x for x in sources) else ""))
+    say("  from: " + "; ".join(sources) + (" (default: the task's CPU_SECONDS_PER_UNIT, one CPU core)"
+                                           if any("default" in x for x in sources) else "")
+        + (" (stated: the task's gpu_seconds, collapse/tasks/gpu_rates.py)" if any("stated" in x for x in sources)
+           else ""))
     by_kind: dict = {}
     for s in to_run:
         by_kind.setdefault(s.kind, []).append(seconds[s.key])

@@ -29,7 +29,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
-POLICIES = ("replace", "mix", "accumulate", "accumulate_subsample")
+from collapse.config import POLICIES   # one list of data policies: GenerationsConfig's
+
 ESTIMATORS = ("mle", "unbiased")
 COVARIANCES = ("full", "isotropic")
 

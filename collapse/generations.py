@@ -18,8 +18,7 @@ import math
 
 import torch
 
-from collapse.config import ExperimentConfig, GenerationsConfig
-from collapse.gaussian import POLICIES
+from collapse.config import POLICIES, ExperimentConfig, GenerationsConfig
 
 REAL = -1   # source id of a real item in training_set's `source`
 
@@ -85,13 +84,19 @@ def sample_seed(synth_seed: int, generation: int) -> int:
     return synth_seed * 1_000_003 + generation
 
 
-def canonical(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The config with the knobs its chain does not use reset to their defaults, so that chains
-    that differ only in those (mix_ratio under replace, distill.* under distill none) share keys."""
+def canonical_chain(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with the chain knobs its data policy does not use reset to their defaults, so that
+    chains that differ only in those (mix_ratio under replace) share keys."""
     gen, default = cfg.generations, GenerationsConfig()
     gen = dataclasses.replace(
         gen,
         mix_ratio=gen.mix_ratio if gen.data == "mix" else default.mix_ratio,
         subsample_size=gen.subsample_size if gen.data == "accumulate_subsample" else default.subsample_size)
-    distill = cfg.distill if gen.distill != "none" else type(cfg.distill)()
-    return dataclasses.replace(cfg, generations=gen, distill=distill)
+    return dataclasses.replace(cfg, generations=gen)
+
+
+def canonical(cfg: ExperimentConfig) -> ExperimentConfig:
+    """canonical_chain, and distill.* reset under generations.distill none."""
+    cfg = canonical_chain(cfg)
+    distill = cfg.distill if cfg.generations.distill != "none" else type(cfg.distill)()
+    return dataclasses.replace(cfg, distill=distill)

@@ -12,14 +12,15 @@
 The command line selects `grid=`, `profile=` and `cluster=` by name and overrides any other key.
 """
 import itertools
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from collapse.config import (REPO, ConfigError, ExperimentConfig, bad, from_dict, load_yaml, merge,
-                             named_yaml, parse_dotlist)
+from collapse.config import REPO, ConfigError, ExperimentConfig, bad, load_yaml, merge, named_yaml, parse_dotlist
 from collapse.executors import cluster_file
+from collapse.experiment import from_dict
 
 GRID_DIR = REPO / "sweeps" / "grids"
 GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "axes")
@@ -94,7 +95,6 @@ def _yaml(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, dict)):
-        import json
         return json.dumps(v)
     return str(v)
 

@@ -14,42 +14,47 @@ from dataclasses import dataclass, field
 from collapse import fingerprint as content, generations, manifest, stages, tasks
 from collapse.config import ConfigError, ExperimentConfig, bad, to_dict
 from collapse.grid import Sweep
-from collapse.stages import ANY_OUTCOME   # noqa: F401 (run.py reads plan.ANY_OUTCOME)
+from collapse.stages import ANY_OUTCOME, KINDS
+from collapse.tasks.base import Simulation
 
 # Which config sections decide a stage's output. Execution details (where the data lives,
-# ZeRO stage, threads, checkpoint interval) do not change the numbers and stay out of the key.
+# ZeRO stage, threads, checkpoint interval) do not change the numbers and stay out of the key. A task
+# adds its own sections to the training kinds' (KEY_SECTIONS of collapse/tasks/base.py), and a
+# simulation task's one kind is keyed by its SIMULATION_KEY.
 KEY_SECTIONS = {
-    "teacher": ("task", "data", "model", "diffusion", "train"),
+    "teacher": ("task", "data", "model", "train"),
     "synth": ("task", "synth"),
     "synth_shard": ("task", "synth"),      # shard i of synth.shards (its `args`)
-    "student": ("task", "data", "model", "diffusion", "train", "distill"),   # data: the test set picks the best epoch
+    "student": ("task", "data", "model", "train", "distill"),   # data: the test set picks the best epoch
     "eval": ("task", "data", "eval"),
     # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
     # the next generation's data. generations.count and .distill stay out: chains that share a prefix
     # share its stages (the model distilled from is a dep), whatever their length.
-    "generation": ("task", "data", "model", "diffusion", "train", "distill", "synth",
+    "generation": ("task", "data", "model", "train", "distill", "synth",
                    "generations.data", "generations.mix_ratio", "generations.subsample_size"),
-    # The Gaussian toy model: one stage simulates every chain of a grid point.
-    "gaussian": ("task", "gaussian", "generations.count", "generations.data", "generations.mix_ratio",
-                 "generations.subsample_size", "train.seed"),
-    # The sweep's tables and plots: its deps are every eval (or gaussian stage) of the sweep.
+    # The sweep's tables and plots: its deps are every eval (or simulation stage) of the sweep.
     "report": ("task",),
 }
+TRAINING = ("teacher", "student", "generation")
+assert set(KEY_SECTIONS) == set(KINDS)
 # data.root is left out as a path; when set, its content's fingerprint goes in (see with_fingerprints).
 NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every"),
-              ("synth", "batch_size"), ("eval", "batch_size"), ("eval", "processes")}   # T5: items per generate() call, ROUGE workers
+              ("synth", "batch_size"), ("eval", "batch_size"), ("eval", "processes")}   # items per call, scoring workers
 # Fields added after results existed: left out of the key at their default, so those results keep their keys.
-ADDED_LATER = {("synth", "binarize"): False, ("train", "reduction"): "sum", ("train", "steps"): None,
+ADDED_LATER = {("train", "reduction"): "sum", ("train", "steps"): None,
                ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",
                ("train", "warmup_steps"): 0, ("train", "lr_waves"): 0.5,
-               ("synth", "shards"): 1,
-               # the VAE's readings of L_VAE and eq. (1) (collapse/tasks/vae.py), at today's reading
-               ("model", "likelihood"): "bernoulli", ("model", "kl_weight"): 1.0,
-               ("distill", "variance_term"): "logvar"}
+               ("synth", "shards"): 1}
 # Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
 # was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
 RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
-KINDS = tuple(KEY_SECTIONS)
+
+
+def key_sections(kind: str, task) -> tuple:
+    """The sections (or "section.field" items) whose values decide a stage of `kind` of `task`."""
+    if isinstance(task, Simulation) and kind == task.SIMULATION_KIND:
+        return task.SIMULATION_KEY
+    return KEY_SECTIONS[kind] + (task.KEY_SECTIONS if kind in TRAINING else ())
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ class Stage:
 
 
 def path_fields(task: str) -> tuple:
-    """The config fields of `task` that name data or weights on disk (its module's PATH_FIELDS)."""
-    return getattr(tasks.get(task), "PATH_FIELDS", ())
+    """The config fields of `task` that name data or weights on disk (its PATH_FIELDS)."""
+    return tasks.get(task).PATH_FIELDS
 
 
 def _get(config: dict, dotted: str):
@@ -117,18 +122,20 @@ def with_fingerprints(material: dict, prints: dict) -> dict:
 def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
     """What decides a stage's output; `prints`: the fingerprints of its set path fields (without them
     a path stays as written, as when reading a record's config)."""
+    task = tasks.get(config["task"])
+    not_in_key, added_later = NOT_IN_KEY | task.NOT_IN_KEY, {**ADDED_LATER, **task.ADDED_LATER}
     out = {}
-    for item in KEY_SECTIONS[kind]:        # a section, or one field of it ("section.field")
+    for item in key_sections(kind, task):  # a section, or one field of it ("section.field")
         section, _, name = item.partition(".")
-        if section not in config:          # a task's own section (e.g. diffusion) other tasks lack
+        if section not in config:          # a section this task lacks (e.g. model, for a simulation)
             continue
         value = config[section]
         if name:
             value = value[name]
         elif isinstance(value, dict):
             value = {k: RESPELLED[(section, k)].get(v, v) if (section, k) in RESPELLED else v for k, v in value.items()
-                     if (section, k) not in NOT_IN_KEY
-                     and not ((section, k) in ADDED_LATER and v == ADDED_LATER[(section, k)])}
+                     if (section, k) not in not_in_key
+                     and not ((section, k) in added_later and v == added_later[(section, k)])}
         out[item] = value
     return with_fingerprints(out, prints or {})
 
@@ -161,8 +168,8 @@ def add_synth(plan: "Plan", cfg: ExperimentConfig, teacher: Stage) -> Stage:
 
 
 def add_report(plan: "Plan", sweep: Sweep) -> Stage:
-    """The sweep's report, last: it reads every eval (gaussian stage) and runs whatever their outcome."""
-    ends = [s.key for s in plan.stages.values() if s.kind in ("eval", "gaussian")]
+    """The sweep's report, last: it reads every eval (or simulation stage) and runs whatever their outcome."""
+    ends = [s.key for s in plan.stages.values() if s.kind == "eval" or s.kind not in KEY_SECTIONS]
     return plan.add(make_stage("report", f"report[{sweep.grid}]", sweep.base,
                                {f"input.{i}": key for i, key in enumerate(ends)}))
 
@@ -179,7 +186,7 @@ def point_name(label: dict) -> str:
 class Plan:
     stages: dict = field(default_factory=dict)     # key -> Stage, in dependency order
     points: list = field(default_factory=list)     # one row per grid point, for the sweep record
-    shape: str = "one_generation"                  # or "chains", "gaussian": how the report reads points
+    shape: str = "one_generation"                  # or "chains", or a simulation's kind: how the report reads points
 
     def add(self, stage: Stage) -> Stage:
         self.stages.setdefault(stage.key, stage)
@@ -242,13 +249,14 @@ def chains(sweep: Sweep) -> Plan:
     return plan
 
 
-def gaussian_chains(sweep: Sweep) -> Plan:
-    """task gaussian: one stage per grid point simulates all its chains (collapse/tasks/gaussian.py)."""
-    plan = Plan(shape="gaussian")
+def simulations(sweep: Sweep, task) -> Plan:
+    """A simulation task: one stage per grid point simulates all its chains (collapse/tasks/base.py)."""
+    kind = task.SIMULATION_KIND
+    plan = Plan(shape=kind)
     for point in sweep.points:
-        stage = plan.add(make_stage("gaussian", f"gaussian[{point_name(point.label)}]",
-                                    generations.canonical(point.config), {}))
-        plan.points.append({"label": point.label, "gaussian": stage.key})
+        stage = plan.add(make_stage(kind, f"{kind}[{point_name(point.label)}]",
+                                    generations.canonical_chain(point.config), {}))
+        plan.points.append({"label": point.label, kind: stage.key})
     return plan
 
 
@@ -258,8 +266,9 @@ def build(sweep: Sweep) -> Plan:
     if len(chained) > 1:
         raise ConfigError(f"grid '{sweep.grid}': generations.count is null for some points and set for "
                           "others; set it for all (a chain sweep) or none")
-    if sweep.base.task == "gaussian":
-        plan = gaussian_chains(sweep)
+    task = tasks.get(sweep.base.task)
+    if isinstance(task, Simulation):
+        plan = simulations(sweep, task)
     else:
         plan = chains(sweep) if chained == {True} else one_generation(sweep)
     add_report(plan, sweep)

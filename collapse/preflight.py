@@ -14,7 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from collapse.tasks import gpu_rates
+from collapse import tasks
+from collapse.tasks.gpu_rates import REFERENCE_GPU
 
 GPU_SIZED_S = 600          # on one GPU; on one CPU core such a stage takes days
 MAX_REQUEUES = 3           # collapse/executors/slurm.py: submitit's max_num_timeout
@@ -60,7 +61,7 @@ def shared_filesystem_note(root: Path, mounts: str = "/proc/mounts") -> str | No
 
 
 def local_gpus() -> int:
-    import torch   # here: only the local executor's dry run and launch need it, and they load torch anyway
+    import torch   # torch-free otherwise: only a local dry run or launch counts GPUs, and it loads torch anyway
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -114,13 +115,13 @@ def _gpu_notes(to_run: list, cluster, backend: str) -> list[str]:
     here = local_gpus() if backend == "local" else None
     starved = {}
     for s in to_run:
-        on_gpu = gpu_rates.seconds(s.kind, s.config)
+        on_gpu = tasks.get(s.config["task"]).gpu_seconds(s.kind, s.config)
         gets = here if backend == "local" else cluster.resources(s.kind).gpus_per_node
         if on_gpu is not None and on_gpu > GPU_SIZED_S and not gets:
             starved.setdefault(s.kind, []).append(on_gpu)
     if not starved:
         return []
-    what = ", ".join(f"{kind} x{len(v)} ({max(v) / 3600:.2g} h each on one {gpu_rates.REFERENCE_GPU})"
+    what = ", ".join(f"{kind} x{len(v)} ({max(v) / 3600:.2g} h each on one {REFERENCE_GPU})"
                      for kind, v in starved.items())
     fix = ("set cluster.gpus_per_node=1 (or the grid's overrides)" if backend == "slurm"
            else "this machine has no GPU: launch it on a GPU cluster (cluster=slurm)")

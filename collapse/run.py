@@ -6,8 +6,6 @@ Reads the stage's spec (written at plan time), reads its inputs through its depe
 manifest records, runs the stage, and writes its record: done with metrics and artifacts, or
 failed with the error and the log path. Artifacts live in <results_root>/stages/<key>/.
 """
-import inspect
-import math
 import sys
 import time
 import traceback
@@ -15,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from collapse import config, generations, lease, manifest, partial, storage, tasks, train
+from collapse import experiment, generations, lease, manifest, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
 from collapse.plan import ANY_OUTCOME
 from collapse.stages import log_path, read_spec, stage_dir, write_spec   # noqa: F401 (write_spec: run.write_spec)
+from collapse.tasks.base import Simulation, distills
 
 
 class StageInputError(RuntimeError):
@@ -57,7 +56,7 @@ def _artifact_entry(root, path: Path) -> dict:
 
 
 def load_model(task, root, record: dict):
-    cfg = config.from_dict(record["config"])
+    cfg = experiment.from_dict(record["config"])
     model = task.build_model(cfg)
     storage.load_weights(artifact(root, record, "weights"), model)
     return model.to(this_device()).eval().requires_grad_(False)
@@ -71,25 +70,20 @@ def run_teacher(task, cfg, inputs, root, out: Path, log):
 
 
 # ---------------------------------------------------------------- a task's data on disk
-# Images are one tensor; a task whose items are several tensors (text: token ids of article and
-# summary) says how to store them (to_tensors / from_tensors), how to make items start..stop-1 of
-# its synthetic set (synthesize: a text task writes summaries of real articles) and how to join
-# parts (concat). The defaults below are the image tasks'.
+# The task says how its items are stored (to_tensors / from_tensors: images are one tensor, text
+# pairs two), how items start..stop-1 of its synthetic set are made (synthesize) and how parts join
+# (concat): collapse/tasks/base.py.
 
 def save_data(task, path: Path, data, metadata: dict) -> Path:
-    tensors = task.to_tensors(data) if hasattr(task, "to_tensors") else {"data": data}
-    return storage.save_tensors(path, tensors, metadata)
+    return storage.save_tensors(path, task.to_tensors(data), metadata)
 
 
 def load_data(task, root, record: dict, name: str = "data"):
-    tensors = storage.load_tensors(artifact(root, record, name))
-    return task.from_tensors(tensors) if hasattr(task, "from_tensors") else tensors["data"]
+    return task.from_tensors(storage.load_tensors(artifact(root, record, name)))
 
 
 def synthesize(task, teacher, cfg, start: int, stop: int, generator, keep: partial.Keep | None = None):
-    if hasattr(task, "synthesize"):
-        return task.synthesize(teacher, cfg, start, stop, generator, **_keeping(task.synthesize, keep))
-    return task.sample(teacher, stop - start, generator, cfg, **_keeping(task.sample, keep))
+    return task.synthesize(teacher, cfg, start, stop, generator, keep=keep)
 
 
 def _keep(out: Path, log, **made_from) -> partial.Keep:
@@ -97,13 +91,8 @@ def _keep(out: Path, log, **made_from) -> partial.Keep:
     return partial.Keep(out / "partial", made_from, log)
 
 
-def _keeping(task_function, keep: partial.Keep | None) -> dict:
-    """keep= for a task's function that resumes part-way (it takes `keep`); {} for one that runs in one piece."""
-    return {"keep": keep} if keep is not None and "keep" in inspect.signature(task_function).parameters else {}
-
-
 def concat(task, parts: list):
-    return task.concat(parts) if hasattr(task, "concat") else torch.cat(parts)
+    return task.concat(parts)
 
 
 def run_synth(task, cfg, inputs, root, out: Path, log):
@@ -159,7 +148,7 @@ def run_synth_merge(task, cfg, inputs, root, out: Path, log):
 
 def run_student(task, cfg, inputs, root, out: Path, log):
     synthetic = load_data(task, root, inputs["synth"])
-    teacher = load_model(task, root, inputs["teacher"]) if task.distills(cfg.distill) else None
+    teacher = load_model(task, root, inputs["teacher"]) if distills(task, cfg.distill) else None
     state = train.train(task, cfg, synthetic, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
     return _trained(state), {"weights": out / "best.safetensors"}
 
@@ -189,14 +178,15 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     return metrics, {"weights": out / "best.safetensors", "data": path}
 
 
-def run_gaussian(task, cfg, inputs, root, out: Path, log):
-    """Every chain of one Gaussian grid point at once (collapse/tasks/gaussian.py)."""
-    metrics, arrays = task.run(cfg)
-    path = storage.save_tensors(out / "sigma2.safetensors", {k: torch.from_numpy(v) for k, v in arrays.items()})
-    g = metrics["generation"][-1]
-    log(f"{metrics['chains']} chains x {g + 1} generations in {metrics['simulate_seconds']:.2f}s: "
-        f"E[sigma2_{g}] measured {metrics['sigma2_mean'][-1]:.4f}, closed form {metrics['sigma2_closed_form'][-1]:.4f}")
-    return metrics, {"sigma2": path}
+def run_simulation(task, cfg, inputs, root, out: Path, log):
+    """A simulation task's stage: every chain of one grid point at once; each array it returns is
+    stored as <name>.safetensors."""
+    metrics, arrays = task.simulate(cfg)
+    paths = {name: storage.save_tensors(out / f"{name}.safetensors", {name: torch.from_numpy(a)})
+             for name, a in arrays.items()}
+    log("simulated: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in metrics.items() if not isinstance(v, (list, dict))))
+    return metrics, paths
 
 
 def run_eval(task, cfg, inputs, root, out: Path, log):
@@ -204,20 +194,12 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
     model = load_model(task, root, model_record)
     keep = _keep(out, log, model=_weights_sha256(model_record))
     metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache",
-                            **_keeping(task.evaluate, keep))
+                            keep=keep)
     log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in metrics.items() if not isinstance(v, (list, dict))))
-    examples = write_examples(task, model, cfg, out)
+    examples = task.write_examples(model, cfg, out)
     keep.clear()
     return metrics, examples
-
-
-def write_examples(task, model, cfg, out: Path) -> dict:
-    """What an eval leaves to look at: the task's own (text: summaries of fixed articles) or a sample grid."""
-    if hasattr(task, "write_examples"):
-        return task.write_examples(model, cfg, out)
-    samples = task.sample(model, cfg.eval.grid_samples, generator(0, device_of(model)), cfg, grid=True)
-    return {"samples": save_grid(task.as_images(samples), out / "samples.png")}
 
 
 def run_report(task, cfg, inputs, root, out: Path, log):
@@ -234,12 +216,6 @@ def run_report(task, cfg, inputs, root, out: Path, log):
     return {"files": files, "inputs": len(inputs), "inputs_done": done}, {}
 
 
-def save_grid(images: torch.Tensor, path: Path) -> Path:
-    from torchvision.utils import save_image
-    nrow = max(1, int(math.sqrt(len(images))))
-    return storage.atomic_write(path, lambda tmp: save_image(images, tmp, nrow=nrow, format="png"))
-
-
 def _trained(state) -> dict:
     return {"best_test_loss": state.best_loss, "best_epoch": state.best_epoch, "best_step": state.best_step,
             "steps": state.step,
@@ -247,7 +223,12 @@ def _trained(state) -> dict:
 
 
 RUNNERS = {"teacher": run_teacher, "synth": run_synth, "synth_shard": run_synth_shard, "student": run_student,
-           "eval": run_eval, "generation": run_generation, "gaussian": run_gaussian, "report": run_report}
+           "eval": run_eval, "generation": run_generation, "report": run_report}
+
+
+def runner(task, kind: str):
+    """The function that runs a stage of `kind` (a simulation task's one kind: run_simulation)."""
+    return run_simulation if isinstance(task, Simulation) and kind == task.SIMULATION_KIND else RUNNERS[kind]
 
 
 # ---------------------------------------------------------------- the entry point
@@ -304,7 +285,7 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
             manifest.write(root, {**base, "status": "running"})
 
     try:
-        cfg = config.from_dict(spec["config"])
+        cfg = experiment.from_dict(spec["config"])
         task = tasks.get(cfg.task)
         inputs = {}
         any_outcome = spec["kind"] in ANY_OUTCOME
@@ -314,7 +295,7 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
                 raise StageInputError(f"input '{role}' (stage {dep}) is not done: "
                                       f"{'missing' if record is None else record['status']}")
             inputs[role] = record
-        metrics, artifacts = RUNNERS[spec["kind"]](task, cfg, inputs, root, out, log, **spec.get("args", {}))
+        metrics, artifacts = runner(task, spec["kind"])(task, cfg, inputs, root, out, log, **spec.get("args", {}))
         # A stage that ran on inputs not all done (a report) is 'partial': the next launch runs it again.
         complete = all(r is not None and r["status"] == "done" for r in inputs.values())
         record = {**base, "status": "done" if complete else "partial", "metrics": metrics, "ended": manifest.now(),

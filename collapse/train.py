@@ -17,6 +17,7 @@ import torch
 
 from collapse import storage
 from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
+from collapse.tasks.base import distills
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Tests only: seconds to sleep after each step, so that an outside requeue lands mid-run however
@@ -180,7 +181,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 @torch.no_grad()
 def teacher_targets(task, teacher, data, cfg, chunk: int = 4096) -> dict | None:
     """The teacher's outputs for every training item, when they do not depend on the step's noise."""
-    if not getattr(task, "TEACHER_OUTPUTS_DETERMINISTIC", False):
+    if not task.TEACHER_OUTPUTS_DETERMINISTIC:
         return None
     device = next(teacher.parameters()).device
     parts = [task.teacher_outputs(teacher, to_device(task.batch(data, torch.arange(i, min(i + chunk, len(data)))),
@@ -206,7 +207,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     engine, state = resume(task, cfg, checkpoints, keep, total_steps, log)
     if state.step:
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
-    distilling = teacher is not None and task.distills(cfg.distill)
+    distilling = teacher is not None and distills(task, cfg.distill)
     device = engine.device
     if distilling:   # the frozen teacher computes in the student's dtype: bf16 under mixed precision
         teacher = teacher.to(device, dtype_of(engine.module))
@@ -297,7 +298,7 @@ def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float,
     if not math.isfinite(test_loss):
         raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
     # a task may add metrics to each evaluation (T5: ROUGE of a few validation articles, for ROUGE-vs-step curves)
-    extra = task.curve_metrics(engine.module, test_data, cfg) if hasattr(task, "curve_metrics") else {}
+    extra = task.curve_metrics(engine.module, test_data, cfg)
     state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
                           "test_loss": test_loss, "lr": engine.get_lr()[0], "seconds": round(time.time() - started, 2),
                           **extra})

@@ -123,7 +123,7 @@ def test_bad_celeba_input_is_one_line_before_any_job(case, sources, cache, tmp_p
 
 
 def test_celeba_config_is_checked_at_load():
-    from collapse.config import from_dict
+    from collapse.experiment import from_dict
     cfg = from_dict({"task": "ddpm", "data": {"dataset": "celeba", "root": "/x/celeba.zip", "subset_seed": 3}})
     assert cfg.data.subset_seed == 3 and cfg.data.root == "/x/celeba.zip"   # a zip is checked at launch
     with pytest.raises(ConfigError, match="data.dataset"):

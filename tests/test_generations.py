@@ -272,7 +272,7 @@ def test_gaussian_grid_runs_one_stage_per_policy_and_reports_measured_vs_closed_
     assert "9 stages, 0 already done, 9 to run" in out.stdout
     recs = [r for r in records(root).values() if r.get("kind") == "gaussian"]
     assert len(recs) == 8 and all(r["status"] == "done" for r in recs)
-    from collapse.config import from_dict
+    from collapse.experiment import from_dict
     from collapse.tasks.gaussian import toy_config
     for r in recs:
         m = r["metrics"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from collapse import storage, train
-from collapse.config import from_dict
+from collapse.experiment import from_dict
 from collapse.device import StepNoise, generator
 from collapse.models.vae import VAE
 from collapse.tasks import vae

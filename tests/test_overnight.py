@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from collapse import lease, preflight
+from collapse import lease, preflight, tasks
 from collapse.executors import slurm_index
 from collapse.grid import load_sweep
 from collapse.plan import build
@@ -77,7 +77,7 @@ def test_paper_grids_ask_for_a_gpu_for_every_stage_but_the_report_with_limits_fr
             assert res.gpus_per_node == 0
             continue
         assert res.gpus_per_node >= 1, stage.kind
-        stated = gpu_rates.seconds(stage.kind, stage.config)
+        stated = tasks.get(stage.config['task']).gpu_seconds(stage.kind, stage.config)
         # the limit covers the stated estimate with room; past it the stage resumes after requeue
         assert stated is not None and stated <= res.time_min * 60, (stage.kind, stated, res.time_min)
     from collapse import dryrun
@@ -87,7 +87,7 @@ def test_paper_grids_ask_for_a_gpu_for_every_stage_but_the_report_with_limits_fr
     dryrun.describe(sweep, plan, todo, tmp_path / "r", "slurm", out)
     text = out.getvalue()
     hours = float(re.search(r"estimate: ([\d.]+) GPU-hours", text).group(1))
-    assert hours == pytest.approx(sum(gpu_rates.seconds(s.kind, s.config) or 0 for s in todo) / 3600, rel=0.01)
+    assert hours == pytest.approx(sum(tasks.get(s.config['task']).gpu_seconds(s.kind, s.config) or 0 for s in todo) / 3600, rel=0.01)
     assert "--gpus-per-node=1" in text and "stated rate on 1 A100" in text
 
 

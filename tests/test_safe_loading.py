@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from collapse import manifest, run, storage
-from collapse.config import ConfigError, from_dict
+from collapse.config import ConfigError
+from collapse.experiment import from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 

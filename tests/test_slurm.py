@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from collapse import plan as planning  # noqa: E402
-from collapse.config import ConfigError, from_dict, to_dict  # noqa: E402
+from collapse.config import ConfigError, to_dict  # noqa: E402
+from collapse.experiment import from_dict  # noqa: E402
 from collapse.executors import slurm, slurm_index  # noqa: E402
 from collapse.executors.slurm_groups import make_groups  # noqa: E402
 from collapse.grid import load_sweep  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from collapse import config, storage, train
+from collapse import config, experiment, storage, train
 from collapse.config import ConfigError
 from collapse.data import text
 from collapse.device import StepNoise
@@ -56,7 +56,7 @@ def tiny(root=None, **overrides):
             "train": {"steps": 4, "eval_every_steps": 4, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.0},
             "synth": {"batch_size": 8}, "eval": {"bootstrap": 20, "processes": 1, "examples": 2,
                                                  "ppl_model": {"d_model": 16, "steps": 5, "batch_size": 4}}}
-    return config.from_dict(config.merge(data, overrides))
+    return experiment.from_dict(config.merge(data, overrides))
 
 
 def batch_of(cfg, n=4):

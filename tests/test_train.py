@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from collapse import storage, train
-from collapse.config import from_dict
+from collapse.experiment import from_dict
 from collapse.tasks import vae
 
 

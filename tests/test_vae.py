@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collapse import train
-from collapse.config import from_dict
+from collapse.experiment import from_dict
 from collapse.device import StepNoise
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.models.vae import VAE

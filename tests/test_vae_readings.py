@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from collapse.config import ConfigError, from_dict, load_yaml
+from collapse.config import ConfigError, load_yaml
+from collapse.experiment import from_dict
 from collapse.device import StepNoise
 from collapse.grid import load_sweep
 from collapse.models.vae import VAE

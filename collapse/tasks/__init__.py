@@ -1,26 +1,42 @@
-"""One module per modality, all with the same functions (see collapse/tasks/vae.py)."""
+"""The tasks (modalities). Each is one module that defines every member of the interface in
+collapse/tasks/base.py: collapse/tasks/<name>.py for the built-in ones (a task module's name has no
+underscore; the package's helper modules, base, common, gpu_rates and <task>_<part>, are not tasks),
+and any module named in $COLLAPSE_TASKS as `name=package.module[,...]` (a modality kept outside the
+package, e.g. a test's). Nothing is imported until a task is asked for by name.
+"""
 import importlib
+import os
+import pkgutil
 
-TASKS = ("vae", "ddpm", "t5", "gaussian")   # gaussian: the toy model of collapse/gaussian.py, chains only
+DEFAULT = "vae"           # the task of an experiment that names none
+ENV = "COLLAPSE_TASKS"
+HELPERS = ("base", "common", "gpu_rates")
+
+
+def extra() -> dict[str, str]:
+    """name -> module of the tasks named in $COLLAPSE_TASKS."""
+    out = {}
+    for item in os.environ.get(ENV, "").split(","):
+        name, _, module = item.strip().partition("=")
+        if name and module:
+            out[name.strip()] = module.strip()
+    return out
+
+
+def modules() -> dict[str, str]:
+    """name -> module of every task: the package's, then $COLLAPSE_TASKS's."""
+    own = {m.name: f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)
+           if not m.ispkg and "_" not in m.name and m.name not in HELPERS}
+    return {**own, **extra()}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(modules())
 
 
 def get(name: str):
-    if name not in TASKS:
-        raise ValueError(f"key 'task': value '{name}' is not one of {', '.join(TASKS)}")
-    return importlib.import_module(f"collapse.tasks.{name}")
-
-
-def held_out_loss(loss, batch, model, data, cfg, batch_size: int, seed: int) -> float:
-    """L_M(Test) of a task whose loss draws noise: the mean of `loss` over `data` in batches (weighted
-    by their sizes), with every draw from one generator seeded with `seed`, so the number is repeatable."""
-    import torch   # here: the config loads this module and must not wait for torch
-
-    from collapse.device import StepNoise, device_of
-    device = device_of(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            x = batch(data, torch.arange(start, min(start + batch_size, len(data)))).to(device)
-            total += loss(model, x, StepNoise(generator, len(x)), cfg)[0].item() * len(x)
-    return total / len(data)
+    """The task module `name` (ValueError naming the known tasks when there is none)."""
+    known = modules()
+    if name not in known:
+        raise ValueError(f"key 'task': value {name!r} is not allowed; expected one of: {', '.join(known)}")
+    return importlib.import_module(known[name])

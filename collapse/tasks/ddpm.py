@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 from collapse import diffusion, partial
 from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
-from collapse.device import StepNoise, device_of, dtype_of
+from collapse.device import StepNoise, device_of, dtype_of, generator
 from collapse.models.unet import UNet
-from collapse.tasks import held_out_loss
+from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
+from collapse.tasks.ddpm_report import PRIMARY, write_report  # noqa: F401
+from collapse.tasks.gpu_rates import ddpm_seconds as gpu_seconds  # noqa: F401
 
 EVAL_SEED = 12345
 
@@ -80,7 +82,6 @@ class DdpmSynthConfig(SynthConfig):
 
     def check(self, p):
         super().check(p)
-        _check(not self.binarize, p + "binarize", self.binarize, "false (a VAE setting)")
         _check(self.sampler in diffusion.SAMPLERS, p + "sampler", self.sampler,
                "one of: " + ", ".join(diffusion.SAMPLERS))
         _check(self.steps is None or 1 <= self.steps <= MAX_COUNT, p + "steps", self.steps, "an integer >= 1 or null")
@@ -102,6 +103,7 @@ class ImageDataConfig(DataConfig):
     train_size / test_size images. celeba: the aligned images in the directory or zip at root,
     a seeded train subset and hold-out (collapse/data/celeba.py; null sizes: the paper's 15,000 / 5,000)."""
     DATASETS = ("mnist", "celeba")
+    dataset: str = "mnist"
     subset_seed: int = 0              # celeba: which images form the train subset and the hold-out
 
     def check(self, p):
@@ -122,6 +124,24 @@ DISTILL_MODES = ("none", "teacher", "previous")
 PATH_FIELDS = ("data.root", "eval.inception")
 # The teacher's output depends on the step's noise: the loop computes it every step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
+KEY_SECTIONS = ("diffusion",)   # the noise schedule decides a model as much as the network does
+NOT_IN_KEY = frozenset()
+ADDED_LATER = {}
+CPU_SECONDS_PER_UNIT = {}       # no CPU rate stated: the dry run uses finished stages of this results root
+
+
+def check_config(cfg) -> None:
+    """Nothing beyond each section's own checks."""
+
+
+def full_sizes(data: dict) -> tuple[int, int]:
+    """(train, test) images when data.*_size is null: MNIST's, or the paper's CelebA subsets."""
+    return (15_000, 5_000) if data.get("dataset") == "celeba" else (60_000, 10_000)
+
+
+def curve_metrics(model, test_data, cfg) -> dict:
+    """Nothing beyond L_M(Test) at each evaluation."""
+    return {}
 
 
 # ---------------------------------------------------------------- model, data, loss
@@ -223,6 +243,11 @@ def teacher_outputs(teacher, x0, noise: StepNoise, cfg):
     return {"eps": out["eps"].float(), "encoded": out["encoded"].float()}
 
 
+def distill_terms(coeffs) -> dict[str, float]:
+    """Eq. 2's weighted terms: lam on the predicted noise, encoder_mse on the encoders' outputs."""
+    return {"lam": coeffs.lam, "encoder_mse": coeffs.encoder_mse}
+
+
 def distills(coeffs) -> bool:
     return bool(coeffs.lam or coeffs.encoder_mse)
 
@@ -275,3 +300,14 @@ def evaluate(model, test_data, cfg, cache: Path | None = None, keep=None) -> dic
 def as_images(data: torch.Tensor) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float in [0, 1] for image grids."""
     return data.float() / 255.0
+
+
+def synthesize(model, cfg, start: int, stop: int, generator: torch.Generator) -> torch.Tensor:
+    """Items start..stop-1 of D_M: stop - start samples drawn with `generator` (its state says where)."""
+    return sample(model, stop - start, generator, cfg)
+
+
+def write_examples(model, cfg, out: Path) -> dict:
+    """An eval's picture: eval.grid_samples samples, seed 0."""
+    samples = sample(model, cfg.eval.grid_samples, generator(0, device_of(model)), cfg, grid=True)
+    return {"samples": save_grid(as_images(samples), Path(out) / "samples.png")}

@@ -2,18 +2,43 @@
 point at once (collapse/gaussian.py) and records, per generation, the measured sigma_t^2 (mean,
 standard error, quantiles over chains) beside its closed-form expectation.
 
-It has no network, no real dataset and no distillation; the plan gives it one "gaussian" stage per
-grid point (collapse/plan.py) and the report overlays measured on closed form (collapse/report_chains.py).
+It has no network, no real dataset and no distillation: a Simulation (collapse/tasks/base.py). The
+plan gives it one "gaussian" stage per grid point and the report overlays measured on closed form
+(collapse/tasks/gaussian_report.py).
 """
 import time
 
 import numpy as np
 
-from collapse.gaussian import GaussianConfig, expected_sigma2, simulate
+from collapse.gaussian import GaussianConfig, expected_sigma2, simulate as simulate_chains
+from collapse.tasks.gaussian_config import CONFIG_SECTIONS  # noqa: F401
+from collapse.tasks.gaussian_report import PRIMARY, write_report  # noqa: F401
 
-DISTILL_MODES = ("none",)
 PATH_FIELDS = ()   # no data or weights on disk
+KEY_SECTIONS = ()
+NOT_IN_KEY = frozenset()
+ADDED_LATER = {}
+SIMULATION_KIND = "gaussian"
+# One stage simulates every chain of a grid point: its key is the toy model, the chain and the seed.
+SIMULATION_KEY = ("task", "gaussian", "generations.count", "generations.data", "generations.mix_ratio",
+                  "generations.subsample_size", "train.seed")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+CPU_SECONDS_PER_UNIT = {"gaussian": 2e-6}   # a chain-generation on one CPU core, measured here
+
+
+def simulation_work(config: dict) -> float:
+    """Chain-generations: every chain of the grid point, every generation."""
+    return config["gaussian"]["chains"] * (config["generations"]["count"] or 1)
+
+
+def gpu_seconds(kind: str, config: dict) -> None:
+    return None
+
+
+def check_config(cfg) -> None:
+    """Nothing beyond each section's own checks (generations.count is required: collapse/experiment.py)."""
 
 
 def toy_config(cfg) -> GaussianConfig:
@@ -23,11 +48,11 @@ def toy_config(cfg) -> GaussianConfig:
                           sigma0=g.sigma0, seeds=g.chains, seed=cfg.train.seed)
 
 
-def run(cfg) -> tuple[dict, dict]:
+def simulate(cfg) -> tuple[dict, dict]:
     """(metrics, arrays): per-generation summaries for the record, and sigma2 [chains, G+1] (float32)."""
     toy = toy_config(cfg)
     started = time.perf_counter()
-    out = simulate(toy)
+    out = simulate_chains(toy)
     seconds = time.perf_counter() - started
     sigma2 = out["sigma2"]
     chains = sigma2.shape[0]

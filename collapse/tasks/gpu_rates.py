@@ -81,13 +81,3 @@ def t5_seconds(kind: str, config: dict) -> float | None:
     if kind == "eval":
         return generate(ev.get("articles") or n_test, ev["batch_size"]) + n_test * forward / T5_TRAIN_FLOPS_S
     return None
-
-
-SECONDS = {"ddpm": ddpm_seconds, "t5": t5_seconds}
-
-
-def seconds(kind: str, config: dict) -> float | None:
-    """Stated seconds of this stage on one reference GPU, or None where no rate is stated (the VAE and
-    the Gaussian model: minutes on a CPU core)."""
-    rate = SECONDS.get(config.get("task"))
-    return None if rate is None else rate(kind, config)

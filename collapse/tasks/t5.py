@@ -20,140 +20,36 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check, bad
+from collapse.config import bad
 from collapse.data import summaries, text
 from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)
 from collapse.device import StepNoise, device_of
 from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
+from collapse.tasks.gpu_rates import t5_seconds as gpu_seconds  # noqa: F401
+from collapse.tasks.t5_config import CONFIG_SECTIONS, _is_pretrained_dir  # noqa: F401
+from collapse.tasks.t5_report import PRIMARY, write_report  # noqa: F401
 
 EVAL_BATCH_TOKENS = 2 ** 16
 transformers.logging.disable_progress_bar()   # a stage's log is read by people: no progress bars
 transformers.logging.set_verbosity_error()   # tokens per teacher-forced evaluation batch
 
 
-# ---------------------------------------------------------------- this task's config sections (paper settings)
-
-def _is_pretrained_dir(path: str) -> bool:
-    return Path(path, "config.json").is_file()
-
-
-@dataclass
-class TextDataConfig(DataConfig):
-    DATASETS = ("aclsum", "cnn_dailymail")
-    dataset: str = "cnn_dailymail"    # aclsum: the offline stand-in in the aclsum wheel; else read from data.root
-    max_source_tokens: int = 1024     # articles cut to this many tokens (with </s>), in training and generation
-    max_target_tokens: int = 128      # summaries too; generation stops there
-    source_field: str = "article"
-    target_field: str = "highlights"
-    test_split: str = "validation"    # the data set's split the paper evaluates on
-
-    def check(self, p):
-        super().check(p)
-        _check(8 <= self.max_source_tokens <= 65536, p + "max_source_tokens", self.max_source_tokens,
-               "an integer in [8, 65536]")
-        _check(2 <= self.max_target_tokens <= 4096, p + "max_target_tokens", self.max_target_tokens,
-               "an integer in [2, 4096]")
-        if self.dataset == "aclsum":
-            _check(self.root is None, p + "root", self.root, "null for data.dataset 'aclsum' (it ships in a wheel)")
-        else:
-            _check(self.root is not None, p + "root", self.root,
-                   f"the directory holding {self.dataset} (a save_to_disk folder or its parquet/json files)")
-
-
-@dataclass
-class T5ModelConfig:
-    path: str | None = None           # a save_pretrained directory (t5-small); null: built from the fields below
-    tokenizer: str | None = None      # a tokenizer directory; null: model.path's, or a BPE trained on the data
-    vocab: int = 32128                # built model: vocabulary (the trained tokenizer's size); t5-small's shape
-    d_model: int = 512
-    layers: int = 6                   # encoder layers = decoder layers
-    heads: int = 8
-    d_ff: int = 2048
-    dropout: float | None = None      # null: the pretrained model's own, 0.1 for a built one
-
-    def check(self, p):
-        if self.path is not None:
-            _check(_is_pretrained_dir(self.path), p + "path", self.path,
-                   "a save_pretrained directory holding config.json, the weights and the tokenizer")
-        if self.tokenizer is not None:
-            _check(Path(self.tokenizer).is_dir(), p + "tokenizer", self.tokenizer, "a tokenizer directory")
-        _check(259 + 3 <= self.vocab <= 2 ** 20, p + "vocab", self.vocab, "an integer in [262, 1048576]")
-        for name in ("d_model", "layers", "heads", "d_ff"):
-            _check(1 <= getattr(self, name) <= 65536, p + name, getattr(self, name), "an integer in [1, 65536]")
-        _check(self.d_model % self.heads == 0, p + "heads", self.heads, f"a divisor of d_model ({self.d_model})")
-        _check(self.dropout is None or 0 <= self.dropout < 1, p + "dropout", self.dropout, "a number in [0, 1) or null")
-
-
-@dataclass
-class T5DistillConfig:
-    """eq. (3): lam weighs the cosine distance of the last decoder states; 0 is the plain student M1."""
-    lam: float = 0.0
-
-    def check(self, p):
-        _check(0 <= self.lam < float("inf"), p + "lam", self.lam, "a finite float >= 0")
-
-
-@dataclass
-class T5SynthConfig(SynthConfig):
-    """D_M0: the teacher's greedy summary of each training article (the first synth.size of them)."""
-    batch_size: int = 32              # articles per generate() call
-
-    def check(self, p):
-        super().check(p)
-        _check(not self.binarize, p + "binarize", self.binarize, "false (a VAE setting)")
-        _check(1 <= self.batch_size <= 4096, p + "batch_size", self.batch_size, "an integer in [1, 4096]")
-
-
-@dataclass
-class PplModelConfig:
-    """The GPT-2 that scores generated summaries: a save_pretrained directory, or (path null) a small
-    stand-in trained on the training split's human summaries with these settings."""
-    path: str | None = None
-    d_model: int = 128
-    layers: int = 2
-    heads: int = 2
-    steps: int = 400
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
-
-    def check(self, p):
-        if self.path is not None:
-            _check(_is_pretrained_dir(self.path), p + "path", self.path,
-                   "a GPT-2 save_pretrained directory holding config.json, the weights and the tokenizer")
-        for name in ("d_model", "layers", "heads", "steps", "batch_size"):
-            _check(1 <= getattr(self, name) <= MAX_COUNT, p + name, getattr(self, name), "an integer >= 1")
-        _check(self.d_model % self.heads == 0, p + "heads", self.heads, f"a divisor of d_model ({self.d_model})")
-        _check(0 < self.lr < 1, p + "lr", self.lr, "a number in (0, 1)")
-        _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
-
-
-@dataclass
-class T5EvalConfig(EvalConfig):
-    articles: int | None = None       # validation articles summarised for ROUGE and perplexity (null: all)
-    batch_size: int = 32              # articles per generate() call
-    bootstrap: int = 1000             # resamples for the ROUGE intervals (0: none)
-    processes: int = 0                # ROUGE scoring processes (0: one per available core)
-    examples: int = 4                 # validation articles whose summaries are shown side by side
-    curve_articles: int = 0           # ROUGE of this many at every evaluation during training (0: none)
-    ppl_model: PplModelConfig = field(default_factory=PplModelConfig)
-
-    def check(self, p):
-        super().check(p)
-        _check(self.articles is None or 1 <= self.articles <= MAX_COUNT, p + "articles", self.articles,
-               "an integer >= 1 or null")
-        _check(1 <= self.batch_size <= 4096, p + "batch_size", self.batch_size, "an integer in [1, 4096]")
-        _check(0 <= self.bootstrap <= 100_000, p + "bootstrap", self.bootstrap, "an integer in [0, 100000]")
-        _check(0 <= self.processes <= 1024, p + "processes", self.processes, "an integer in [0, 1024]")
-        _check(0 <= self.examples <= 100, p + "examples", self.examples, "an integer in [0, 100]")
-        _check(0 <= self.curve_articles <= MAX_COUNT, p + "curve_articles", self.curve_articles, "an integer >= 0")
-
-
-CONFIG_SECTIONS = {"data": TextDataConfig, "model": T5ModelConfig, "distill": T5DistillConfig,
-                   "synth": T5SynthConfig, "eval": T5EvalConfig}
 DISTILL_MODES = ("none",)
 PATH_FIELDS = ("data.root", "model.path", "model.tokenizer", "eval.ppl_model.path")   # fingerprinted in keys
+KEY_SECTIONS = ()
+NOT_IN_KEY = frozenset()
+ADDED_LATER = {}
+CPU_SECONDS_PER_UNIT = {}   # no CPU rate stated: the dry run uses finished stages of this results root
+FULL_SIZES = {"aclsum": (450, 300), "cnn_dailymail": (287_113, 13_368)}   # train, test pairs
+
+
+def check_config(cfg) -> None:
+    """Nothing beyond each section's own checks."""
+
+
+def full_sizes(data: dict) -> tuple[int, int]:
+    return FULL_SIZES.get(data.get("dataset"), (287_113, 13_368))
 # The teacher's states depend only on the batch, but all of them are too big to hold: computed per step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
 
@@ -310,6 +206,11 @@ def teacher_outputs(teacher, batch: dict, noise, cfg) -> dict:
     net = unwrapped(teacher)
     states = net.last_decoder_states(batch["input_ids"], batch["attention_mask"], net._shift_right(batch["labels"]))
     return {"states": states.float()}
+
+
+def distill_terms(coeffs) -> dict[str, float]:
+    """Eq. 3's one weighted term: lam on the cosine distance of the decoders' last hidden states."""
+    return {"lam": coeffs.lam}
 
 
 def distills(coeffs) -> bool:

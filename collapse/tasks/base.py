@@ -1,0 +1,102 @@
+"""The task interface: everything a modality provides, written down once.
+
+A modality is one module, collapse/tasks/<name>.py (or any module named in $COLLAPSE_TASKS), that
+defines every member of `Task` below (a models task: teacher -> synth -> students -> evals, or chains
+of generations) or of `Simulation` (a toy model whose chains are simulated in one stage per grid
+point). Nothing else in the package names a modality: config, plan, run, train, dry run, status,
+report and the executors ask the task. tests/test_tasks.py checks each module against these.
+
+Image tasks share their storage and example code (collapse/tasks/images.py) by importing it into
+their own namespace, so every member is still the task's own attribute: nothing is guessed with
+hasattr.
+"""
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Common(Protocol):
+    """What every task states: its config, its key, its checks, its report."""
+
+    # ---- config: the sections it brings (name -> dataclass with .check(prefix)), replacing the core's
+    # defaults of the same name, and the checks that need several sections (before anything runs)
+    CONFIG_SECTIONS: dict[str, type]
+
+    def check_config(self, cfg) -> None: ...
+
+    # ---- the stage key: its own sections that decide a model's numbers (added to the training kinds'
+    # key), execution details that do not ((section, field)), fields added after results existed
+    # (left out of the key at their default), and config fields that name files or folders (they
+    # enter the key as a fingerprint of their content, collapse/fingerprint.py)
+    KEY_SECTIONS: tuple[str, ...]
+    NOT_IN_KEY: frozenset
+    ADDED_LATER: dict
+    PATH_FIELDS: tuple[str, ...]
+
+    # ---- launch-time checks of data and weights: a one-line ConfigError, before any job
+    def check_data(self, cfg) -> None: ...
+
+    # ---- the report: the primary metric (field of an eval's metrics, its label, "lower" or "higher"
+    # is better), and its own tables and figures (paths written), beside the generic ones
+    PRIMARY: tuple[str, str, str]
+
+    def write_report(self, name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path,
+                     out: Path) -> list[Path]: ...
+
+    # ---- the dry run's stated rates, where no stage of a kind has finished in the results root:
+    # seconds per unit of work (collapse/dryrun.py work()) on one CPU core, by stage kind ({}: none
+    # stated), and seconds of a stage on one reference GPU (None: none stated)
+    CPU_SECONDS_PER_UNIT: dict[str, float]
+
+    def gpu_seconds(self, kind: str, config: dict) -> float | None: ...
+
+
+@runtime_checkable
+class Task(Common, Protocol):
+    """A modality that trains models: teacher, synthetic data, students, evals (or chains)."""
+
+    # ---- distillation: its named, weighted terms of L_SD (eq. 1) from the distill section, e.g.
+    # {"lam": 0.5, "beta": 1.0, "gamma": 1.0}; a student with every weight 0 is the plain M1
+    DISTILL_MODES: tuple[str, ...]   # generations.distill values a chain may use
+
+    def distill_terms(self, coeffs) -> dict[str, float]: ...
+
+    # ---- training (collapse/train.py)
+    TEACHER_OUTPUTS_DETERMINISTIC: bool   # the frozen teacher's outputs per item can be computed once
+
+    def build_model(self, cfg) -> Any: ...
+    def real_data(self, cfg, split: str) -> Any: ...
+    def batch(self, data, index) -> Any: ...
+    def loss(self, model, x, noise, cfg, teacher=None) -> tuple: ...
+    def teacher_outputs(self, teacher, x, noise, cfg) -> Any: ...
+    def test_loss(self, model, data, cfg) -> float: ...
+    def curve_metrics(self, model, test_data, cfg) -> dict: ...
+
+    # ---- synthetic data (collapse/run.py): items start..stop-1 of D_M; how they are stored and joined
+    def synthesize(self, model, cfg, start: int, stop: int, generator) -> Any: ...
+    def to_tensors(self, data) -> dict: ...
+    def from_tensors(self, tensors: dict) -> Any: ...
+    def concat(self, parts: list) -> Any: ...
+
+    # ---- evaluation on real held-out data, and what an eval leaves to look at
+    def evaluate(self, model, test_data, cfg, cache: Path | None = None) -> dict: ...
+    def write_examples(self, model, cfg, out: Path) -> dict: ...
+
+    # ---- sizes for the dry run: (train, test) items of its dataset used whole (data.*_size null)
+    def full_sizes(self, data: dict) -> tuple[int, int]: ...
+
+
+@runtime_checkable
+class Simulation(Common, Protocol):
+    """A toy model whose every chain of a grid point is simulated in one stage of kind SIMULATION_KIND,
+    keyed by SIMULATION_KEY (sections or "section.field" items)."""
+
+    SIMULATION_KIND: str
+    SIMULATION_KEY: tuple[str, ...]
+    simulate: Callable          # cfg -> (metrics: dict, arrays: dict of numpy arrays)
+    simulation_work: Callable   # a stage's config (dict) -> its units of work, for the dry run
+
+
+def distills(task: Task, coeffs) -> bool:
+    """A student of these coefficients is distilled (not the plain M1)."""
+    return any(weight for weight in task.distill_terms(coeffs).values())

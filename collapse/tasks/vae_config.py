@@ -1,0 +1,53 @@
+"""The VAE's config sections (collapse/tasks/vae.py): MNIST, the MLP VAE's size and the loss readings
+the paper leaves open, the coefficients of eq. 1, and Bernoulli-drawn synthetic data."""
+from dataclasses import dataclass
+
+from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
+
+LIKELIHOODS = ("bernoulli", "gaussian")   # the decoder's likelihood (model.likelihood)
+VARIANCE_TERMS = ("logvar", "var")         # what the gamma term compares (distill.variance_term)
+
+
+@dataclass
+class MnistDataConfig(DataConfig):
+    DATASETS = ("mnist",)
+    dataset: str = "mnist"
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 420
+    latent: int = 20
+    likelihood: str = "bernoulli"   # the decoder's: bernoulli (BCE) | gaussian (0.5 x squared error, unit variance)
+    kl_weight: float = 1.0          # L_VAE = reconstruction + kl_weight * KL (the paper's L_rec + lambda * D_KL)
+
+    def check(self, p):
+        for name in ("hidden", "latent"):
+            _check(getattr(self, name) >= 1, p + name, getattr(self, name), "an integer >= 1")
+        _check(self.likelihood in LIKELIHOODS, p + "likelihood", self.likelihood, "one of: " + ", ".join(LIKELIHOODS))
+        _check(0 <= self.kl_weight < float("inf"), p + "kl_weight", self.kl_weight, "a finite float >= 0")
+
+
+@dataclass
+class DistillConfig:
+    """Coefficients of L_SD (eq. 1); all zero is the plain student M1."""
+    lam: float = 0.0     # output distillation, L(student output, teacher output)
+    beta: float = 0.0    # MSE of encoder means
+    gamma: float = 0.0   # MSE of encoder variance predictions
+    variance_term: str = "logvar"   # what gamma's MSE compares: the predicted log-variances, or var = their exp
+
+    def check(self, p):
+        for name in ("lam", "beta", "gamma"):
+            v = getattr(self, name)
+            _check(0 <= v < float("inf"), p + name, v, "a finite float >= 0")
+        _check(self.variance_term in VARIANCE_TERMS, p + "variance_term", self.variance_term,
+               "one of: " + ", ".join(VARIANCE_TERMS))
+
+
+@dataclass
+class VaeSynthConfig(SynthConfig):
+    binarize: bool = False    # Bernoulli draws of the decoder's pixel probabilities, not the probabilities
+
+
+CONFIG_SECTIONS = {"data": MnistDataConfig, "model": ModelConfig, "distill": DistillConfig, "synth": VaeSynthConfig,
+                   "eval": EvalConfig}

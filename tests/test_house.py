@@ -1,0 +1,146 @@
+"""The house rules, read from the source: no import cycles (imports through importlib strings count),
+no module over 400 lines, a core that names no modality, and imports inside functions only where they
+keep torch (or another heavy library) out of a torch-free command, said so in a comment on that line.
+
+Run alone: python tests/test_house.py (prints every finding)."""
+import ast
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "collapse"
+MAX_LINES = 400
+CORE = ("config", "grid", "plan", "run", "manifest", "lease", "storage", "status", "dryrun", "cancel", "launch",
+        "train", "stages", "preflight", "executors")
+MODALITIES = ("vae", "ddpm", "t5", "gaussian", "mnist", "celeba", "rouge", "fid", "unet")
+LAZY_REASON = re.compile(r"#.*\b(torch|heavy|slow import|torch-free)\b", re.I)
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imported(tree: ast.AST, name: str, known: dict) -> set[str]:
+    """collapse.* modules `name` imports, at any depth, with importlib.import_module("...") strings."""
+    found = set()
+    package = name if known[name].name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")
+                base = ".".join(up[:len(up) - node.level + 1] + ([base] if base else []))
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+            targets = subs if len(subs) == len(node.names) else [base, *subs]   # `from pkg import module`: the module
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                targets = [arg.value]
+            elif isinstance(arg, ast.JoinedStr) and isinstance(arg.values[0], ast.Constant):
+                prefix = arg.values[0].value.rstrip(".")
+                targets = [m for m in known if m.startswith(prefix + ".")]   # any module it may name
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def cycles() -> list[list[str]]:
+    known = modules()
+    graph = {n: imported(ast.parse(p.read_text()), n, known) for n, p in known.items()}
+    found, state = [], {}
+
+    def visit(n, path):
+        state[n] = 1
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                found.append(path[path.index(m):] + [m])
+            elif m not in state:
+                visit(m, path + [m])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    return found
+
+
+def long_modules() -> list[str]:
+    return [f"{n} {len(p.read_text().splitlines())} lines" for n, p in modules().items()
+            if len(p.read_text().splitlines()) > MAX_LINES]
+
+
+def is_core(name: str) -> bool:
+    short = name.removeprefix("collapse.")
+    return short.split(".")[0] in CORE
+
+
+def modality_names() -> list[str]:
+    """Core modules' code (not comments or docstrings) naming a modality: identifiers, strings, attributes."""
+    words = re.compile(r"\b(" + "|".join(MODALITIES) + r")\b", re.I)
+    out = []
+    for name, path in modules().items():
+        if not is_core(name):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            text = None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                text = node.value
+            elif isinstance(node, ast.Name):
+                text = node.id
+            elif isinstance(node, ast.Attribute):
+                text = node.attr
+            if text and words.search(text):
+                out.append(f"{name}:{node.lineno}: {text[:60]!r}")
+    return out
+
+
+def lazy_imports() -> list[str]:
+    """Imports inside functions without a comment saying they keep torch (or such) out."""
+    out = []
+    for name, path in modules().items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not LAZY_REASON.search(lines[node.lineno - 1]):
+                    out.append(f"{name}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return sorted(set(out))
+
+
+def test_no_import_cycles():
+    assert cycles() == []
+
+
+def test_no_module_over_400_lines():
+    assert long_modules() == []
+
+
+def test_the_core_names_no_modality():
+    assert modality_names() == []
+
+
+def test_imports_inside_functions_say_why():
+    assert lazy_imports() == []
+
+
+if __name__ == "__main__":
+    for title, found in (("cycles", cycles()), ("long modules", long_modules()),
+                         ("modality names in the core", modality_names()), ("lazy imports", lazy_imports())):
+        print(f"{title}: {len(found)}")
+        for f in found:
+            print("  ", f)
+    sys.exit(0)
