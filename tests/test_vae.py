@@ -7,6 +7,7 @@ import torch
 
 from collapse import train
 from collapse.experiment import from_dict
+from collapse.tasks.base import distills
 from collapse.device import StepNoise
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.models.vae import VAE
@@ -88,7 +89,7 @@ def test_zero_coefficients_give_the_plain_loss():
     plain = vae.loss(student, x, noise(1, 8), cfg_with())[0]
     zero = vae.loss(student, x, noise(1, 8), cfg_with(coeffs()), vae.teacher_outputs(teacher, x))[0]
     assert torch.equal(plain, zero)
-    assert not vae.distills(coeffs()) and vae.distills(coeffs(gamma=0.1))
+    assert not distills(vae, coeffs()) and distills(vae, coeffs(gamma=0.1))
 
 
 def test_teacher_receives_no_gradient_and_student_does():

@@ -248,9 +248,6 @@ def distill_terms(coeffs) -> dict[str, float]:
     return {"lam": coeffs.lam, "encoder_mse": coeffs.encoder_mse}
 
 
-def distills(coeffs) -> bool:
-    return bool(coeffs.lam or coeffs.encoder_mse)
-
 
 def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 256) -> float:
     """L_M(Test): mean L_DDPM over the hold-out, with fixed t and eps so the number is repeatable."""

@@ -213,9 +213,6 @@ def distill_terms(coeffs) -> dict[str, float]:
     return {"lam": coeffs.lam}
 
 
-def distills(coeffs) -> bool:
-    return bool(coeffs.lam)
-
 
 @torch.no_grad()
 def test_loss(model, data: TextPairs, cfg) -> float:
