@@ -6,6 +6,7 @@ command line's `key=value` overrides. Every value is checked against its field's
 when the dataclasses are built, so a typo fails before anything is submitted.
 """
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -315,14 +316,22 @@ def load_yaml(path: Path, what: str) -> dict:
     return data
 
 
+def config_dirs() -> list[Path]:
+    """configs/, then any folders in $COLLAPSE_CONFIG_DIR (os.pathsep-separated, each with the same
+    experiment/ profile/ cluster/ subfolders): experiments kept outside the repository."""
+    extra = [Path(p) for p in os.environ.get("COLLAPSE_CONFIG_DIR", "").split(os.pathsep) if p]
+    return [CONFIG_DIR, *extra]
+
+
 def named_yaml(kind: str, name: str) -> dict:
-    """configs/<kind>/<name>.yaml, with the allowed names in the error when it is missing."""
-    folder = CONFIG_DIR / kind
-    if not isinstance(name, str) or "/" in name or name.startswith(".") or not (folder / f"{name}.yaml").is_file():
-        names = sorted(p.stem for p in folder.glob("*.yaml")) + (["auto (slurm where sinfo answers, else local)"]
-                                                                  if kind == "cluster" else [])
-        raise bad(kind, name, "one of: " + ", ".join(names))
-    return load_yaml(folder / f"{name}.yaml", kind)
+    """configs/<kind>/<name>.yaml (or a $COLLAPSE_CONFIG_DIR's), with the allowed names in the error."""
+    if isinstance(name, str) and "/" not in name and not name.startswith("."):
+        for folder in config_dirs():
+            if (folder / kind / f"{name}.yaml").is_file():
+                return load_yaml(folder / kind / f"{name}.yaml", kind)
+    names = sorted({p.stem for folder in config_dirs() for p in (folder / kind).glob("*.yaml")})
+    names += ["auto (slurm where sinfo answers, else local)"] if kind == "cluster" else []
+    raise bad(kind, name, "one of: " + ", ".join(names))
 
 
 def parse_dotlist(items: list[str]) -> dict:

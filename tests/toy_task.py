@@ -1,0 +1,124 @@
+"""A fourth modality that lives in tests/: a diagonal Gaussian fitted to 2-D points, with one
+distillation term. It is the proof that adding a modality takes one task module and its configs
+(tests/toy/): tests/test_tasks.py runs a grid of it end to end, named through $COLLAPSE_TASKS."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
+from collapse.tasks.common import concat, from_tensors, held_out_loss, to_tensors  # noqa: F401
+
+
+@dataclass
+class PointsConfig(DataConfig):
+    DATASETS = ("points",)
+    dataset: str = "points"
+
+
+@dataclass
+class FitConfig:
+    dim: int = 2
+
+    def check(self, p):
+        _check(self.dim >= 1, p + "dim", self.dim, "an integer >= 1")
+
+
+@dataclass
+class ToyDistillConfig:
+    lam: float = 0.0     # MSE between the student's and the teacher's fitted means
+
+    def check(self, p):
+        _check(0 <= self.lam < float("inf"), p + "lam", self.lam, "a finite float >= 0")
+
+
+class DiagonalGaussian(torch.nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mean = torch.nn.Parameter(torch.zeros(dim))
+        self.log_std = torch.nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return {"mean": self.mean.expand_as(x), "log_std": self.log_std.expand_as(x)}
+
+
+CONFIG_SECTIONS = {"data": PointsConfig, "model": FitConfig, "distill": ToyDistillConfig, "synth": SynthConfig,
+                   "eval": EvalConfig}
+KEY_SECTIONS, NOT_IN_KEY, ADDED_LATER, PATH_FIELDS = (), frozenset(), {}, ()
+DISTILL_MODES = ("none", "teacher", "previous")
+TEACHER_OUTPUTS_DETERMINISTIC = True
+CPU_SECONDS_PER_UNIT = {}
+PRIMARY = ("test_loss", "NLL", "lower")
+
+
+def check_config(cfg) -> None:
+    pass
+
+
+def check_data(cfg) -> None:
+    pass
+
+
+def write_report(name, sweep, by_key, rows, ref, root, out) -> list:
+    return []
+
+
+def gpu_seconds(kind, config):
+    return None
+
+
+def full_sizes(data: dict) -> tuple[int, int]:
+    return 512, 128
+
+
+def distill_terms(coeffs) -> dict:
+    return {"lam": coeffs.lam}
+
+
+def build_model(cfg):
+    return DiagonalGaussian(cfg.model.dim)
+
+
+def real_data(cfg, split: str) -> torch.Tensor:
+    """Points around (2, -1) with scales (1, 0.5): a fixed draw per split."""
+    n = (cfg.data.train_size or 512) if split == "train" else (cfg.data.test_size or 128)
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    return torch.randn(n, cfg.model.dim, generator=g) * torch.tensor([1.0, 0.5])[:cfg.model.dim] + 2.0
+
+
+def batch(data, index):
+    return data[index]
+
+
+def loss(model, x, noise, cfg, teacher=None):
+    out = model(x)
+    nll = (out["log_std"] + 0.5 * ((x - out["mean"]) / out["log_std"].exp()) ** 2).sum(1).mean()
+    if teacher is not None and cfg.distill.lam:
+        nll = nll + cfg.distill.lam * (out["mean"] - teacher["mean"]).pow(2).sum(1).mean()
+    return nll, out
+
+
+def teacher_outputs(teacher, x, noise=None, cfg=None):
+    return {"mean": teacher(x)["mean"].detach()}
+
+
+def test_loss(model, data, cfg) -> float:
+    return held_out_loss(loss, batch, model, data, cfg, 256, 0)
+
+
+def curve_metrics(model, test_data, cfg) -> dict:
+    return {}
+
+
+@torch.no_grad()
+def synthesize(model, cfg, start, stop, generator):
+    z = torch.randn(stop - start, cfg.model.dim, generator=generator, device=generator.device)
+    return (model.mean + model.log_std.exp() * z).cpu()
+
+
+def evaluate(model, test_data, cfg, cache=None) -> dict:
+    return {"test_loss": test_loss(model, test_data, cfg), "std": model.log_std.exp().mean().item()}
+
+
+def write_examples(model, cfg, out: Path) -> dict:
+    return {}
