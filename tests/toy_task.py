@@ -49,6 +49,11 @@ DISTILL_MODES = ("none", "teacher", "previous")
 TEACHER_OUTPUTS_DETERMINISTIC = True
 CPU_SECONDS_PER_UNIT = {}
 PRIMARY = ("test_loss", "NLL", "lower")
+REPORT_COLUMNS = {"distill.lam": "lambda"}
+
+
+def table_notes(sweep, by_key):
+    return "", None
 
 
 def check_config(cfg) -> None:

@@ -8,7 +8,6 @@ table (collapse/report/tables.py: rows against M1 and the paper, collapse/report
 (collapse/report/chains.py); a sweep of any other plan (a simulation's) is the task's alone.
 Last, every stage record as one table: results.csv (.parquet).
 """
-import importlib
 from pathlib import Path
 
 from collapse import manifest, tasks
@@ -58,9 +57,4 @@ def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], tas
 
 
 def task_of(sweep: dict):
-    """The sweep's task module. TEMPORARY: until every task module imports its report part, the part
-    itself (collapse/tasks/<name>_report.py) stands in."""
-    module = tasks.get(sweep["config"]["task"])
-    if hasattr(module, "write_report") and hasattr(module, "PRIMARY"):
-        return module
-    return importlib.import_module(f"collapse.tasks.{sweep['config']['task']}_report")
+    return tasks.get(sweep["config"]["task"])

@@ -36,8 +36,9 @@ class Common(Protocol):
     # ---- launch-time checks of data and weights: a one-line ConfigError, before any job
     def check_data(self, cfg) -> None: ...
 
-    # ---- the report: the primary metric (field of an eval's metrics, its label, "lower" or "higher"
-    # is better), and its own tables and figures (paths written), beside the generic ones
+    # ---- the report (collapse/report/write.py): the primary metric (field of an eval's metrics, its
+    # label, "lower" or "higher" is better), and its own tables and figures (paths written), beside the
+    # generic ones
     PRIMARY: tuple[str, str, str]
 
     def write_report(self, name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path,
@@ -60,6 +61,12 @@ class Task(Common, Protocol):
     DISTILL_MODES: tuple[str, ...]   # generations.distill values a chain may use
 
     def distill_terms(self, coeffs) -> dict[str, float]: ...
+
+    # ---- its rows in the generic report table: each coefficient's column ("distill.lam" -> "lambda"),
+    # and what the table's heading ends with and its line on units (or None)
+    REPORT_COLUMNS: dict[str, str]
+
+    def table_notes(self, sweep: dict, by_key: dict) -> tuple[str, str | None]: ...
 
     # ---- training (collapse/train.py)
     TEACHER_OUTPUTS_DETERMINISTIC: bool   # the frozen teacher's outputs per item can be computed once

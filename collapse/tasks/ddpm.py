@@ -18,7 +18,7 @@ from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthCo
 from collapse.device import StepNoise, device_of, dtype_of, generator
 from collapse.models.unet import UNet
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
-from collapse.tasks.ddpm_report import PRIMARY, write_report  # noqa: F401
+from collapse.tasks.ddpm_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
 from collapse.tasks.gpu_rates import ddpm_seconds as gpu_seconds  # noqa: F401
 
 EVAL_SEED = 12345

@@ -28,7 +28,7 @@ from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 from collapse.tasks.gpu_rates import t5_seconds as gpu_seconds  # noqa: F401
 from collapse.tasks.t5_config import CONFIG_SECTIONS, _is_pretrained_dir  # noqa: F401
-from collapse.tasks.t5_report import PRIMARY, write_report  # noqa: F401
+from collapse.tasks.t5_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
 
 EVAL_BATCH_TOKENS = 2 ** 16
 transformers.logging.disable_progress_bar()   # a stage's log is read by people: no progress bars

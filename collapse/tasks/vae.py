@@ -28,7 +28,7 @@ from collapse.device import StepNoise, device_of, dtype_of, generator
 from collapse.models.vae import VAE
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.vae_config import CONFIG_SECTIONS  # noqa: F401
-from collapse.tasks.vae_report import PRIMARY, write_report  # noqa: F401
+from collapse.tasks.vae_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
 
 EVAL_SEED = 12345
 # Config fields naming data or weights on disk: a stage key holds their content's fingerprint (collapse/plan.py).
