@@ -19,7 +19,7 @@ FIELDS = ("key", "kind", "name", "status", "started", "ended", "seconds", "host"
 
 def results(results_root):
     """One pandas DataFrame of every stage record under results_root/manifest/."""
-    import pandas as pd
+    import pandas as pd   # heavy: pandas only for the table, not to import collapse
     from collapse import manifest   # imports torch (via storage): not at `import collapse`
     rows = [record_row(r) for r in manifest.read_all(results_root) if r.get("kind") != "sweep"]
     frame = pd.DataFrame(rows, columns=_columns(rows))

@@ -44,7 +44,7 @@ class TrainState:
 def import_deepspeed():
     """DeepSpeed picks its accelerator at import; without a GPU it must be told 'cpu'."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    import deepspeed
+    import deepspeed   # heavy: deepspeed's accelerator must be chosen before its import
     return deepspeed
 
 
@@ -59,7 +59,7 @@ def slurm_rendezvous() -> dict | None:
     # where one process (the local executor's, say) must not wait for ranks that will never come
     if "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
         return None
-    from submitit.slurm.slurm import SlurmJobEnvironment
+    from submitit.slurm.slurm import SlurmJobEnvironment   # slow import: submitit only inside a SLURM job
     env = SlurmJobEnvironment()
     return {"RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
             "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(env.raw_job_id) % 20000)}
@@ -90,7 +90,7 @@ def ensure_distributed() -> None:
         if backend == "gloo":
             # DeepSpeed's CPU shared-memory all-reduce op is JIT-compiled at the first init (a minute of
             # both cores on a fresh machine, a ninja check in every stage process after); gloo's does the work.
-            import deepspeed.ops
+            import deepspeed.ops   # heavy: deepspeed's ops table only to turn its shm op off
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
@@ -156,7 +156,7 @@ def full_state_dict(engine) -> dict:
 
 
 def _master_weights(engine) -> dict:
-    from deepspeed.utils import safe_get_full_fp32_param
+    from deepspeed.utils import safe_get_full_fp32_param   # heavy: deepspeed imported once, by import_deepspeed
     master = {}
     if engine.zero_optimization_stage() == 0:   # FP16_UnfusedOptimizer: fp32 copies beside the bf16 groups
         master = {id(p): m for group, fp32 in zip(engine.optimizer.fp16_groups, engine.optimizer.fp32_groups)
@@ -268,7 +268,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
 
 def curve_writer(out_dir: Path):
     """A TensorBoard writer for this stage's loss curves, in out_dir/tensorboard."""
-    from torch.utils.tensorboard import SummaryWriter   # here: only rank 0 of a training stage needs it
+    from torch.utils.tensorboard import SummaryWriter   # heavy: tensorboard only for rank 0 of a training stage
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 

@@ -59,7 +59,7 @@ def split_files(root: Path, split: str) -> list[Path]:
 
 def load_split(root: str | Path, split: str):
     """A `datasets.Dataset` of `split` from a save_to_disk folder or the release's files under `root`."""
-    import datasets
+    import datasets   # heavy: only a data set read from disk needs it
     root = Path(root)
     if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
         loaded = datasets.load_from_disk(str(root))

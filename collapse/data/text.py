@@ -86,7 +86,7 @@ def make_pairs(tokenizer, articles: list[str], summaries: list[str], max_source:
 # ---------------------------------------------------------------- tokenizers
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer   # slow import: transformers, for text tasks only
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {path} has no pad or end-of-sequence token")
@@ -104,8 +104,8 @@ def texts_fingerprint(texts: list[str]) -> str:
 def trained_tokenizer(texts: list[str], vocab: int) -> str:
     """The folder of a byte-level BPE of `vocab` tokens trained on `texts`, built once (cached by content)."""
     def build(folder):
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import PreTrainedTokenizerFast
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers   # slow import: only to train a BPE
+        from transformers import PreTrainedTokenizerFast   # slow import: transformers, for text tasks only
         bpe = Tokenizer(models.BPE(unk_token="<unk>"))
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         bpe.decoder = decoders.ByteLevel()

@@ -95,7 +95,7 @@ def state_dict(path: Path) -> dict:
 
 def fid_inception_v3() -> torch.nn.Module:
     """pytorch-fid's fid_inception_v3() without its download: the FID Inception, weights not set."""
-    from pytorch_fid import inception as pf
+    from pytorch_fid import inception as pf   # heavy: pytorch-fid (and scipy) only for its weights layout
     net = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
     net.Mixed_5b = pf.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pf.FIDInceptionA(256, pool_features=64)
@@ -111,7 +111,7 @@ def fid_inception_v3() -> torch.nn.Module:
 
 def pytorch_fid_network(state: dict) -> PytorchFidInception:
     """pytorch-fid's InceptionV3 (pool features, its own [0, 1] -> [-1, 1] scaling) with `state`'s weights."""
-    from pytorch_fid import inception as pf
+    from pytorch_fid import inception as pf   # heavy: pytorch-fid (and scipy) only for its weights layout
     arch = fid_inception_v3()
     mismatch = state_mismatch(arch.state_dict(), state)
     if mismatch:
