@@ -57,7 +57,7 @@ def _columns(rows: list[dict]) -> list[str]:
 
 def write_table(results_root, out: Path) -> list[Path]:
     """out/results.csv, and out/results.parquet when pyarrow is installed."""
-    from collapse import storage
+    from collapse import storage   # torch-free: storage imports torch, and `import collapse` must not
     frame = results(results_root)
     written = [storage.atomic_write(Path(out) / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))]
     if importlib.util.find_spec("pyarrow") is not None:

@@ -116,12 +116,12 @@ def curve_metrics(model, test_data, cfg) -> dict:
 
 
 @torch.no_grad()
-def synthesize(model, cfg, start, stop, generator):
+def synthesize(model, cfg, start, stop, generator, keep=None):
     z = torch.randn(stop - start, cfg.model.dim, generator=generator, device=generator.device)
     return (model.mean + model.log_std.exp() * z).cpu()
 
 
-def evaluate(model, test_data, cfg, cache=None) -> dict:
+def evaluate(model, test_data, cfg, cache=None, keep=None) -> dict:
     return {"test_loss": test_loss(model, test_data, cfg), "std": model.log_std.exp().mean().item()}
 
 

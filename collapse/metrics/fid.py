@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from cleanfid.resize import make_resizer
 
+from collapse import storage
 from collapse.config import ConfigError, bad
+from collapse.storage import sha256
 from collapse.metrics import inception
 
 KEY = "eval.inception"
@@ -107,7 +109,6 @@ class InceptionFeatures:
     @functools.cached_property
     def file_sha256(self) -> str:
         """The network file's hash: what reference features are keyed by."""
-        from collapse.storage import sha256
         return sha256(self.path)
 
     def resized(self, images) -> torch.Tensor:
@@ -198,7 +199,6 @@ def reference_features(images, extractor: "InceptionFeatures", cache: Path | Non
     in `cache` (<results_root>/cache). The key hashes the images' bytes (so the dataset, its subset
     and the count are all in it) and the Inception file's bytes. Evals racing on a missing entry each
     compute it and rename the same content into place (atomic), so none reads a torn file."""
-    from collapse import storage
     images = _checked(images)
     if cache is None:
         return extractor(images)

@@ -9,6 +9,7 @@ summaries, with a fixed seed, once per content key (collapse/cache.py): every ev
 for the same one (same texts, tokenizer and settings) reads the same weights.
 """
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ def perplexities(model, tokenizer, texts: list[str], batch_size: int = 32, keep=
 
 def load(path: str):
     """(GPT-2, its tokenizer) from a save_pretrained directory."""
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2LMHeadModel   # slow import: transformers only to score
     return GPT2LMHeadModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
@@ -74,7 +75,7 @@ def standin_gpt2(texts: list[str], tokenizer, d_model: int, layers: int, heads: 
     tokenizer_text = tokenizer.backend_tokenizer.to_str()
 
     def build(folder):
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel   # slow import: transformers only to train one
         torch.manual_seed(seed)
         config = GPT2Config(vocab_size=len(tokenizer), n_positions=max_tokens, n_embd=d_model, n_layer=layers,
                             n_head=heads, bos_token_id=start_token(tokenizer), eos_token_id=tokenizer.eos_token_id)
@@ -99,7 +100,6 @@ def standin_gpt2(texts: list[str], tokenizer, d_model: int, layers: int, heads: 
 
 def summary(values: list[float | None]) -> dict:
     """Mean and median over the texts that have a perplexity, and how many were empty."""
-    import statistics
     scored = [v for v in values if v is not None]
     return {"ppl_mean": statistics.fmean(scored) if scored else None,
             "ppl_median": statistics.median(scored) if scored else None,

@@ -239,7 +239,6 @@ def rouge(references: list[str], predictions: list[str], bootstrap: int = 1000, 
 
 
 def _kept(keep, pairs: int, scored) -> np.ndarray:
-    import torch   # here: a scoring process imports this module and must not wait for torch
-
-    from collapse import partial
+    import torch   # torch-free for the scoring processes, which import this module and must not wait for torch
+    from collapse import partial   # torch-free likewise: partial imports torch
     return partial.once(keep, "rouge", pairs, lambda: {"per_pair": torch.from_numpy(scored())})["per_pair"].numpy()

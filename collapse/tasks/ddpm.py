@@ -15,7 +15,12 @@ import torch.nn.functional as F
 
 from collapse import diffusion, partial
 from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
+from collapse.config import bad
+from collapse.data import celeba
+from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.device import StepNoise, device_of, dtype_of, generator
+from collapse.metrics.fid import InceptionFeatures, check_inception, fid, kid, reference_features
+from collapse.tasks import vae
 from collapse.models.unet import UNet
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.ddpm_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
@@ -166,9 +171,7 @@ def real_data(cfg, split: str) -> torch.Tensor:
     """uint8 [N, C, H, W]. mnist (the stand-in): zero-padded to 32x32, one channel, cut to
     data.train_size / data.test_size. celeba: the seeded subset of collapse/data/celeba.py, 64x64 RGB."""
     if cfg.data.dataset == "celeba":
-        from collapse.data.celeba import load_split
-        return load_split(cfg.data)[split]
-    from collapse.data.mnist import load_mnist
+        return celeba.load_split(cfg.data)[split]
     images = load_mnist(split, cfg.data.root).unsqueeze(1)
     limit = cfg.data.train_size if split == "train" else cfg.data.test_size
     return images[:limit] if limit else images
@@ -177,15 +180,12 @@ def real_data(cfg, split: str) -> torch.Tensor:
 def test_size(cfg) -> int:
     """Images in the real hold-out."""
     if cfg.data.dataset == "celeba":
-        from collapse.data.celeba import sizes
-        return sizes(cfg.data)[1]
-    from collapse.data.mnist import PACKAGE_SIZES
+        return celeba.sizes(cfg.data)[1]
     return min(cfg.data.test_size or PACKAGE_SIZES["test"], PACKAGE_SIZES["test"])
 
 
 def check_data(cfg) -> None:
     """Fail before launch, naming the key, when the data cannot feed the model or the evaluation."""
-    from collapse.config import bad
     shape = IMAGE_SHAPES[cfg.data.dataset]
     if (cfg.model.image_size, cfg.model.channels) != shape:
         raise bad("model.image_size" if cfg.model.image_size != shape[0] else "model.channels",
@@ -196,13 +196,10 @@ def check_data(cfg) -> None:
     if cfg.eval.fid_samples > n:
         raise bad("eval.fid_samples", cfg.eval.fid_samples, f"at most the {n} real hold-out images "
                   "(data.test_size): FID compares as many samples as real images")
-    from collapse.metrics.fid import check_inception
     check_inception(cfg.eval.inception)
     if cfg.data.dataset == "celeba":
-        from collapse.data.celeba import load_split
-        load_split(cfg.data)   # decodes and caches the subset once, here, so a bad image fails before any job
+        celeba.load_split(cfg.data)   # decodes and caches the subset once, here, so a bad image fails before any job
     else:
-        from collapse.tasks import vae
         vae.check_data(cfg)   # the same MNIST, found the same way
 
 
@@ -280,7 +277,6 @@ def evaluate(model, test_data, cfg, cache: Path | None = None, keep=None) -> dic
     """L_M(Test), and FID/KID of eval.fid_samples samples against as many real hold-out images,
     whose Inception features are computed once and kept in `cache` (<results_root>/cache). With `keep`,
     the samples' features are kept chunk by chunk (collapse/partial.py) and a rerun resumes from them."""
-    from collapse.metrics.fid import InceptionFeatures, fid, kid, reference_features
     n = cfg.eval.fid_samples
     generator = torch.Generator(device=device_of(model)).manual_seed(EVAL_SEED)
     extractor = InceptionFeatures(cfg.eval.inception, device=device_of(model))
@@ -299,9 +295,10 @@ def as_images(data: torch.Tensor) -> torch.Tensor:
     return data.float() / 255.0
 
 
-def synthesize(model, cfg, start: int, stop: int, generator: torch.Generator) -> torch.Tensor:
-    """Items start..stop-1 of D_M: stop - start samples drawn with `generator` (its state says where)."""
-    return sample(model, stop - start, generator, cfg)
+def synthesize(model, cfg, start: int, stop: int, generator: torch.Generator, keep=None) -> torch.Tensor:
+    """Items start..stop-1 of D_M: stop - start samples drawn with `generator` (its state says where);
+    `keep`: see sample."""
+    return sample(model, stop - start, generator, cfg, keep=keep)
 
 
 def write_examples(model, cfg, out: Path) -> dict:

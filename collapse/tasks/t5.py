@@ -12,18 +12,20 @@ data.max_target_tokens, as padded int tensors. D_M0 pairs the real training arti
 teacher's greedy summaries of them, cut to the same lengths.
 """
 import collections
+import contextlib
 import functools
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers
 
+from collapse import storage
 from collapse.config import bad
 from collapse.data import summaries, text
 from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)
 from collapse.device import StepNoise, device_of
+from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 from collapse.tasks.gpu_rates import t5_seconds as gpu_seconds  # noqa: F401
@@ -133,17 +135,15 @@ def check_data(cfg) -> None:
         raise bad(key, m.tokenizer or m.vocab, f"a tokenizer that matches the model (the tokenizer has {len(tok)} "
                   f"tokens and pad id {tok.pad_token_id}; the model {vocab} and pad id {pad})")
     if cfg.eval.ppl_model.path is not None:
-        from transformers import AutoTokenizer
         try:
-            AutoTokenizer.from_pretrained(cfg.eval.ppl_model.path)
+            transformers.AutoTokenizer.from_pretrained(cfg.eval.ppl_model.path)
         except Exception as e:
             raise bad("eval.ppl_model.path", cfg.eval.ppl_model.path,
                       f"a GPT-2 directory with its tokenizer ({type(e).__name__})") from None
 
 
 def _pretrained_vocab(path: str) -> tuple[int, int]:
-    from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(path)
+    config = transformers.AutoConfig.from_pretrained(path)
     return config.vocab_size, config.pad_token_id
 
 
@@ -172,7 +172,6 @@ def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, keep: torch.Te
 
 def _seeded_dropout(noise: StepNoise | None, device: torch.device):
     """Dropout masks drawn from the step's seed (not the global generator), so a resumed run replays them."""
-    import contextlib
     if noise is None:
         return contextlib.nullcontext()
     seed = int(noise.randint(0, 2 ** 62)[0])
@@ -251,7 +250,6 @@ def decode(cfg, rows: list[list[int]]) -> list[str]:
 
 def ppl_model(cfg):
     """(GPT-2, tokenizer) that scores summaries: eval.ppl_model.path, else the stand-in (see metrics/perplexity)."""
-    from collapse.metrics import perplexity
     p = cfg.eval.ppl_model
     if p.path:
         return perplexity.load(p.path)
@@ -267,7 +265,6 @@ def evaluate(model, test_data: TextPairs, cfg, cache=None, keep=None) -> dict:
     generation speed, and L_M(Test). `cache` (the image tasks' reference features) is not needed here:
     the stand-in tokenizer and GPT-2 are cached by content in $COLLAPSE_CACHE (collapse/cache.py). With
     `keep` (collapse/partial.py) the summaries, ROUGE scores and perplexities are kept as they are made."""
-    from collapse.metrics import perplexity, rouge
     data = test_data.select(0, cfg.eval.articles or len(test_data))
     extra = rouge.scoring_processes(len(data), cfg.eval.processes) - 1
     workers = rouge.Workers(extra) if extra else None   # they import while the summaries are generated
@@ -304,7 +301,6 @@ def curve_metrics(model, test_data: TextPairs, cfg) -> dict:
     n = min(cfg.eval.curve_articles, len(test_data))
     if not n:
         return {}
-    from collapse.metrics import rouge
     data = test_data.select(0, n)
     generated = decode(cfg, summarize(model, data.source, data.pad_id, cfg.data.max_target_tokens,
                                       cfg.eval.batch_size))
@@ -323,7 +319,6 @@ def examples(model, cfg, n: int | None = None) -> list[dict]:
 
 def write_examples(model, cfg, out_dir: Path) -> dict:
     """examples.json (read by the report for Tables 4-5) and examples.md, in out_dir."""
-    from collapse import storage
     items = examples(model, cfg)
     lines = []
     for i, item in enumerate(items):
