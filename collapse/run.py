@@ -273,7 +273,8 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
         log(f"starting on {held.who}" + (f"; took over the lease of {held.taken_from}" if held.taken_from else ""))
     started = manifest.now()
     base = {"kind": spec["kind"], "key": key, "name": spec["name"], "deps": spec["deps"],
-            "config": spec["config"], "log": str(log_file.relative_to(root)), "started": started,
+            "config": spec["config"], **({"fingerprints": spec["fingerprints"]} if spec.get("fingerprints") else {}),
+            "log": str(log_file.relative_to(root)), "started": started,
             **manifest.provenance()}
     # A redo works in a folder of its own and leaves the done record in force until it is done too.
     out = stage_dir(root, key) / f"redo-{round(spec['redo_of']['started'] * 1000)}" if redoing else stage_dir(root, key)

@@ -32,9 +32,9 @@ def warn_malformed(name: str, sweep: dict) -> None:
 def replicate_of(record: dict | None) -> str | None:
     """What two grid points must share to be seeds of one row: every field that decides the
     student's, its synthetic set's and its eval's numbers, train.seed left out (None without a config)."""
-    config = (record or {}).get("config")
-    try:
-        material = {kind: plan.key_material(kind, config) for kind in ("student", "synth", "eval")}
+    config, prints = (record or {}).get("config"), (record or {}).get("fingerprints")
+    try:   # paths by content, as in the stage key: copies of one data set at two paths are one replicate
+        material = {kind: plan.key_material(kind, config, prints) for kind in ("student", "synth", "eval")}
         material["student"]["train"].pop("seed", None)
     except (KeyError, TypeError, AttributeError):
         return None
