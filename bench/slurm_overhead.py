@@ -19,7 +19,7 @@ first on PATH that counts the calls; then waits for a complete manifest and prin
 import argparse
 import os
 import shutil
-import subprocess
+
 import sys
 import tempfile
 import time

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from collapse import storage
-from collapse.stages import RAN_TO_THE_END, is_safe_key   # noqa: F401 (run.main reads manifest.RAN_TO_THE_END)
+from collapse.stages import is_safe_key
 
 VERSION = 1
 REQUIRED = ("version", "kind", "key", "name", "status")

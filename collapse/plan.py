@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from collapse import fingerprint as content, generations, manifest, stages, tasks
 from collapse.config import ConfigError, ExperimentConfig, bad, to_dict
 from collapse.grid import Sweep
-from collapse.stages import ANY_OUTCOME, KINDS
+from collapse.stages import KINDS
 from collapse.tasks.base import Simulation
 
 # Which config sections decide a stage's output. Execution details (where the data lives,

@@ -9,7 +9,6 @@
 
 Torch-free but for local_gpus(): the dry run and the launch call these, status and cancel never do.
 """
-import os
 import shutil
 import subprocess
 from pathlib import Path

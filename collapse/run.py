@@ -15,8 +15,7 @@ import torch
 
 from collapse import experiment, generations, lease, manifest, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
-from collapse.plan import ANY_OUTCOME
-from collapse.stages import log_path, read_spec, stage_dir, write_spec   # noqa: F401 (write_spec: run.write_spec)
+from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path, read_spec, stage_dir, write_spec  # noqa: F401
 from collapse.tasks.base import Simulation, distills
 
 
@@ -204,7 +203,7 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
 
 def run_report(task, cfg, inputs, root, out: Path, log):
     """The sweep's tables and plots, over every record in the root. It runs whatever its inputs'
-    outcome (plan.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
+    outcome (stages.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
     (killed, out of memory) are recorded failed, so the report shows them as such."""
     from collapse import status   # heavy: SLURM's accounting is read only by the report stage
     from collapse.report.write import write_reports   # heavy: scipy and matplotlib only for the report stage
@@ -332,7 +331,7 @@ def main(argv=None) -> int:
         return 2
     try:
         status = run_stage(argv[0], argv[1])["status"]
-        return 0 if status in manifest.RAN_TO_THE_END else lease.HELD_EXIT if status == "held" else 1
+        return 0 if status in RAN_TO_THE_END else lease.HELD_EXIT if status == "held" else 1
     except OSError as e:   # no spec to read, or the 'running' record cannot be written
         print(f"error: stage {argv[1]} in {argv[0]}: {e}", file=sys.stderr)
         return 1

@@ -11,15 +11,6 @@ from collapse.report.stats import compare_with_m1, holm, mean_ci
 SEED = "train.seed"
 
 
-def latest_sweeps(records: list[dict]) -> dict:
-    sweeps = {}
-    for r in records:
-        if r.get("kind") == "sweep" and r.get("status") == "done":
-            if r["name"] not in sweeps or r.get("ended", 0) >= sweeps[r["name"]].get("ended", 0):
-                sweeps[r["name"]] = r
-    return sweeps
-
-
 def well_formed(sweep: dict) -> bool:
     return isinstance(sweep.get("config"), dict) and isinstance(sweep["config"].get("points"), list)
 

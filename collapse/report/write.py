@@ -13,7 +13,8 @@ from pathlib import Path
 from collapse import manifest, tasks
 from collapse.report import chains
 from collapse.report.plots import plot_coefficients, plot_curves, plot_samples
-from collapse.report.rows import latest_sweeps, sweep_rows, warn_malformed, well_formed
+from collapse.report.rows import sweep_rows, warn_malformed, well_formed
+from collapse.stages import latest_sweeps
 from collapse.report.tables import write_tables
 from collapse.results import write_table
 
