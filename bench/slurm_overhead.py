@@ -19,7 +19,6 @@ first on PATH that counts the calls; then waits for a complete manifest and prin
 import argparse
 import os
 import shutil
-
 import sys
 import tempfile
 import time
