@@ -36,10 +36,10 @@ def check_generations(cfg, task, p: str = "") -> None:
             _check(getattr(gen, name) == default, g + name, getattr(gen, name),
                    f"{default!r} unless generations.count is set")
         return
+    modes = ("none",) if isinstance(task, Simulation) else task.DISTILL_MODES   # a simulation distils nothing
+    _check(gen.distill in modes, g + "distill", gen.distill, f"one of: {', '.join(modes)} (task {cfg.task})")
     if isinstance(task, Simulation):
         return
-    modes = task.DISTILL_MODES
-    _check(gen.distill in modes, g + "distill", gen.distill, f"one of: {', '.join(modes)} (task {cfg.task})")
     if gen.distill != "none":
         _check(distills(task, cfg.distill), g + "distill", gen.distill, "'none' when every distill.* coefficient is 0")
     _check(cfg.synth.size is None, p + "synth.size", cfg.synth.size,

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from collapse import storage
 from collapse.config import bad
-from collapse.fingerprint import fingerprint
+from collapse.fingerprint import FingerprintError, fingerprint
 from collapse.cache import cache_root
 
 KEY = "data.root"
@@ -102,7 +102,11 @@ def sizes(data_cfg) -> tuple[int, int]:
 
 def cache_path(source: Source, train_size: int, test_size: int, seed: int) -> Path:
     # by content, as stage keys are (collapse/fingerprint.py): a moved copy reuses it, other bytes do not
-    blob = json.dumps({"version": CACHE_VERSION, "content": fingerprint(source.root), "names": source.names,
+    try:
+        content = fingerprint(source.root)
+    except FingerprintError as e:
+        raise bad(KEY, str(source.root), f"a readable file or directory ({e})") from None
+    blob = json.dumps({"version": CACHE_VERSION, "content": content, "names": source.names,
                        "sizes": source.sizes, "train": train_size, "test": test_size, "seed": seed, "size": SIZE})
     return cache_root() / f"celeba-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
 
