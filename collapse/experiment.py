@@ -3,6 +3,9 @@
 need the task: chains against the task's distillation modes, a simulation's need of a chain length,
 per-kind cluster overrides against the plan's stage kinds, and the task's own cross-section checks.
 """
+import dataclasses
+import typing
+
 from collapse import tasks
 from collapse.config import ExperimentConfig, GenerationsConfig, _check, bad, build, schema
 from collapse.stages import KINDS
@@ -24,6 +27,26 @@ def from_dict(data: dict) -> ExperimentConfig:
     check_stage_kinds(cfg, task)
     task.check_config(cfg)
     return cfg
+
+
+def from_stored(data: dict) -> ExperimentConfig:
+    """A config as a stage spec or record stored it. Sections and fields this version no longer has
+    are dropped first: they were moved to the tasks that read them (a VAE record of before carries the
+    Gaussian toy model's section), so they decided nothing for this stage (its key says what did)."""
+    name = data.get("task", tasks.DEFAULT)
+    return from_dict(known_fields(schema(name, tasks.get(name).CONFIG_SECTIONS), data))
+
+
+def known_fields(cls, data: dict) -> dict:
+    """`data` without the keys `cls` (a config dataclass) has no field for, at every depth."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        if key not in hints:
+            continue
+        hint = hints[key]
+        out[key] = known_fields(hint, value) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
+    return out
 
 
 def check_generations(cfg, task, p: str = "") -> None:

@@ -55,7 +55,7 @@ def _artifact_entry(root, path: Path) -> dict:
 
 
 def load_model(task, root, record: dict):
-    cfg = experiment.from_dict(record["config"])
+    cfg = experiment.from_stored(record["config"])
     model = task.build_model(cfg)
     storage.load_weights(artifact(root, record, "weights"), model)
     return model.to(this_device()).eval().requires_grad_(False)
@@ -285,7 +285,7 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
             manifest.write(root, {**base, "status": "running"})
 
     try:
-        cfg = experiment.from_dict(spec["config"])
+        cfg = experiment.from_stored(spec["config"])
         task = tasks.get(cfg.task)
         inputs = {}
         any_outcome = spec["kind"] in ANY_OUTCOME
