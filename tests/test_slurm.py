@@ -295,7 +295,9 @@ def launched(cluster, tmp_path_factory):
     grids.mkdir()
     (grids / "slurm_one_diverges.yaml").write_text(DIVERGING)
     env = {"COLLAPSE_GRID_DIR": str(grids)}
-    first = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
+    # each training step of this launch's jobs sleeps 8 s, so its one-step teacher is still queued or
+    # running when the relaunch below looks (on a loaded machine the relaunch's start can outlast a bare step)
+    first = launch("grid=vae_smoke3", f"results_root={root}", *TINY, env={train.STEP_DELAY_ENV: "8"})
     assert first.returncode == 0, show(first)
     index1 = slurm_index.read_index(root)
     second = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
