@@ -5,11 +5,15 @@ atomic (temp file + rename), so a reader sees a whole record or the previous one
 report and status read only this folder. No torch here: status reads records through this module and
 must answer in well under a second.
 """
+import functools
 import getpass
+import importlib.metadata
 import json
 import os
+import platform
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,9 +80,48 @@ def is_done(root, key: str) -> bool:
     return record is not None and record["status"] == "done"
 
 
+# The packages whose versions decide a stage's numbers (or its reading of data), by distribution name.
+PACKAGES = ("torch", "deepspeed", "diffusers", "transformers", "clean-fid", "rouge-score", "collapse")
+
+
 def provenance() -> dict:
+    """Where and with what a stage ran: host, user, pid, SLURM job, git commit and whether the tree had
+    uncommitted changes, the versions of python and PACKAGES, and on a GPU its CUDA and device name."""
     return {"host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid(),
-            "git_commit": git_commit(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+            "git_commit": git_commit(), "git_dirty": git_dirty(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "versions": versions(), "cuda": cuda()}
+
+
+@functools.cache
+def versions() -> dict:
+    """{"python": "3.11.2", "torch": "2.14.1", ...}; None for a package not installed. Read from the
+    installed metadata: nothing is imported."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cuda() -> dict | None:
+    """CUDA's version and the device's name where this stage runs on a GPU (torch already imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return {"version": torch.version.cuda, "device": torch.cuda.get_device_name(torch.cuda.current_device())}
+
+
+@functools.cache
+def git_dirty() -> bool | None:
+    """The checkout has uncommitted changes to tracked files (None: not a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def git_commit() -> str | None:

@@ -3,7 +3,8 @@
 One row per stage record (sweep records left out). Columns: the record's own fields (key, kind,
 name, status, started, ended, seconds, host, git_commit, log, ...), the flattened config
 (`config.train.seed`, `config.distill.lam`), the stages it read (`deps.teacher`) and the scalar
-metrics (`metrics.best_test_loss`). Lists in the config (e.g. `config.model.block_channels`) are
+metrics (`metrics.best_test_loss`), then what it ran with (`git_dirty`, `versions.torch`, ...,
+`cuda.device` on a GPU). Lists in the config (e.g. `config.model.block_channels`) are
 one column of JSON text, so that every column can be grouped on and round-trips through CSV;
 lists in the metrics (`history`, the Gaussian's per-generation arrays) are left out: they stay in
 the record, and the loss curves are in TensorBoard and the report's <grid>_curves.png.
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 FIELDS = ("key", "kind", "name", "status", "started", "ended", "seconds", "host", "user", "pid",
-          "slurm_job_id", "git_commit", "log", "error")
+          "slurm_job_id", "git_commit", "git_dirty", "log", "error")
 
 
 def results(results_root):
@@ -33,6 +34,8 @@ def record_row(record: dict) -> dict:
     row.update(_flatten(record.get("config"), "config", lists="json"))
     row.update(_flatten(record.get("deps"), "deps", lists="json"))
     row.update(_flatten(record.get("metrics"), "metrics", lists="drop"))
+    row.update(_flatten(record.get("versions"), "versions", lists="drop"))
+    row.update(_flatten(record.get("cuda"), "cuda", lists="drop"))
     return row
 
 
@@ -49,9 +52,9 @@ def _flatten(value, prefix: str, lists: str) -> dict:
 
 
 def _columns(rows: list[dict]) -> list[str]:
-    """The record's fields first, then config.*, deps.*, metrics.*, each group sorted."""
+    """The record's fields first, then config.*, deps.*, metrics.*, versions.*, cuda.*, each group sorted."""
     seen = {c for row in rows for c in row}
-    groups = [sorted(c for c in seen if c.startswith(p)) for p in ("config.", "deps.", "metrics.")]
+    groups = [sorted(c for c in seen if c.startswith(p)) for p in ("config.", "deps.", "metrics.", "versions.", "cuda.")]
     return list(FIELDS) + [c for group in groups for c in group]
 
 

@@ -45,6 +45,15 @@ def test_one_row_per_stage_record_with_flat_config_and_metrics(root, stages):
     assert row["seconds"] == pytest.approx(m1["ended"] - m1["started"], abs=1e-3)
     assert row["log"] == m1["log"] and row["host"] == m1["host"] and row["git_commit"] == m1["git_commit"]
     assert row["deps.teacher"] == m1["deps"]["teacher"]
+    # what it ran with: every record names the versions of the packages that decide its numbers
+    import platform
+    import torch
+    assert m1["versions"]["python"] == platform.python_version()
+    assert m1["versions"]["torch"] == torch.__version__.split("+")[0]   # the installed release (no local label)
+    assert set(m1["versions"]) == {"python", "torch", "deepspeed", "diffusers", "transformers", "clean-fid",
+                                   "rouge-score", "collapse"} and all(m1["versions"].values())
+    assert m1["git_dirty"] in (True, False) and m1["cuda"] is None   # a CPU run: no CUDA
+    assert row["versions.torch"] == m1["versions"]["torch"] and row["git_dirty"] == m1["git_dirty"]
 
 
 def test_report_script_writes_the_same_table_as_csv(root):
