@@ -97,3 +97,13 @@ def test_no_paper_columns_without_a_paper_table(tmp_path, monkeypatch):
     rows, md = read_report(tmp_path, "t1")
     assert "paper" not in rows[0] and "sign_vs_M1_ours/paper" not in rows[0]
     assert "Against the paper" not in md and "Spearman" not in md
+
+
+def test_a_zero_best_row_reads_n_a_instead_of_failing(tmp_path):
+    """A smoke run can score 0 (ROUGE of empty summaries): the "setting X to 0 costs" % of a best row
+    at 0 reads n/a with the reason, and the report is still written (it raised ZeroDivisionError)."""
+    rows = {BEST: {0: 0.0, 1: 0.0}, LAM0: {0: 0.01, 1: 0.02}, M1: {0: 0.03, 1: 0.03}}
+    write_sweep(tmp_path, "t0", rows, teacher={0: 0.0, 1: 0.0}, overrides={"train.reduction": "pixel"})
+    _, md = read_report(tmp_path, "t0")
+    line = next(x for x in md.splitlines() if x.startswith("| lambda |"))
+    assert "n/a: our row" in line and "is 0 (no % of it)" in line, line

@@ -148,8 +148,9 @@ def zero_costs(rows: list[dict], ref: dict) -> tuple[str, list[str], list[list]]
         elif ours_zero is None or "mean" not in ours_zero:
             note = f"our row with {leaf.get(name, name)}=0 {_missing(ours_zero)}"
         else:
-            note = ""
-            ours = f"{_cost(ours_zero['mean'], ours_best['mean'], lower):.2f}"
+            cost = _cost(ours_zero["mean"], ours_best["mean"], lower)
+            note = "" if cost is not None else f"n/a: our row {best_name}'s {ref['metric'][1]} is 0 (no % of it)"
+            ours = "" if cost is None else f"{cost:.2f}"
             per_seed = _per_seed_cost(ours_zero, ours_best, lower)
         table.append([leaf.get(name, name), paper_pct, ours, per_seed, note])
     return intro, header, table
@@ -159,16 +160,20 @@ def _missing(row: dict | None) -> str:
     return "is not in this grid" if row is None else "has no finished seed yet"
 
 
-def _cost(zero: float, best: float, lower: bool) -> float:
+def _cost(zero: float, best: float, lower: bool) -> float | None:
+    """% worse than the best row; None where the best row's value is 0 (a smoke run's ROUGE): no % of it."""
+    if not best:
+        return None
     return 100.0 * (zero - best) / abs(best) * (1 if lower else -1)
 
 
 def _per_seed_cost(zero: dict, best: dict, lower: bool) -> str:
     shared = sorted(set(zero["by_seed"]) & set(best["by_seed"]))
-    if len(shared) < 2:
+    costs = [c for c in (_cost(zero["by_seed"][s], best["by_seed"][s], lower) for s in shared) if c is not None]
+    if len(costs) < 2:
         return ""
-    mean, ci = mean_ci([_cost(zero["by_seed"][s], best["by_seed"][s], lower) for s in shared])
-    return f"{mean:.2f} +- {ci:.2f} (n={len(shared)})"
+    mean, ci = mean_ci(costs)
+    return f"{mean:.2f} +- {ci:.2f} (n={len(costs)})"
 
 
 def summary_line(rows: list[dict], ref: dict) -> str | None:
