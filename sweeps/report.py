@@ -5,7 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collapse.report.write import write_reports  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -19,10 +18,15 @@ def main(argv: list[str]) -> int:
         print(f"error: key 'results_root': value '{root}' has no manifest/ (nothing launched there yet)",
               file=sys.stderr)
         return 2
+    from collapse.report.write import write_reports   # heavy: the tasks' report parts load torch; --help does not
     for path in write_reports(root):
         print(path)
     return 0
 
 
 if __name__ == "__main__":
+    if set(sys.argv[1:]) & {"-h", "--help", "help"}:
+        from collapse.usage import short_help
+        print(short_help("report.py", "results_root=DIR"))
+        sys.exit(0)
     sys.exit(main(sys.argv[1:]))

@@ -7,4 +7,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from collapse.status import main  # noqa: E402
 
 if __name__ == "__main__":
+    if set(sys.argv[1:]) & {"-h", "--help", "help"}:
+        from collapse.usage import short_help
+        print(short_help("status.py", "results_root=DIR [grid=NAME]"))
+        sys.exit(0)
     sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,57 @@
+"""`--help` of the sweeps/ commands, answered without importing torch (or anything heavy): the grids
+with their one-line descriptions, the profiles, the clusters and the keys a launch takes itself."""
+from pathlib import Path
+
+from collapse.config import config_dirs
+from collapse.grid import grid_dirs
+
+HELP_FLAGS = ("-h", "--help", "help")
+MORE = "More: README.md (quick start, SLURM, GPUs), docs/architecture.md (how it works), docs/results/ (measured runs)."
+
+
+def first_comment(path: Path) -> str:
+    """A config file's one-line description: its `description:` key, else its first comment line."""
+    description = ""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("description:"):
+            return line.split(":", 1)[1].strip().strip("\"'")
+        if line.startswith("#") and not description:
+            description = line.lstrip("# ").strip()
+    return description
+
+
+def named(folders: list[Path]) -> list[tuple[str, str]]:
+    seen = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.yaml")):
+            seen.setdefault(path.stem, first_comment(path))
+    return sorted(seen.items())
+
+
+def listing(title: str, items: list[tuple[str, str]]) -> list[str]:
+    width = max((len(name) for name, _ in items), default=0)
+    return [title] + [f"  {name:<{width}}  {text[:100]}" for name, text in items]
+
+
+def launch_help() -> str:
+    lines = ["usage: python sweeps/launch.py grid=NAME [profile=NAME] [cluster=NAME] [key=value ...]",
+             "",
+             "Runs a grid's stages (teacher, synth, students, evals, report) on the local executor or SLURM;",
+             "every key=value is an OmegaConf dotlist override of the experiment's config (train.epochs=5).",
+             ""]
+    lines += listing("grids (grid=, sweeps/grids/ and $COLLAPSE_GRID_DIR):", named(grid_dirs())) + [""]
+    lines += listing("profiles (profile=, configs/profile/):", named([d / "profile" for d in config_dirs()])) + [""]
+    clusters = named([d / "cluster" for d in config_dirs()])
+    lines += listing("clusters (cluster=, configs/cluster/):",
+                     [("auto", "the default: slurm where sinfo answers, else local")] + clusters) + [""]
+    lines += ["keys a launch takes itself:",
+              "  results_root=DIR   where stages, records, logs and the report go (a filesystem the nodes share)",
+              "  seeds=[0,1,2]      replicate every grid point (train.seed)",
+              "  dry_run=true       print the plan, the sbatch calls, the estimate and warnings; write nothing",
+              "  redo=KIND|PATTERN  rerun those stages although done, and what reads them ('redo=student[lam=0.5*')",
+              "", MORE]
+    return "\n".join(lines)
+
+
+def short_help(command: str, usage: str) -> str:
+    return f"usage: python sweeps/{command} {usage}\n\n{MORE}"
