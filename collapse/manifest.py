@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -80,13 +81,10 @@ def is_done(root, key: str) -> bool:
     return record is not None and record["status"] == "done"
 
 
-# The packages whose versions decide a stage's numbers (or its reading of data), by distribution name.
-PACKAGES = ("torch", "deepspeed", "diffusers", "transformers", "clean-fid", "rouge-score", "collapse")
-
-
 def provenance() -> dict:
     """Where and with what a stage ran: host, user, pid, SLURM job, git commit and whether the tree had
-    uncommitted changes, the versions of python and PACKAGES, and on a GPU its CUDA and device name."""
+    uncommitted changes, the versions of python, collapse and every package it requires, and on a GPU
+    its CUDA and device name."""
     return {"host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid(),
             "git_commit": git_commit(), "git_dirty": git_dirty(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "versions": versions(), "cuda": cuda()}
@@ -94,10 +92,15 @@ def provenance() -> dict:
 
 @functools.cache
 def versions() -> dict:
-    """{"python": "3.11.2", "torch": "2.14.1", ...}; None for a package not installed. Read from the
-    installed metadata: nothing is imported."""
+    """{"python": "3.11.2", "collapse": "0.1.0", "torch": "2.14.1", ...}: collapse and the packages its
+    install requires (setup.cfg), None for one not installed. From the installed metadata: nothing is imported."""
     out = {"python": platform.python_version()}
-    for name in PACKAGES:
+    try:
+        required = importlib.metadata.requires("collapse") or []
+    except importlib.metadata.PackageNotFoundError:   # run from a checkout that was never installed
+        required = []
+    names = [re.split(r"[ ;<>=!~\[]", r, maxsplit=1)[0] for r in required if "extra ==" not in r]
+    for name in ["collapse", *names]:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
