@@ -81,17 +81,9 @@ def load_data(task, root, record: dict, name: str = "data"):
     return task.from_tensors(storage.load_tensors(artifact(root, record, name)))
 
 
-def synthesize(task, teacher, cfg, start: int, stop: int, generator, keep: partial.Keep | None = None):
-    return task.synthesize(teacher, cfg, start, stop, generator, keep=keep)
-
-
 def _keep(out: Path, log, **made_from) -> partial.Keep:
     """Where a stage's resumable loops keep their finished chunks: <out>/partial/ (collapse/partial.py)."""
     return partial.Keep(out / "partial", made_from, log)
-
-
-def concat(task, parts: list):
-    return task.concat(parts)
 
 
 def run_synth(task, cfg, inputs, root, out: Path, log):
@@ -100,7 +92,7 @@ def run_synth(task, cfg, inputs, root, out: Path, log):
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
     keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=cfg.synth.seed)
-    data = synthesize(task, teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)), keep)
+    data = task.synthesize(teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)), keep=keep)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
     keep.clear()
@@ -127,7 +119,7 @@ def run_synth_shard(task, cfg, inputs, root, out: Path, log, shard: int):
     start, stop = shard_range(n, cfg.synth.shards, shard)
     seed = shard_seed(cfg.synth.seed, shard)
     keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=seed, start=start)
-    data = synthesize(task, teacher, cfg, start, stop, generator(seed, device_of(teacher)), keep)
+    data = task.synthesize(teacher, cfg, start, stop, generator(seed, device_of(teacher)), keep=keep)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "start": start, "stop": stop, "seed": seed})
     keep.clear()
@@ -138,7 +130,7 @@ def run_synth_shard(task, cfg, inputs, root, out: Path, log, shard: int):
 def run_synth_merge(task, cfg, inputs, root, out: Path, log):
     """synth.shards > 1: D_M0 is the shards' items in shard order."""
     parts = [load_data(task, root, inputs[f"shard.{i}"]) for i in range(cfg.synth.shards)]
-    data = concat(task, parts)
+    data = task.concat(parts)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "n": len(data), "shards": cfg.synth.shards})
     log(f"joined {cfg.synth.shards} shards: {len(data)} items")
@@ -168,8 +160,8 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
     keep = _keep(out, log, model=storage.sha256(out / "best.safetensors"), seed=seed)
-    samples = synthesize(task, model.eval().requires_grad_(False), cfg, 0, len(real), generator(seed, device_of(model)),
-                         keep)
+    samples = task.synthesize(model.eval().requires_grad_(False), cfg, 0, len(real), generator(seed, device_of(model)),
+                              keep=keep)
     path = save_data(task, out / "data.safetensors", samples, {"generation": t + 1, "n": len(real), "seed": seed})
     keep.clear()
     metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,

@@ -158,28 +158,28 @@ def test_time_limits_against_estimates_and_the_partition():
     assert any(n.startswith("eval: estimated 3000 min is more than 4 time limits of 60 min") for n in notes)
 
 
+def assert_one_launch_at_a_time(root):
+    """The lock is this process's lease while held; a second taker times out naming it; it is gone after."""
+    with slurm_index.locked(root, timeout_s=5):
+        assert lease.read(root, slurm_index.LAUNCH_LEASE).pid == os.getpid()
+        with pytest.raises(slurm_index.SubmissionError, match="another launch has held .*launch.json"):
+            with slurm_index.locked(root, timeout_s=0.5):
+                pass
+    assert lease.read(root, slurm_index.LAUNCH_LEASE) is None
+
+
 def test_launch_lock_needs_no_flock_and_falls_back_to_exclusive_create(tmp_path, monkeypatch):
     import fcntl
 
     def no_flock(*a, **k):
         raise OSError(errno.ENOLCK, "No locks available")
     monkeypatch.setattr(fcntl, "flock", no_flock)    # Lustre mounted without flock
-    with slurm_index.locked(tmp_path, timeout_s=5):
-        assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE).pid == os.getpid()
-        with pytest.raises(slurm_index.SubmissionError, match="another launch has held .*launch.json"):
-            with slurm_index.locked(tmp_path, timeout_s=0.5):
-                pass
-    assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE) is None
+    assert_one_launch_at_a_time(tmp_path)
 
     def no_link(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
     monkeypatch.setattr(os, "link", no_link)          # a filesystem without hard links: O_EXCL
-    with slurm_index.locked(tmp_path, timeout_s=5):
-        assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE).pid == os.getpid()
-        with pytest.raises(slurm_index.SubmissionError, match="another launch"):
-            with slurm_index.locked(tmp_path, timeout_s=0.5):
-                pass
-    assert lease.read(tmp_path, slurm_index.LAUNCH_LEASE) is None
+    assert_one_launch_at_a_time(tmp_path)
 
     real_open = os.open
 
