@@ -33,6 +33,9 @@ READINGS = {"today": {}, "gaussian": {"likelihood": "gaussian"}, "kl": {"kl_weig
 GRIDS = {"gaussian": {"model.likelihood": "gaussian"}, "var": {"distill.variance_term": "var"}}
 
 
+TODAY = ["grid=vae_coeffs_key", "seeds=[0]", "model.kl_weight=1.0"]   # the paper grids now set reading (c)
+
+
 def keys(argv):
     plan = build(load_sweep(argv))
     return {s.name: s.key for s in plan.stages.values() if s.kind in ("teacher", "synth", "student")}
@@ -40,18 +43,23 @@ def keys(argv):
 
 @pytest.mark.parametrize("reduction", ["pixel", "sum"])
 def test_todays_reading_keeps_its_stage_keys(reduction):
-    assert keys(["grid=vae_coeffs_key", "seeds=[0]", f"train.reduction={reduction}"]) == KEYS_BEFORE[reduction]
-    explicit = ["model.likelihood=bernoulli", "model.kl_weight=1.0", "distill.variance_term=logvar"]
-    assert keys(["grid=vae_coeffs_key", "seeds=[0]", f"train.reduction={reduction}", *explicit]) == KEYS_BEFORE[reduction]
+    assert keys([*TODAY, f"train.reduction={reduction}"]) == KEYS_BEFORE[reduction]
+    explicit = ["model.likelihood=bernoulli", "distill.variance_term=logvar"]
+    assert keys([*TODAY, f"train.reduction={reduction}", *explicit]) == KEYS_BEFORE[reduction]
+
+
+def test_the_paper_grids_run_reading_c_the_kl_weight_of_the_readings_study():
+    assert load_sweep(["grid=vae_coeffs"]).points[0].config.model.kl_weight == 0.1
+    assert keys(["grid=vae_coeffs_key", "seeds=[0]"]) == keys(["grid=vae_readings_kl"])
 
 
 def test_each_other_reading_gets_keys_of_its_own():
     today = KEYS_BEFORE["pixel"]
     for over in ("model.likelihood=gaussian", "model.kl_weight=0.1"):
-        got = keys(["grid=vae_coeffs_key", "seeds=[0]", over])
+        got = keys([*TODAY, over])
         assert got["teacher[seed=0]"] != today["teacher[seed=0]"]
         assert not set(got.values()) & set(today.values())
-    got = keys(["grid=vae_coeffs_key", "seeds=[0]", "distill.variance_term=var"])
+    got = keys([*TODAY, "distill.variance_term=var"])
     assert got["teacher[seed=0]"] == today["teacher[seed=0]"] and got["synth[seed=0]"] == today["synth[seed=0]"]
     assert all(got[n] != today[n] for n in today if n.startswith("student"))   # the teacher does not read it
 
@@ -59,7 +67,7 @@ def test_each_other_reading_gets_keys_of_its_own():
 @pytest.mark.parametrize("grid", sorted(GRIDS))
 def test_reading_grids_set_their_reading_on_vae_coeffs_key_rows(grid):
     sweep = load_sweep([f"grid=vae_readings_{grid}"])
-    key_rows = load_sweep(["grid=vae_coeffs_key", "seeds=[0]"])
+    key_rows = load_sweep(TODAY)
     assert [p.label for p in sweep.points] == [p.label for p in key_rows.points]
     for point in sweep.points:
         for dotted, value in GRIDS[grid].items():
