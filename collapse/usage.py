@@ -6,7 +6,8 @@ from collapse.config import config_dirs
 from collapse.grid import grid_dirs
 
 HELP_FLAGS = ("-h", "--help", "help")
-MORE = "More: README.md (quick start, SLURM, GPUs), docs/architecture.md (how it works), docs/results/ (measured runs)."
+MORE = ("More: README.md (quick start), docs/usage.md (every key), docs/cluster.md (SLURM, GPUs), "
+        "docs/offline.md (data and weights), docs/results/ (measured runs).")
 
 
 def first_comment(path: Path) -> str:
