@@ -7,6 +7,7 @@ several batches is written as it is finished, atomically (collapse/storage.py):
     <out>/partial/<name>/state.json             what the chunks are made from, the item count, the chunk size
     <out>/partial/<name>/chunk-00000.safetensors  items 0..chunk-1: the batches' tensors, and the state
     <out>/partial/<name>/chunk-00001.safetensors  of the loop's torch.Generator after them (if it draws)
+    <out>/partial/progress.json                  the current loop's items made so far, for sweeps/status.py
 
 A rerun loads the finished chunks, puts the generator back to where the last one left it, and makes
 the rest. Chunks hold whole batches, so every batch sees the same items and random draws as in one go:
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import storage
+from collapse import progress, storage
 
 CHUNK_ITEMS = 256    # items a chunk holds, rounded down to whole batches (at least one): seconds to minutes of work
 CHUNK_ENV = "COLLAPSE_CHUNK_ITEMS"
@@ -65,6 +66,7 @@ def batched(keep: Keep | None, name: str, total: int, batch_size: int, make, gen
     done = _kept_chunks(keep, folder, total, chunk, generator) if keep is not None else []
     if done:
         keep.log(f"resuming: {min(len(done) * chunk, total)} of {total} items already {what} (partial/{name})")
+    shown = _progress(keep, name, total, min(len(done) * chunk, total))
     for start in range(len(done) * chunk, total, chunk):
         stop = min(start + chunk, total)
         parts = [make(b, min(b + batch, stop)) for b in range(start, stop, batch)]
@@ -73,6 +75,8 @@ def batched(keep: Keep | None, name: str, total: int, batch_size: int, make, gen
             state = {GENERATOR_STATE: generator.get_state()} if generator is not None else {}
             storage.save_tensors(_chunk_path(folder, start // chunk), {**made, **state})
         done.append(made)
+        if shown is not None:
+            shown.update(stop, force=stop == total)
     if not done:
         return {}
     return {k: torch.cat([d[k] for d in done]) for k in done[0]}
@@ -91,6 +95,15 @@ def once(keep: Keep | None, name: str, items: int, make) -> dict:
     made = make()
     storage.save_tensors(_chunk_path(folder, 0), made)
     return made
+
+
+def _progress(keep: Keep | None, name: str, total: int, done: int) -> progress.Writer | None:
+    """keep.folder/progress.json for sweeps/status.py: `name`'s items made of `total`, this run's rate."""
+    if keep is None:
+        return None
+    shown = progress.Writer(keep.folder / progress.FILE, name, total, done)
+    shown.update(done, force=True)
+    return shown
 
 
 def _chunk_path(folder: Path, index: int) -> Path:

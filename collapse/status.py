@@ -1,6 +1,6 @@
 """Where a sweep stands: one row per stage from the manifest, its SLURM job (one squeue, one sacct).
 
-    python sweeps/status.py results_root=DIR [grid=NAME]
+    python sweeps/status.py results_root=DIR [grid=NAME]    (the command: collapse/status_live.py)
 
 States: done (recorded done), running, pending (queued, or requeued after preemption), failed
 (recorded failed, or its job ended without recording an end: killed, timed out, out of memory),
@@ -11,6 +11,8 @@ the queue state and the elapsed time. Without SLURM it shows what the manifest s
 A stage's lease (collapse/lease.py) says who runs it now, on any node and under either executor:
 host, pid or SLURM job, and the age of its last heartbeat; a stage recorded running whose lease
 is dead (its runner was killed, its node lost) shows as failed, to be rerun by the next launch.
+A running stage shows how far it has got (collapse/progress.py): step of steps or epoch of epochs, or
+the items its synth or eval loop has made; its latest test metric; the time to go at its own rate.
 """
 import os
 import subprocess
@@ -19,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collapse import lease, manifest, stages
+from collapse import lease, manifest, progress, stages
 from collapse.executors import slurm_command
 from collapse.executors.slurm_index import SubmissionError, base_id, job_stdout, read_index, squeue_states
 
@@ -39,6 +41,10 @@ class Row:
     job: str = ""
     elapsed: str = ""
     note: str = ""      # failed: the log path (and the error); pending: the queue's reason
+    progress: str = ""  # running: step 120/400, epoch 3/70, samples 512/10000
+    metric: str = ""    # running: its latest test metric
+    to_go: str = ""     # running: the time to go at its own rate so far
+    log: str = ""       # its log file (it may not exist yet)
 
 
 # ---------------------------------------------------------------- SLURM, one call each
@@ -185,6 +191,9 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
         holder = lease.read(root, key) if f"{key}.json" in leased else None
         if holder is not None:
             _show_holder(row, holder, status, q)
+        row.log = str(root / rec["log"]) if rec and rec.get("log") else str(stages.log_path(root, row.__dict__))
+        if row.state == "running":
+            _show_progress(row, root)
         rows.append(row)
     rows.sort(key=lambda r: (len(stages.KINDS) if r.kind == "?" else stages.kind_rank(r.kind), r.name))
     return rows, sweeps
@@ -203,12 +212,26 @@ def _show_holder(row: Row, holder, status: str | None, queued) -> None:
         row.note = f"its runner {holder.host}:{holder.pid} died ({why}); the next launch reruns it"
 
 
+def _show_progress(row: Row, root: Path) -> None:
+    try:
+        shown = progress.read(stages.stage_dir(root, row.key), Path(row.log))
+    except ValueError:   # a key that names no folder of its own: nothing to read
+        return
+    if shown is not None:
+        row.progress, row.metric, row.to_go = shown.where(), shown.latest(), _seconds(shown.to_go_s)
+
+
 def render(rows: list[Row], root, sweeps: list[dict]) -> str:
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
     names = ", ".join(f"grid {s['name']} ({s['key']})" for s in sweeps) or "no sweep record"
     head = f"{root}: {names}: {len(rows)} stages: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    cols = ("name", "kind", "state", "job", "elapsed", "log / reason")
-    table = [cols] + [(r.name, r.kind, r.state, r.job, r.elapsed, r.note) for r in rows]
+    if any(r.progress for r in rows):
+        cols = ("name", "kind", "state", "job", "elapsed", "progress", "metric", "to go", "log / reason")
+        table = [cols] + [(r.name, r.kind, r.state, r.job, r.elapsed, r.progress, r.metric, r.to_go, r.note)
+                          for r in rows]
+    else:
+        cols = ("name", "kind", "state", "job", "elapsed", "log / reason")
+        table = [cols] + [(r.name, r.kind, r.state, r.job, r.elapsed, r.note) for r in rows]
     widths = [max(len(str(t[i])) for t in table) for i in range(len(cols) - 1)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(t[:-1], widths)) + "  " + str(t[-1]) for t in table]
     return "\n".join([head, ""] + [line.rstrip() for line in lines])
@@ -238,24 +261,3 @@ def launched_root(value: str) -> Path | None:
               f"root with a manifest/ folder (nothing was launched there yet)", file=sys.stderr)
         return None
     return root
-
-
-def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in ("results_root", "grid")]
-    if unknown or "results_root" not in args:
-        print(f"error: expected results_root=DIR [grid=NAME], got {' '.join(argv) or 'nothing'}", file=sys.stderr)
-        return 2
-    root = launched_root(args["results_root"])
-    if root is None:
-        return 2
-    started = time.monotonic()
-    rows, sweeps = collect(root, args.get("grid"))
-    if args.get("grid") and not sweeps:
-        names = sorted({r["name"] for r in read_records(root) if r.get("kind") == "sweep"})
-        print(f"error: key 'grid': value '{args['grid']}' is not allowed; expected a grid launched in {root} "
-              f"(one of: {', '.join(names) or 'none'})", file=sys.stderr)
-        return 2
-    print(render(rows, root, sweeps))
-    print(f"\n({time.monotonic() - started:.2f}s)", file=sys.stderr)
-    return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import storage
+from collapse import progress, storage
 from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
 from collapse.tasks.base import distills
 
@@ -217,6 +217,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
         f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
     curves = curve_writer(out_dir) if rank == 0 else None
+    shown = progress_writer(out_dir, cfg, state, total_steps) if rank == 0 else None
     started, first_step = time.time(), state.step
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
     order = epoch_order(tc.seed, state.epoch, n)
@@ -248,11 +249,15 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
         if epoch_ended:
             state.epoch, state.batch = state.epoch + 1, 0
             order = epoch_order(tc.seed, state.epoch, n)
+        if shown is not None:
+            shown.update(state.step, epoch=state.epoch)
         if evaluation_due(tc, state, epoch_ended, total_steps):
             engine.eval()
             evaluate(task, engine, test_data, cfg, state, loss.item(), started, out_dir, total_steps, log)
             if curves is not None:
                 add_curves(curves, state.history[-1])
+            if shown is not None:
+                shown.update(state.step, value=state.history[-1]["test_loss"])
             engine.train()
             checkpoints.save(engine, vars(state), state.step, keep)
         elif epoch_ended or state.step % tc.checkpoint_every == 0:
@@ -263,7 +268,18 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
                     f"~{(total_steps - state.step) * per_step / 60:.0f} min to go")
     if curves is not None:
         curves.close()
+    if shown is not None:
+        shown.update(state.step, force=True)   # the end, whatever the stage does next
     return state
+
+
+def progress_writer(out_dir: Path, cfg, state: TrainState, total_steps: int) -> progress.Writer:
+    """out_dir/progress.json for sweeps/status.py: step, epoch, the latest test loss, this run's rate."""
+    shown = progress.Writer(out_dir / progress.FILE, "step", total_steps, state.step)
+    latest = state.history[-1]["test_loss"] if state.history else None
+    shown.update(state.step, force=True, epoch=state.epoch, epochs=None if cfg.train.steps else cfg.train.epochs,
+                 metric="test_loss", value=latest)
+    return shown
 
 
 def curve_writer(out_dir: Path):

@@ -54,5 +54,21 @@ def launch_help() -> str:
     return "\n".join(lines)
 
 
+def status_help(usage: str) -> str:
+    lines = [f"usage: python sweeps/status.py {usage}",
+             "",
+             "One row per stage of each grid's latest sweep (of grid=NAME alone): its state, SLURM job, elapsed time,",
+             "log or reason; a running stage also shows its progress (step of steps, epoch of epochs, items made),",
+             "its latest test metric and the time to go at its own rate so far.",
+             "",
+             "  watch=true, --watch  redraw the table every `every` seconds (every=30) until every stage has ended;",
+             "                       exits 1 when a stage failed, else 0",
+             "  log=NAME             the last `lines` lines (lines=40) of a stage's log; NAME: its name as the table",
+             "                       shows it ('student[lam=0.5,beta=1,gamma=1,seed=0]'), a unique prefix, or its key",
+             "  log=NAME watch=true  follow that log (like tail -f) until the stage ends",
+             "", MORE]
+    return "\n".join(lines)
+
+
 def short_help(command: str, usage: str) -> str:
     return f"usage: python sweeps/{command} {usage}\n\n{MORE}"

@@ -23,8 +23,12 @@ def test_help_is_complete_and_imports_no_torch(command):
     out = subprocess.run([sys.executable, "-c", CHECK.format(script=script)], capture_output=True, text=True,
                          cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith(f"usage: python sweeps/{command}") and "docs/architecture.md" in out.stdout
+    assert out.stdout.startswith(f"usage: python sweeps/{command}") and "docs/usage.md" in out.stdout
     if command == "launch.py":
         for needle in ("vae_coeffs ", "Table 1 of the paper", "ddpm_lambda_celeba", "profiles", "smoke",
                        "clusters", "auto", "slurm", "local", "results_root=DIR", "seeds=", "dry_run=true", "redo="):
+            assert needle in out.stdout, needle
+    if command == "status.py":
+        for needle in ("results_root=DIR", "grid=NAME", "watch=true", "--watch", "every=", "log=NAME", "lines=",
+                       "time to go", "tail -f", "unique prefix"):
             assert needle in out.stdout, needle
