@@ -28,7 +28,9 @@ def bad(key: str, value, allowed: str) -> ConfigError:
     shown = repr(value)
     if len(shown) > 60:   # a pasted blob or a number of thousands of digits stays one readable line
         shown = f"{shown[:40]}...({len(shown)} characters)"
-    return ConfigError(f"key '{key}': value {shown} is not allowed; expected {allowed}")
+    error = ConfigError(f"key '{key}': value {shown} is not allowed; expected {allowed}")
+    error.key, error.allowed = key, allowed   # collapse/experiment.py restates a path's error with the path tried
+    return error
 
 
 # Seeds feed torch and numpy generators as seed * 1_000_003 + step (collapse/train.py), which must
