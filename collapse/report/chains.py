@@ -9,6 +9,7 @@ The helpers (labels, panels, number format) serve the chains of a simulated task
 import statistics
 from pathlib import Path
 
+from collapse.report.na import NA, ONE_SEED, Footnotes, finite
 from collapse.report.plots import pyplot, save_figure
 from collapse.report.stats import mean_ci
 from collapse.report.tables import md_table, write_csv, write_text
@@ -56,12 +57,14 @@ def chain_runs(sweep: dict, by_key: dict, metric: str) -> dict:
         values = []
         for t, key in enumerate(p["evals"]):
             rec = by_key.get(key)
-            if rec and rec.get("status") == "done":
-                values.append(rec["metrics"][metric])
+            value = ((rec or {}).get("metrics") or {}).get(metric)
+            if rec and rec.get("status") == "done" and finite(value):
+                values.append(value)
             else:
                 values.append(None)
-                g["failed"].append(f"seed {p['label'].get(SEED)} gen {t}: "
-                                   + (rec.get("status", "?") if rec else "missing"))
+                why = f"{metric} = {value}, not finite" if rec and rec.get("status") == "done" else \
+                    rec.get("status", "?") if rec else "missing"
+                g["failed"].append(f"seed {p['label'].get(SEED)} gen {t}: {why}")
         g["seeds"][p["label"].get(SEED, 0)] = values
     return groups
 
@@ -108,12 +111,17 @@ def generation_table(groups: dict, t: int, panel_keys: list, metric_label: str, 
         missing = [f for f in g["failed"] if int(f.rsplit("gen ", 1)[1].split(":")[0]) <= t]
         status = "done" if not missing else f"{len(missing)} missing: " + "; ".join(missing[:3])
         rows.append([v for _, v in panel] + [
-            mode, t, fmt_value(at_t.get("mean")), fmt_value(at_t.get("ci95")), fmt_value(at_t.get("min")),
+            mode, t, fmt_value(at_t.get("mean")), _interval(at_t), fmt_value(at_t.get("min")),
             fmt_value(at_t.get("max")), fmt_value(m0.get("mean")), fmt_value(change, 2), fmt_value(eff.get("mean")),
-            fmt_value(eff.get("ci95")), fmt_value(eff_pct, 2), fmt_value(mean_eff.get("mean")), at_t["n"], status])
+            _interval(eff), fmt_value(eff_pct, 2), fmt_value(mean_eff.get("mean")), at_t["n"], status])
         if mode != "none" and eff["n"] and t >= 1:
             answers.append(_answer(title(dict(panel)), mode, eff, mean_eff, eff_pct, t, metric_label, direction))
     return header, rows, answers
+
+
+def _interval(s: dict):
+    """A 95% interval's half-width; n/a with one seed (blank with none: the status says why)."""
+    return NA(ONE_SEED) if s["n"] == 1 else fmt_value(s.get("ci95"))
 
 
 def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple[str, str, str]) -> list[Path]:
@@ -148,11 +156,12 @@ def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple
           "distill_effect = distilled minus `none` in the same policy, paired by seed "
           "(the same teacher), with its 95% t-interval; mean_effect averages that difference over "
           f"generations 1..t. Every generation: {name}_by_generation.csv and {name}_by_generation.png.", ""]
-    md += md_table(header, table)
+    notes = Footnotes()
+    md += md_table(header, table, notes) + notes.lines()
     if 1 <= T < G:
         header_t, table_t, answers_t = generation_table(groups, T, panel_keys, metric_label, direction)
         md += ["", f"## Generation {T}, the last that every chain has reached (the sweep is unfinished)", ""]
-        md += md_table(header_t, table_t)
+        md += md_table(header_t, table_t, notes) + notes.lines()
         answers = answers or answers_t
     if answers:
         md += ["", "## Does distillation still help?", ""] + [f"- {a}" for a in answers]
@@ -165,14 +174,15 @@ def _answer(where, mode, eff, mean_eff, eff_pct, G, metric_label, direction) -> 
     """One sentence: the paired effect at generation G, its average over 1..G, and a verdict."""
     better = (lambda x: x < 0) if direction == "lower" else (lambda x: x > 0)
     m, ci = eff["mean"], eff["ci95"]
+    interval = f"the 95% interval [{m - ci:+.3g}, {m + ci:+.3g}]" if ci else ""
     if ci is None:
-        verdict = "one seed, no interval"
-    elif better(m) and abs(m) > ci:
-        verdict = "helps (the 95% interval excludes 0)"
-    elif not better(m) and abs(m) > ci:
-        verdict = "hurts (the 95% interval excludes 0)"
+        verdict = "not judged: one seed, no interval"
+    elif not ci:
+        verdict = "not judged: every seed's difference is the same, so the interval has no width"
+    elif abs(m) > ci:
+        verdict = f"{'helps' if better(m) else 'hurts'} ({interval} excludes 0)"
     else:
-        verdict = "no clear effect (the 95% interval includes 0)"
+        verdict = f"within noise ({interval} contains 0)"
     pct = f" ({eff_pct:+.2f}%)" if eff_pct is not None else ""
     ci_s = f" +- {ci:.3g}" if ci is not None else ""
     avg = f"; averaged over generations 1..{G}: {mean_eff['mean']:+.3g}" if mean_eff["n"] else ""

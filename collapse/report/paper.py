@@ -8,7 +8,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from collapse.report.stats import ALPHA, mean_ci, sign, spearman
+from collapse.report.na import NA, Footnotes
+from collapse.report.stats import evidence, judged, mean_ci, sign, spearman
 
 PAPER_VALUES = Path(__file__).resolve().parent.parent / "paper_values.yaml"
 
@@ -73,25 +74,27 @@ def leaf_names(columns: dict) -> dict:
 
 # ---------------------------------------------------------------- lines below the table
 
-def spearman_lines(rows: list[dict]) -> list[str]:
+def spearman_lines(rows: list[dict], notes: Footnotes) -> list[str]:
     """Rank correlation of our row means with the paper's values; with mixed seed counts also on the one
     seed every row has, whose values carry no between-seed differences."""
     both = [r for r in rows if "mean" in r and r["paper"] is not None]
     if len(both) < 3:
         return [f"Spearman rank correlation with the paper: not computed ({len(both)} rows in both, 3 needed)."]
-    lines = [_spearman("our row means", [r["mean"] for r in both], [r["paper"] for r in both])]
+    lines = [_spearman("our row means", [r["mean"] for r in both], [r["paper"] for r in both], notes)]
     common = sorted(set.intersection(*(set(r["by_seed"]) for r in both)), key=str)
     if common and len({r["seeds"] for r in both}) > 1:
         seed = common[0]
         lines.append(_spearman(f"seed {seed} alone (the seed every row has)",
-                               [r["by_seed"][seed] for r in both], [r["paper"] for r in both]))
+                               [r["by_seed"][seed] for r in both], [r["paper"] for r in both], notes))
     return lines
 
 
-def _spearman(what: str, ours: list[float], paper: list[float]) -> str:
+def _spearman(what: str, ours: list[float], paper: list[float], notes: Footnotes) -> str:
     result = spearman(ours, paper)
-    if math.isnan(result.statistic):
-        return f"Spearman rank correlation with the paper, {what}: undefined (n = {len(ours)}; one side has no spread)."
+    if result is None:
+        side = "ours" if len(set(ours)) < 2 else "the paper's"
+        mark = notes.mark(f"every row has the same value ({side}), so a rank correlation is undefined")
+        return f"Spearman rank correlation with the paper's values, {what}: rho = {mark} (n = {len(ours)} rows in both)."
     return (f"Spearman rank correlation with the paper's values, {what}: rho = {result.statistic:.3f} "
             f"(n = {len(ours)} rows in both, two-sided p = {result.pvalue:.3g}; scipy.stats.spearmanr, ties averaged).")
 
@@ -142,22 +145,27 @@ def zero_costs(rows: list[dict], ref: dict) -> tuple[str, list[str], list[list]]
             best_v = next(v for c, v in paper["entries"] if same(c, best))
             paper_pct = None if zero_v is None else _cost(zero_v, best_v, lower)
         ours_zero = row_at(rows, zero, paper["coeffs"])
-        ours = per_seed = ""
-        if ours_best is None or "mean" not in ours_best:
-            note = f"our row {best_name} {_missing(ours_best)}"
-        elif ours_zero is None or "mean" not in ours_zero:
-            note = f"our row with {leaf.get(name, name)}=0 {_missing(ours_zero)}"
-        else:
-            cost = _cost(ours_zero["mean"], ours_best["mean"], lower)
-            note = "" if cost is not None else f"n/a: our row {best_name}'s {ref['metric'][1]} is 0 (no % of it)"
-            ours = "" if cost is None else f"{cost:.2f}"
-            per_seed = _per_seed_cost(ours_zero, ours_best, lower)
+        ours, per_seed, note = _ours_cost(ours_best, ours_zero, f"our row {best_name}",
+                                          f"our row with {leaf.get(name, name)}=0", lower, ref["metric"][1])
         table.append([leaf.get(name, name), paper_pct, ours, per_seed, note])
     return intro, header, table
 
 
-def _missing(row: dict | None) -> str:
-    return "is not in this grid" if row is None else "has no finished seed yet"
+def _ours_cost(best: dict | None, zero: dict | None, best_name: str, zero_name: str, lower: bool,
+               label: str) -> tuple:
+    """(ours % from row means, ours per seed, note): a row the grid does not have is a note; a row
+    without a finished seed, or a best row at 0 (no % of it), reads n/a with the reason."""
+    for row, what in ((best, best_name), (zero, zero_name)):
+        if row is None:
+            return "", "", f"{what} is not in this grid"
+        if "mean" not in row:
+            missing = NA(f"{what} has no finished seed with a finite value yet")
+            return missing, missing, ""
+    cost = _cost(zero["mean"], best["mean"], lower)
+    if cost is None:
+        zero_best = NA(f"{best_name}'s {label} is 0, so a % of it is undefined")
+        return zero_best, zero_best, ""
+    return f"{cost:.2f}", _per_seed_cost(zero, best, lower), ""
 
 
 def _cost(zero: float, best: float, lower: bool) -> float | None:
@@ -171,7 +179,7 @@ def _per_seed_cost(zero: dict, best: dict, lower: bool) -> str:
     shared = sorted(set(zero["by_seed"]) & set(best["by_seed"]))
     costs = [c for c in (_cost(zero["by_seed"][s], best["by_seed"][s], lower) for s in shared) if c is not None]
     if len(costs) < 2:
-        return ""
+        return NA("fewer than 2 seeds that both rows have (with the best row's value not 0): no interval over seeds")
     mean, ci = mean_ci(costs)
     return f"{mean:.2f} +- {ci:.2f} (n={len(costs)})"
 
@@ -187,15 +195,22 @@ def summary_line(rows: list[dict], ref: dict) -> str | None:
     cmp = best["vs_m1"]
     ours = -cmp["pct"] if lower else cmp["pct"]
     name = ", ".join(f"{columns[k]}={best[k]:g}" for k in columns if k in best) or "best distilled"
-    if cmp["p"] is not None:
-        verdict = "significant" if cmp["p_holm"] < ALPHA else "not significant"
-        test = f"{cmp['test']}: p = {cmp['p']:.3g}, Holm-adjusted p = {cmp['p_holm']:.3g}, {verdict} at alpha = {ALPHA}"
-    else:
-        test = "no test: fewer than 2 seeds"
-    better = "better" if ours >= 0 else "worse"
-    line = f"Best distilled student ({name}): {abs(ours):.1f}% {better} {label} than M1 ({test})"
+    line = f"Best distilled student ({name}): {_judged_words(cmp, lower, label)}"
     section = paper_values(ref.get("task", ""))
     paper = section.get("best_distilled_vs_M1_improvement_pct")
     if paper is not None and section.get("metric", ref["metric"][0]) == ref["metric"][0]:   # the same metric
         line += f"; the paper reports {paper:.1f}% (ours - paper = {ours - paper:+.1f} points)"
     return line + "."
+
+
+def _judged_words(cmp: dict, lower: bool, label: str) -> str:
+    """'3.2% better L than M1 (interval; test ...)' only where the test (or, untested, the interval) says
+    the difference is more than noise; else the direction alone, said to be within noise."""
+    verdict, size = judged(cmp), f"{abs(cmp['pct']):.1f}%"
+    direction = "lower" if cmp["diff"] < 0 else "higher" if cmp["diff"] > 0 else "different"
+    if verdict in ("up", "down"):
+        better = "better" if (verdict == "down") == lower else "worse"
+        return f"{size} {better} {label} than M1 ({evidence(cmp)})"
+    if verdict == "noise":
+        return f"{size} {direction} {label} than M1, within noise ({evidence(cmp)})"
+    return f"{size} {direction} {label} than M1, not judged ({cmp['test']}: {cmp['untested']})"

@@ -6,7 +6,8 @@ import sys
 
 from collapse import plan
 from collapse.report.paper import paper_reference, paper_value
-from collapse.report.stats import compare_with_m1, holm, mean_ci
+from collapse.report.na import finite
+from collapse.report.stats import compare_with_m1, holm, mean_ci, sampling_se
 
 SEED = "train.seed"
 
@@ -42,8 +43,9 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: tuple[str
     groups, replicates, teachers = {}, {}, {}
     for p in sweep["config"]["points"]:
         label = {k: v for k, v in p["label"].items() if k != SEED}
-        g = groups.setdefault(tuple(sorted(label.items())), {"label": label, "values": [], "by_seed": {},
-                                                             "failed": [], "evals": [], "pooled": {}})
+        g = groups.setdefault(tuple(sorted(label.items())), {"label": label, "values": [], "by_seed": {}, "ses": [],
+                                                             "se_by_seed": {}, "failed": [], "evals": [],
+                                                             "pooled": {}})
         _add_point(g, p, by_key, metric, teachers)
         fingerprint = replicate_of(by_key.get(p.get("eval")) or by_key.get(p.get("student")))
         if fingerprint:
@@ -54,8 +56,9 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: tuple[str
     rows = [_row(g) for g in groups.values()]
     m0_by_seed = {seed: v for seed, v in teachers.values() if seed is not None}
     m0 = mean_ci([v for _, v in teachers.values()]) if teachers else (None, None)
-    m1 = next((r for r in rows if all(not r.get(k) for k in columns) and "mean" in r), None)
-    ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "metric": tuple(primary), "task": task,
+    plain = next((r for r in rows if all(not r.get(k) for k in columns)), None)
+    m1 = plain if plain and "mean" in plain else None   # the plain student, where it has a finished eval
+    ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "m1_row": plain, "metric": tuple(primary), "task": task,
            "columns": columns, "paper": paper_reference(task, primary), "m0_evals": [by_key[k] for k in teachers]}
     for r in rows:
         if m1 and "mean" in r and r is not m1:
@@ -71,15 +74,21 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: tuple[str
 def _add_point(g: dict, p: dict, by_key: dict, metric: str, teachers: dict) -> None:
     seed = p["label"].get(SEED)
     rec = by_key.get(p["eval"])
-    if rec and rec["status"] == "done" and metric in (rec.get("metrics") or {}):
-        g["values"].append(rec["metrics"][metric])
+    value = ((rec or {}).get("metrics") or {}).get(metric)
+    if rec and rec["status"] == "done" and finite(value):
+        g["values"].append(value)
+        g["ses"].append(sampling_se(rec["metrics"], metric))
         g["evals"].append(rec)
         if seed is not None:
-            g["by_seed"][seed] = rec["metrics"][metric]
+            g["by_seed"][seed] = value
+            g["se_by_seed"][seed] = g["ses"][-1]
+    elif rec and rec["status"] == "done" and value is not None:
+        g["not_finite"] = True
+        g["failed"].append(f"seed {seed}: the eval recorded {metric} = {value} (not a finite number)")
     else:
         g["failed"].append(_why(p, by_key))
     t = by_key.get(p["teacher_eval"])
-    if t and t["status"] == "done" and metric in (t.get("metrics") or {}):
+    if t and t["status"] == "done" and finite((t.get("metrics") or {}).get(metric)):
         teachers[p["teacher_eval"]] = (seed, t["metrics"][metric])
 
 
@@ -101,7 +110,8 @@ def pooled_points(sweep: dict, others: list[dict], replicates: dict, by_key: dic
 
 def _row(g: dict) -> dict:
     row = {**g["label"], "label": g["label"], "seeds": len(g["values"]), "evals": g["evals"],
-           "values": g["values"], "by_seed": g["by_seed"], "pooled": g["pooled"]}
+           "values": g["values"], "by_seed": g["by_seed"], "ses": g["ses"], "se_by_seed": g["se_by_seed"],
+           "pooled": g["pooled"], "not_finite": g.get("not_finite", False)}
     if g["values"]:
         row["mean"], row["ci95"] = mean_ci(g["values"])
     row["status"] = "done" if not g["failed"] else "; ".join(g["failed"])

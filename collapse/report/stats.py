@@ -4,6 +4,8 @@ the functions that need it, so that a task module (which imports its report part
 import math
 import statistics
 
+from collapse.report.na import NO_M0, finite, no_spread
+
 ALPHA = 0.05   # two-sided level of the tests against M1, after Holm's correction
 
 
@@ -17,30 +19,33 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
 
 
 def paired_p(values: list[float], reference: list[float]) -> float | None:
-    """Two-sided p-value of the paired t-test (scipy.stats.ttest_rel); None when undefined."""
+    """Two-sided p-value of the paired t-test (scipy.stats.ttest_rel); None when the differences have no
+    spread (the test is undefined; checked first, so scipy does not warn)."""
+    if no_spread([a - b for a, b in zip(values, reference)]):
+        return None
     from scipy import stats   # heavy: only the report's numbers need scipy
     p = stats.ttest_rel(values, reference).pvalue
     return None if math.isnan(p) else float(p)
 
 
-def welch_p(values: list[float], reference: list[float]) -> float | None:
-    """Two-sided p-value of Welch's t-test (unequal variances) across seeds; None below 2 seeds a side."""
-    if len(values) < 2 or len(reference) < 2:
-        return None
-    from scipy import stats   # heavy: only the report's numbers need scipy
-    p = stats.ttest_ind(values, reference, equal_var=False).pvalue
-    return None if math.isnan(p) else float(p)
-
-
-def welch_interval(values: list[float], reference: list[float]) -> tuple[float, float]:
-    """Difference of means and the half-width of its 95% interval (Welch-Satterthwaite degrees of freedom)."""
+def welch(values: list[float], reference: list[float]) -> tuple[float, float, float | None]:
+    """Welch's t-test (unequal variances) of values - reference, computed as scipy.stats.ttest_ind
+    (equal_var=False) does: the difference of means, the half-width of its 95% interval
+    (Welch-Satterthwaite degrees of freedom) and the two-sided p (None when neither side has spread).
+    Needs 2 or more values a side."""
     from scipy import stats   # heavy: only the report's numbers need scipy
     va, vb = statistics.variance(values) / len(values), statistics.variance(reference) / len(reference)
     diff = statistics.fmean(values) - statistics.fmean(reference)
     if va + vb == 0:
-        return diff, 0.0
+        return diff, 0.0, None
     df = (va + vb) ** 2 / (va ** 2 / (len(values) - 1) + vb ** 2 / (len(reference) - 1))
-    return diff, stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    se = math.sqrt(va + vb)
+    return diff, stats.t.ppf(0.975, df) * se, float(2 * stats.t.sf(abs(diff) / se, df))
+
+
+def welch_p(values: list[float], reference: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test across seeds; None below 2 seeds a side or without spread."""
+    return welch(values, reference)[2] if len(values) >= 2 and len(reference) >= 2 else None
 
 
 def holm(ps: list[float]) -> list[float]:
@@ -61,7 +66,10 @@ def sign(x: float | None) -> str:
 
 
 def spearman(a: list[float], b: list[float]):
-    """scipy.stats.spearmanr of a and b (ties averaged): its .statistic (rho, nan without spread) and .pvalue."""
+    """scipy.stats.spearmanr of a and b (ties averaged): its .statistic (rho) and .pvalue; None when a side
+    has every value the same (the correlation is undefined; checked first, so scipy does not warn)."""
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
     from scipy import stats   # heavy: only the report's numbers need scipy
     return stats.spearmanr(a, b)
 
@@ -81,32 +89,108 @@ def on_seeds(evals: list[dict], like: list[dict]) -> list[dict]:
     return same if {seed_of(e) for e in same} == seeds else evals
 
 
-# ---------------------------------------------------------------- a row against M1
+# ---------------------------------------------------------------- one model against another
+
+Z95 = 1.959963984540054   # the normal 97.5% quantile: a 95% interval from two standard errors
+ONE_VALUE = ("one seed (or one seed shared): no test over seeds, and the evals carry no sampling "
+             "interval of their own, so no interval either")
+ONE_VALUE_TESTED = "one seed (or one seed shared): no test over seeds (the interval is each eval's own)"
+SAME_DIFFERENCE = "every seed's difference is the same: no spread, so the paired t-test is undefined"
+NO_SPREAD = "neither side varies over its seeds: no spread, so Welch's t-test is undefined"
+
+
+def sampling_se(metrics: dict, metric: str) -> float | None:
+    """The standard error of one eval's value from its own sampling: <metric>_se (FID: a bootstrap over
+    the generated samples), else from its 95% interval <metric>_ci (ROUGE: a bootstrap over articles)."""
+    se, ci = metrics.get(f"{metric}_se"), metrics.get(f"{metric}_ci")
+    if finite(se):
+        return float(se)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(finite(c) for c in ci):
+        return (ci[1] - ci[0]) / (2 * Z95)
+    return None
+
+
+def runs(evals: list[dict], metric: str) -> dict:
+    """A model's finished runs as compare() reads them: by_seed, values and each one's sampling se."""
+    scored = [e for e in evals if finite((e.get("metrics") or {}).get(metric))]
+    return {"values": [e["metrics"][metric] for e in scored],
+            "by_seed": {seed_of(e): e["metrics"][metric] for e in scored if seed_of(e) is not None},
+            "ses": [sampling_se(e["metrics"], metric) for e in scored],
+            "se_by_seed": {seed_of(e): sampling_se(e["metrics"], metric) for e in scored if seed_of(e) is not None}}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """a - b for two models' runs ({"by_seed", "values", "ses", "se_by_seed"}, see runs()): paired by seed
+    over the seeds both have (2 or more: a paired t-test), else Welch's test across seeds (2 or more a
+    side), else one value against one (that seed's, where both have it), its 95% interval from each
+    eval's own sampling interval where both have one. {"test", "diff", "ci95" (half-width; None: none),
+    "p" (None: untested), "untested" (why, where p is None), "shared" (the seeds paired)}."""
+    shared = sorted(set(a["by_seed"]) & set(b["by_seed"]), key=str)
+    if len(shared) >= 2:
+        xs, ys = [a["by_seed"][s] for s in shared], [b["by_seed"][s] for s in shared]
+        diff, ci = mean_ci([x - y for x, y in zip(xs, ys)])
+        p = paired_p(xs, ys)
+        return {"test": f"paired t (n={len(shared)})", "diff": diff, "ci95": ci, "p": p, "shared": shared,
+                "untested": None if p is not None else SAME_DIFFERENCE}
+    if len(a["values"]) >= 2 and len(b["values"]) >= 2:
+        diff, ci, p = welch(a["values"], b["values"])
+        return {"test": f"Welch ({len(a['values'])} vs {len(b['values'])})", "diff": diff, "ci95": ci, "p": p,
+                "shared": [], "untested": None if p is not None else NO_SPREAD}
+    if shared:
+        seed = shared[0]
+        out = {"test": f"none: 1 pair (seed {seed})", "diff": a["by_seed"][seed] - b["by_seed"][seed]}
+        ses = (a["se_by_seed"].get(seed), b["se_by_seed"].get(seed))
+    else:
+        out = {"test": "none: 1 seed, none shared", "diff": statistics.fmean(a["values"]) - statistics.fmean(b["values"])}
+        ses = tuple(x["ses"][0] if len(x["ses"]) == 1 else None for x in (a, b))
+    ci = Z95 * math.hypot(*ses) if None not in ses else None
+    if ci is not None:
+        out["test"] += "; interval: the evals' own"
+    return {**out, "ci95": ci, "p": None, "shared": shared, "untested": ONE_VALUE_TESTED if ci else ONE_VALUE}
+
+
+def judged(c: dict) -> str:
+    """'up' or 'down' where a - b is more than noise (its test's p, Holm-adjusted where it was, below
+    ALPHA; untested, its 95% interval excludes 0), 'noise' where it is not, 'unknown' with neither."""
+    p = c.get("p_holm", c.get("p"))
+    if p is not None:
+        clear = p < ALPHA
+    elif c.get("ci95"):
+        clear = abs(c["diff"]) > c["ci95"]
+    else:
+        return "unknown"
+    return ("up" if c["diff"] > 0 else "down") if clear else "noise"
+
+
+def evidence(c: dict) -> str:
+    """The difference's 95% interval, its test and what they say, in words: '95% interval of the
+    difference [-1.2, +0.4]; paired t (n=3): p = 0.31, not significant at alpha = 0.05' (4 significant
+    digits); untested, whether the interval contains 0."""
+    if c.get("ci95") is None:
+        return f"{c['test']}: no interval"
+    lo, hi = c["diff"] - c["ci95"], c["diff"] + c["ci95"]
+    text = f"95% interval of the difference [{lo:+.4g}, {hi:+.4g}]; {c['test']}"
+    clear = judged(c) in ("up", "down")
+    if c.get("p") is None:
+        return text + (", which excludes 0" if clear else ", which contains 0")
+    text += f": p = {c['p']:.3g}" + (f", Holm-adjusted p = {c['p_holm']:.3g}" if "p_holm" in c else "")
+    return text + f", {'' if clear else 'not '}significant at alpha = {ALPHA}"
+
 
 def compare_with_m1(row: dict, m1: dict, ref: dict) -> dict:
-    """row - M1: paired by seed over the seeds both have (2 or more: paired t-test), else Welch's
-    test across seeds (2 or more a side), else the bare difference (that seed's M1 where M1 has it)."""
-    shared = sorted(set(row["by_seed"]) & set(m1["by_seed"]))
-    if len(shared) >= 2:
-        diffs = [row["by_seed"][s] - m1["by_seed"][s] for s in shared]
-        diff, ci = mean_ci(diffs)
-        out = {"test": f"paired t (n={len(shared)})", "diff": diff, "ci95": ci,
-               "p": paired_p([row["by_seed"][s] for s in shared], [m1["by_seed"][s] for s in shared])}
-    elif len(row["values"]) >= 2 and len(m1["values"]) >= 2:
-        diff, ci = welch_interval(row["values"], m1["values"])
-        out = {"test": f"Welch ({len(row['values'])} vs {len(m1['values'])})", "diff": diff, "ci95": ci,
-               "p": welch_p(row["values"], m1["values"])}
-        shared = []
-    elif shared:
-        out = {"test": f"none: 1 pair (seed {shared[0]})", "ci95": None, "p": None,
-               "diff": row["by_seed"][shared[0]] - m1["by_seed"][shared[0]]}
-    else:
-        out = {"test": "none: 1 seed, none shared", "diff": row["mean"] - m1["mean"], "ci95": None, "p": None}
-    # M1 and M0 over the seeds the difference was taken on
+    """row - M1 (compare()), with the change in % of M1 and the gap to M0 closed, each over the seeds the
+    difference was taken on; "why" says why either is None."""
+    out = compare(row, m1)
+    shared = out["shared"]
     m1_ref = statistics.fmean(m1["by_seed"][s] for s in shared) if shared else m1["mean"]
     m0_seeds = [ref["m0_by_seed"][s] for s in shared if s in ref["m0_by_seed"]]
     m0_ref = statistics.fmean(m0_seeds) if shared and len(m0_seeds) == len(shared) else ref["m0"][0]
     out["pct"] = 100.0 * out["diff"] / abs(m1_ref) if m1_ref else None
-    if m0_ref is not None and m1_ref != m0_ref:
+    out["why"] = {"pct": "M1's value is 0, so a change in % of it is undefined"}
+    if m0_ref is None:
+        out["why"]["gap_closed_pct"] = NO_M0
+    elif m1_ref == m0_ref:
+        out["why"]["gap_closed_pct"] = "M1's value equals M0's: there is no gap to close"
+    else:
         out["gap_closed_pct"] = 100.0 * -out["diff"] / (m1_ref - m0_ref)
     return out

@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from collapse import storage
+from collapse.report.na import NA, NO_EVAL, NO_M0, NO_M1, NOT_FINITE, ONE_SEED, Footnotes
 from collapse.report.paper import sign_line, signs, spearman_lines, summary_line, zero_costs
 from collapse.report.stats import ALPHA, significance_mark
 
@@ -21,9 +22,11 @@ def write_csv(path: Path, header: list, rows: list) -> Path:
     return storage.atomic_write(path, write)
 
 
-def md_table(header: list, rows: list) -> list[str]:
+def md_table(header: list, rows: list, notes: Footnotes | None = None) -> list[str]:
+    """A markdown table; with `notes`, its n/a cells (collapse/report/na.py) carry their footnote's mark."""
+    cell = notes.cell if notes is not None else str
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+            + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
 
 
 def write_text(path: Path, lines: list[str]) -> Path:
@@ -71,6 +74,42 @@ def _metric_digits(rows: list[dict], m0: float | None) -> int:
     return max(3, 3 - math.floor(math.log10(statistics.median(means)))) if means else 3
 
 
+def m0_cells(ref: dict, metric: str, d: int) -> dict:
+    m0, m0_ci = ref["m0"]
+    return {"model": "M0 (teacher)", metric: NA(NO_M0) if m0 is None else fmt(m0, d),
+            "ci95": NA(NO_M0) if m0 is None else NA(ONE_SEED) if m0_ci is None else fmt(m0_ci, d),
+            "seeds": len(ref["m0_by_seed"]) or "", "status": "reference"}
+
+
+def row_cells(r: dict, ref: dict, keys: list, metric: str, d: int) -> dict:
+    """One row of the grid's table: its coefficients, its value over seeds and its comparison with M1."""
+    columns, is_m1 = ref["columns"], r is ref["m1_row"]
+    missing = NA(NOT_FINITE if r["not_finite"] else NO_EVAL)
+    cells = {"model": "M1" if is_m1 else "student", **{columns.get(k, k): fmt(r.get(k)) for k in keys},
+             metric: fmt(r["mean"], d) if "mean" in r else missing, "paper": fmt_paper(r["paper"]),
+             "ci95": missing if "mean" not in r else NA(ONE_SEED) if r["ci95"] is None else fmt(r["ci95"], d),
+             "sign_vs_M1_ours/paper": "M1" if is_m1 else signs(r, ref), "seeds": r["seeds"], "status": r["status"]}
+    if not is_m1:
+        cells.update(comparison_cells(r, ref, d, missing))
+    return cells
+
+
+def comparison_cells(r: dict, ref: dict, d: int, missing: NA) -> dict:
+    """The row against M1; n/a, with the reason, where a number is undefined."""
+    names = ("diff_vs_M1", "diff_ci95", "change_vs_M1_%", "test_vs_M1", "p_vs_M1", "p_holm", "sig_vs_M1",
+             "gap_closed_%")
+    if "mean" not in r or ref["m1"] is None:
+        return dict.fromkeys(names, missing if "mean" not in r else NA(NO_M1))
+    c = r["vs_m1"]
+    untested = NA(c["untested"])
+    return {"diff_vs_M1": fmt(c["diff"], d), "diff_ci95": untested if c["ci95"] is None else fmt(c["ci95"], d),
+            "change_vs_M1_%": NA(c["why"]["pct"]) if c["pct"] is None else fmt(c["pct"], 2),
+            "test_vs_M1": c["test"], "p_vs_M1": untested if c["p"] is None else fmt_p(c["p"]),
+            "p_holm": untested if c["p"] is None else fmt_p(c["p_holm"]),
+            "sig_vs_M1": untested if c["p"] is None else significance_mark(c["p_holm"]),
+            "gap_closed_%": fmt(c["gap_closed_pct"], 1) if "gap_closed_pct" in c else NA(c["why"]["gap_closed_pct"])}
+
+
 def write_tables(name: str, rows: list[dict], ref: dict, out: Path, heading: str = "",
                  unit: str | None = None) -> list[Path]:
     """<name>.csv and <name>.md. heading: what follows the name in the title (the task's, e.g. the data
@@ -83,23 +122,11 @@ def write_tables(name: str, rows: list[dict], ref: dict, out: Path, heading: str
     header = (["model"] + [columns.get(k, k) for k in keys] + [metric, "ci95"] + (["paper"] if paper else [])
               + ["diff_vs_M1", "diff_ci95", "change_vs_M1_%"] + (["sign_vs_M1_ours/paper"] if paper else [])
               + ["test_vs_M1", "p_vs_M1", "p_holm", "sig_vs_M1", "gap_closed_%", "seeds", "status"])
-    m0, m0_ci = ref["m0"]
-    cells = [{"model": "M0 (teacher)", metric: fmt(m0, d), "ci95": fmt(m0_ci, d),
-              "seeds": len(ref["m0_by_seed"]) or "", "status": "reference"}]
-    for r in rows:
-        c = r.get("vs_m1") or {}
-        cells.append({"model": "M1" if r is ref["m1"] else "student",
-                      **{columns.get(k, k): fmt(r.get(k)) for k in keys},
-                      metric: fmt(r.get("mean"), d), "ci95": fmt(r.get("ci95"), d), "paper": fmt_paper(r["paper"]),
-                      "diff_vs_M1": fmt(c.get("diff"), d), "diff_ci95": fmt(c.get("ci95"), d),
-                      "change_vs_M1_%": fmt(c.get("pct"), 2),
-                      "sign_vs_M1_ours/paper": "M1" if r is ref["m1"] else signs(r, ref),
-                      "test_vs_M1": c.get("test", ""), "p_vs_M1": fmt_p(c.get("p")), "p_holm": fmt_p(c.get("p_holm")),
-                      "sig_vs_M1": significance_mark(c.get("p_holm")), "gap_closed_%": fmt(c.get("gap_closed_pct"), 1),
-                      "seeds": r["seeds"], "status": r["status"]})
+    cells = [m0_cells(ref, metric, d)] + [row_cells(r, ref, keys, metric, d) for r in rows]
     table = [[row.get(h, "") for h in header] for row in cells]
     csv_path = write_csv(out / f"{name}.csv", header, table)
     n_tested = sum(1 for r in rows if (r.get("vs_m1") or {}).get("p") is not None)
+    notes = Footnotes()
     md = [f"# {name}{heading}", "",
           f"{metric} on the real test set ({ref['metric'][2]} is better); mean +- ci95 is a 95% Student-t interval "
           "across seeds.", *optional(unit), *optional(pooled_line(rows)), "",
@@ -107,18 +134,20 @@ def write_tables(name: str, rows: list[dict], ref: dict, out: Path, heading: str
           "change_vs_M1_% = diff / M1. Students of one seed share that seed's teacher and synthetic set, so a row "
           "that shares 2 or more seeds with M1 is compared with M1 of the same seeds: the mean of the per-seed "
           "differences and a paired t-test (scipy.stats.ttest_rel). A row that shares fewer takes Welch's "
-          "unpaired t-test (scipy.stats.ttest_ind, equal_var=False; difference of means, Welch-Satterthwaite "
+          "unpaired t-test (as scipy.stats.ttest_ind, equal_var=False; difference of means, Welch-Satterthwaite "
           "interval) when both sides have 2 or more seeds. Otherwise (one seed) the row shows its difference "
-          "from M1 of the same seed (or from M1's mean when M1 lacks it) and is not tested. test_vs_M1 names "
-          "each row's test. "
+          "from M1 of the same seed (or from M1's mean when M1 lacks it) and is not tested; its diff_ci95 is "
+          "then the two evals' own sampling intervals combined (1.96 x the root of their summed squared standard "
+          "errors; e.g. FID's bootstrap over the generated samples) where both evals have one, else n/a. "
+          "test_vs_M1 names each row's test. "
           f"Tests are two-sided at alpha = {ALPHA}; p_vs_M1 is unadjusted, p_holm is Holm's step-down "
           f"correction over the {n_tested} rows tested, and sig_vs_M1 '*' marks p_holm < {ALPHA}. "
           "gap_closed_% = (M1 - row) / (M1 - M0) on the same seeds.",
-          *(["", summary] if (summary := summary_line(rows, ref)) else []), "", *md_table(header, table)]
+          *optional(summary_line(rows, ref)), "", *md_table(header, table, notes), *notes.lines()]
     if paper:
         paragraphs = ["paper: the paper's value of the row with the same coefficients (blank: not in the paper).",
-                      *spearman_lines(rows), sign_line(rows, ref)]
+                      *spearman_lines(rows, notes), sign_line(rows, ref)]
         intro, zero_header, zero_table = zero_costs(rows, ref)
-        md += ["", "## Against the paper's table", *[x for p in paragraphs for x in optional(p)],
-               "", intro, "", *md_table(zero_header, [[c[0], fmt(c[1], 2), *c[2:]] for c in zero_table])]
+        md += ["", "## Against the paper's table", *[x for p in paragraphs for x in optional(p)], "", intro, "",
+               *md_table(zero_header, [[c[0], fmt(c[1], 2), *c[2:]] for c in zero_table], notes), *notes.lines()]
     return [csv_path, write_text(out / f"{name}.md", md)]

