@@ -15,13 +15,17 @@ from collapse import fingerprint as content, generations, manifest, stages, task
 from collapse.config import ConfigError, ExperimentConfig, bad, to_dict
 from collapse.grid import Sweep
 from collapse.stages import KINDS
-from collapse.tasks.base import Simulation
+from collapse.tasks.base import Pretrains, Simulation
 
 # Which config sections decide a stage's output. Execution details (where the data lives,
 # ZeRO stage, threads, checkpoint interval) do not change the numbers and stay out of the key. A task
 # adds its own sections to the training kinds' (KEY_SECTIONS of collapse/tasks/base.py), and a
 # simulation task's one kind is keyed by its SIMULATION_KEY.
 KEY_SECTIONS = {
+    # The pretraining of a task that asks for it (tasks/base.py, Pretrains): its config's train section is
+    # the pretraining's (own seed); the task adds the rest (PRETRAIN_KEY). Teachers, students and
+    # generations read it as their initial weights.
+    "pretrain": ("task", "model", "train"),
     "teacher": ("task", "data", "model", "train"),
     "synth": ("task", "synth"),
     "synth_shard": ("task", "synth"),      # shard i of synth.shards (its `args`)
@@ -54,7 +58,15 @@ def key_sections(kind: str, task) -> tuple:
     """The sections (or "section.field" items) whose values decide a stage of `kind` of `task`."""
     if isinstance(task, Simulation) and kind == task.SIMULATION_KIND:
         return task.SIMULATION_KEY
+    if kind == "pretrain":
+        return KEY_SECTIONS[kind] + task.PRETRAIN_KEY
     return KEY_SECTIONS[kind] + (task.KEY_SECTIONS if kind in TRAINING else ())
+
+
+def pretrain_config(config: dict) -> dict | None:
+    """The config of the pretraining stage a point's models start from, or None (none planned)."""
+    task = tasks.get(config["task"])
+    return task.pretrain_config(config) if isinstance(task, Pretrains) else None
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,11 @@ def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
                      if (section, k) not in not_in_key
                      and not ((section, k) in added_later and v == added_later[(section, k)])}
         out[item] = value
-    return with_fingerprints(out, prints or {})
+    out = with_fingerprints(out, prints or {})
+    pretraining = pretrain_config(config) if kind in TRAINING else None
+    if pretraining is not None:   # also in the dep's key; here so that records alone tell such models apart
+        out["pretrained_from"] = key_material("pretrain", pretraining, prints)
+    return out
 
 
 def stage_key(kind: str, config: dict, deps: dict, args: dict | None = None, prints: dict | None = None) -> str:
@@ -148,11 +164,20 @@ def stage_key(kind: str, config: dict, deps: dict, args: dict | None = None, pri
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def make_stage(kind: str, name: str, cfg: ExperimentConfig, deps: dict, args: dict | None = None) -> Stage:
-    config = to_dict(cfg)
+def make_stage(kind: str, name: str, cfg: ExperimentConfig | dict, deps: dict, args: dict | None = None) -> Stage:
+    config = cfg if isinstance(cfg, dict) else to_dict(cfg)
     prints = fingerprints(config)
     return Stage(kind, stage_key(kind, config, deps, args, prints), name, dict(deps), config, dict(args or {}),
                  prints)
+
+
+def add_pretrain(plan: "Plan", cfg: ExperimentConfig) -> dict:
+    """The pretraining stage `cfg`'s models start from, when its task asks for one: {"pretrain": key}
+    for their deps, else {}. Planned once for every seed and row that shares its config."""
+    config = pretrain_config(to_dict(cfg))
+    if config is None:
+        return {}
+    return {"pretrain": plan.add(make_stage("pretrain", f"pretrain[seed={config['train']['seed']}]", config, {})).key}
 
 
 def add_synth(plan: "Plan", cfg: ExperimentConfig, teacher: Stage) -> Stage:
@@ -198,11 +223,12 @@ def one_generation(sweep: Sweep) -> Plan:
     plan = Plan()
     for point in sweep.points:
         cfg, seed = point.config, point.config.train.seed
-        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, {}))
+        pretrained = add_pretrain(plan, cfg)
+        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, pretrained))
         synth = add_synth(plan, cfg, teacher)
         name = point_name(point.label)
         student = plan.add(make_stage("student", f"student[{name}]", cfg,
-                                      {"teacher": teacher.key, "synth": synth.key}))
+                                      {"teacher": teacher.key, "synth": synth.key, **pretrained}))
         teacher_eval = plan.add(make_stage("eval", f"eval:teacher[seed={seed}]", cfg, {"model": teacher.key}))
         student_eval = plan.add(make_stage("eval", f"eval:student[{name}]", cfg, {"model": student.key}))
         plan.points.append({"label": point.label, "student": student.key, "eval": student_eval.key,
@@ -225,17 +251,19 @@ def chains(sweep: Sweep) -> Plan:
     for point in sweep.points:
         cfg = generations.canonical(point.config)
         seed = cfg.train.seed
-        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, {}))
+        pretrained = add_pretrain(plan, cfg)
+        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, pretrained))
         synth = add_synth(plan, cfg, teacher)
         teacher_eval = plan.add(make_stage("eval", f"eval:teacher[seed={seed}]", cfg, {"model": teacher.key}))
         # per generation: its model, the stage holding its samples, its eval
-        chains.append((point, cfg, {"models": [teacher.key], "data": [synth.key], "evals": [teacher_eval.key]}))
+        chains.append((point, cfg, {"models": [teacher.key], "data": [synth.key], "evals": [teacher_eval.key],
+                                    "pretrained": pretrained}))
     for t in range(max(cfg.generations.count for _, cfg, _ in chains)):
         for point, cfg, chain in chains:
             gen, name = cfg.generations, point_name(point.label)
             if t >= gen.count:
                 continue
-            deps = {f"data.{g}": chain["data"][g] for g in generations.sources(gen.data, t)}
+            deps = {f"data.{g}": chain["data"][g] for g in generations.sources(gen.data, t)} | chain["pretrained"]
             if gen.distill != "none":
                 deps["distill_from"] = chain["models"][0 if gen.distill == "teacher" else t]
             stage = plan.add(make_stage("generation", f"gen{t + 1}[{name}]", cfg, deps))

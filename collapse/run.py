@@ -63,8 +63,22 @@ def load_model(task, root, record: dict):
 
 # ---------------------------------------------------------------- the stages
 
+def run_pretrain(task, cfg, inputs, root, out: Path, log):
+    """A task's pretraining (tasks/base.py, Pretrains): its own data and held-out set, the shared loop."""
+    data, held_out = task.pretraining_data(cfg)
+    log(f"pretraining on {len(data)} items, {len(held_out)} held out")
+    state = train.train(task, cfg, data, held_out, out, log=log)
+    return _trained(state), {"weights": out / "best.safetensors"}
+
+
+def pretrained(root, inputs) -> Path | None:
+    """The weights a trained model starts from: its "pretrain" input's, if it has one."""
+    return artifact(root, inputs["pretrain"], "weights") if "pretrain" in inputs else None
+
+
 def run_teacher(task, cfg, inputs, root, out: Path, log):
-    state = train.train(task, cfg, task.real_data(cfg, "train"), task.real_data(cfg, "test"), out, log=log)
+    state = train.train(task, cfg, task.real_data(cfg, "train"), task.real_data(cfg, "test"), out, log=log,
+                        init=pretrained(root, inputs))
     return _trained(state), {"weights": out / "best.safetensors"}
 
 
@@ -140,7 +154,8 @@ def run_synth_merge(task, cfg, inputs, root, out: Path, log):
 def run_student(task, cfg, inputs, root, out: Path, log):
     synthetic = load_data(task, root, inputs["synth"])
     teacher = load_model(task, root, inputs["teacher"]) if distills(task, cfg.distill) else None
-    state = train.train(task, cfg, synthetic, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
+    state = train.train(task, cfg, synthetic, task.real_data(cfg, "test"), out, teacher=teacher, log=log,
+                        init=pretrained(root, inputs))
     return _trained(state), {"weights": out / "best.safetensors"}
 
 
@@ -156,7 +171,8 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     made_of = generations.composition(source)
     log(f"generation {t + 1} ({gen.data}): {len(data)} training items {made_of}")
     teacher = load_model(task, root, inputs["distill_from"]) if "distill_from" in inputs else None
-    state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log)
+    state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log,
+                        init=pretrained(root, inputs))
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
     keep = _keep(out, log, model=storage.sha256(out / "best.safetensors"), seed=seed)
@@ -213,8 +229,8 @@ def _trained(state) -> dict:
             "threads": torch.get_num_threads(), "history": state.history}
 
 
-RUNNERS = {"teacher": run_teacher, "synth": run_synth, "synth_shard": run_synth_shard, "student": run_student,
-           "eval": run_eval, "generation": run_generation, "report": run_report}
+RUNNERS = {"pretrain": run_pretrain, "teacher": run_teacher, "synth": run_synth, "synth_shard": run_synth_shard,
+           "student": run_student, "eval": run_eval, "generation": run_generation, "report": run_report}
 
 
 def runner(task, kind: str):

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from collapse import storage
 
-# The core's stage kinds, in dependency order. A task may add a kind of its own (a simulation that is
-# one stage per grid point): it comes after the trained models and before the evals.
-KINDS = ("teacher", "synth_shard", "synth", "student", "generation", "eval", "report")
+# The core's stage kinds, in dependency order: pretrain only for a task that asks for it (tasks/base.py,
+# Pretrains). A task may add a kind of its own (a simulation that is one stage per grid point): it comes
+# after the trained models and before the evals.
+KINDS = ("pretrain", "teacher", "synth_shard", "synth", "student", "generation", "eval", "report")
 TASK_KINDS_AFTER = "generation"     # where a task's own kind goes in KINDS' order
 # Kinds that run once their inputs have ended, whatever the outcome (a report shows the failures too);
 # every other stage runs only when all its inputs are done.

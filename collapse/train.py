@@ -190,10 +190,12 @@ def teacher_targets(task, teacher, data, cfg, chunk: int = 4096) -> dict | None:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=print) -> TrainState:
+def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=print,
+          init: Path | None = None) -> TrainState:
     """Train `task`'s model on `train_data`; keep the best weights by `task.test_loss` on `test_data`.
 
     With a `teacher` and non-zero `cfg.distill` coefficients the loss is L_SD (eq. 1 of the paper).
+    `init`: weights the model starts from (a pretraining stage's), else its seeded initialisation.
     Writes out_dir/best.safetensors and returns the final TrainState.
     """
     tc = cfg.train
@@ -204,7 +206,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     n, b = len(train_data), tc.batch_size
     batches_per_epoch = math.ceil(n / b)
     total_steps = tc.steps or tc.epochs * batches_per_epoch
-    engine, state = resume(task, cfg, checkpoints, keep, total_steps, log)
+    engine, state = resume(task, cfg, checkpoints, keep, total_steps, log, init)
     if state.step:
         log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
     distilling = teacher is not None and distills(task, cfg.distill)
@@ -328,14 +330,20 @@ def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float,
     log(f"{where} train {train_loss:.3f} test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
 
 
-def resume(task, cfg, checkpoints, keep: dict, total_steps: int, log=print):
+def initial_model(task, cfg, init: Path | None):
+    """The task's model, seeded by train.seed, with the weights at `init` when given."""
+    torch.manual_seed(cfg.train.seed)
+    model = task.build_model(cfg)
+    return storage.load_weights(init, model) if init is not None else model
+
+
+def resume(task, cfg, checkpoints, keep: dict, total_steps: int, log=print, init: Path | None = None):
     """A new engine, restored from the latest checkpoint when there is a good one.
 
     A torn, altered or unloadable checkpoint is discarded with a warning naming the file, and
     training starts over from the seed (never a crash on every rerun, never training on garbage).
     """
-    torch.manual_seed(cfg.train.seed)
-    engine = make_engine(task.build_model(cfg), cfg.train, total_steps)
+    engine = make_engine(initial_model(task, cfg, init), cfg.train, total_steps)
     if not checkpoints.exists():
         return engine, TrainState()
     try:
@@ -345,5 +353,4 @@ def resume(task, cfg, checkpoints, keep: dict, total_steps: int, log=print):
     checkpoints.discard()
     for path in keep.values():
         Path(path).unlink(missing_ok=True)   # they belonged to the discarded run
-    torch.manual_seed(cfg.train.seed)
-    return make_engine(task.build_model(cfg), cfg.train, total_steps), TrainState()
+    return make_engine(initial_model(task, cfg, init), cfg.train, total_steps), TrainState()

@@ -48,6 +48,16 @@ def load_aclsum(split: str) -> tuple[list[str], list[str]]:
     return articles, summaries
 
 
+def documents(dataset: str, split: str, root: str | None, source_field: str = "article",
+              split_names: dict | None = None) -> list[str]:
+    """The distinct source documents of a split (a pretraining corpus): ACLSum's paper texts (each one
+    once, not once per aspect), else the split's articles with repeats dropped."""
+    if dataset == "aclsum" and root is None:
+        return list(dict.fromkeys(article.split(" | ", 1)[1] for article in load_aclsum(split)[0]))
+    articles, _ = load_pairs(dataset, split, root, source_field, source_field, split_names)
+    return list(dict.fromkeys(articles))
+
+
 def split_files(root: Path, split: str) -> list[Path]:
     """The release's files of `split` under `root`: parquet first, else JSON lines, else JSON."""
     for kind in FILE_KINDS:

@@ -101,18 +101,28 @@ def texts_fingerprint(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def trained_tokenizer(texts: list[str], vocab: int) -> str:
-    """The folder of a byte-level BPE of `vocab` tokens trained on `texts`, built once (cached by content)."""
+def sentinel_tokens(n: int) -> list[str]:
+    """T5's sentinels <extra_id_0> .. <extra_id_{n-1}>, in the order that gives <extra_id_0> the highest id."""
+    return [f"<extra_id_{i}>" for i in reversed(range(n))]
+
+
+def trained_tokenizer(texts: list[str], vocab: int, sentinels: int = 0) -> str:
+    """The folder of a byte-level BPE of `vocab` tokens trained on `texts`, built once (cached by content).
+    sentinels > 0: the BPE gets vocab - sentinels tokens and T5's sentinels take the last ids, as in t5-small
+    (span-corruption pretraining, collapse/data/spans.py)."""
     def build(folder):
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers   # slow import: only to train a BPE
         from transformers import PreTrainedTokenizerFast   # slow import: transformers, for text tasks only
         bpe = Tokenizer(models.BPE(unk_token="<unk>"))
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        trainer = trainers.BpeTrainer(vocab_size=vocab - sentinels, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         bpe.train_from_iterator(texts, trainer)
         wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>",
                                           unk_token="<unk>", model_max_length=1_000_000)
+        if sentinels:
+            wrapped.add_special_tokens({"additional_special_tokens": sentinel_tokens(sentinels)})
         wrapped.save_pretrained(str(folder))
-    return str(cached_dir("tokenizer", content_key("bpe", vocab, texts_fingerprint(texts)), build))
+    made_of = ("bpe", vocab, texts_fingerprint(texts)) + ((f"sentinels={sentinels}",) if sentinels else ())
+    return str(cached_dir("tokenizer", content_key(*made_of), build))

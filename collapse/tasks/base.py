@@ -95,6 +95,24 @@ class Task(Common, Protocol):
 
 
 @runtime_checkable
+class Pretrains(Protocol):
+    """What a Task adds whose models may start from a pretraining stage (kind "pretrain"): one stage with a
+    key of its own (the core's task, model and train of its config, and PRETRAIN_KEY: sections or
+    "section.field" items), read by the teacher and every student (or generation) as their initial
+    weights, so every seed and row of a grid fine-tunes the same pretrained model. A Task without these
+    members plans no such stage."""
+
+    PRETRAIN_KEY: tuple[str, ...]
+
+    # the config dict the pretraining stage runs with (the study's, its train section the pretraining's,
+    # with a seed of its own), or None: no pretraining stage for this config (real weights, or it is off)
+    def pretrain_config(self, config: dict) -> dict | None: ...
+
+    # (what to train on, held-out data for its test loss), run through collapse/train.py with `batch`, `loss`
+    def pretraining_data(self, cfg) -> tuple[Any, Any]: ...
+
+
+@runtime_checkable
 class Simulation(Common, Protocol):
     """A toy model whose every chain of a grid point is simulated in one stage of kind SIMULATION_KIND,
     keyed by SIMULATION_KEY (sections or "section.field" items)."""

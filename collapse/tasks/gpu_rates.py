@@ -68,6 +68,9 @@ def t5_seconds(kind: str, config: dict) -> float | None:
     def generate(n: int, batch: int) -> float:
         return math.ceil(n / batch) * data["max_target_tokens"] * T5_DECODE_STEP_S
 
+    if kind == "pretrain":   # a window of pretrain.tokens: ~0.9 of it in the input, ~0.25 in the target
+        p = config["pretrain"]
+        return p["steps"] * p["batch_size"] * 3 * T5_FORWARD_FLOPS * 1.15 * p["tokens"] / 1152 / T5_TRAIN_FLOPS_S
     if kind in TRAIN_KINDS:
         batch = config["train"]["batch_size"]
         per_item = 3 * forward + (forward if kind != "teacher" and _distills(config) else 0)

@@ -10,6 +10,9 @@ them ([N, 128, 512] floats for CNN/DailyMail) is too big to hold, so the loop co
 Data are `TextPairs` (collapse/data/text.py): articles cut to data.max_source_tokens, summaries to
 data.max_target_tokens, as padded int tensors. D_M0 pairs the real training articles with the
 teacher's greedy summaries of them, cut to the same lengths.
+
+A built model (model.path null) may first be pretrained with span corruption (pretrain.steps > 0,
+collapse/tasks/t5_pretrain.py): one stage per grid that the teacher and every student start from.
 """
 import collections
 import contextlib
@@ -22,7 +25,7 @@ import transformers
 
 from collapse import storage
 from collapse.config import bad
-from collapse.data import summaries, text
+from collapse.data import spans, summaries, text
 from collapse.data.text import TextPairs, concat, from_tensors, to_tensors   # noqa: F401  (task hooks)
 from collapse.device import StepNoise, device_of
 from collapse.metrics import perplexity, rouge
@@ -30,6 +33,8 @@ from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 from collapse.tasks.gpu_rates import t5_seconds as gpu_seconds  # noqa: F401
 from collapse.tasks.t5_config import CONFIG_SECTIONS, _is_pretrained_dir  # noqa: F401
+from collapse.tasks.t5_pretrain import PRETRAIN_KEY, pretrain_config, pretrains  # noqa: F401  (task hooks)
+from collapse.tasks import t5_pretrain
 from collapse.tasks.t5_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
 
 EVAL_BATCH_TOKENS = 2 ** 16
@@ -38,7 +43,8 @@ transformers.logging.set_verbosity_error()   # tokens per teacher-forced evaluat
 
 
 DISTILL_MODES = ("none",)
-PATH_FIELDS = ("data.root", "model.path", "model.tokenizer", "eval.ppl_model.path")   # fingerprinted in keys
+PATH_FIELDS = ("data.root", "model.path", "model.tokenizer", "eval.ppl_model.path",
+               "pretrain.corpus")   # fingerprinted in keys
 KEY_SECTIONS = ()
 NOT_IN_KEY = frozenset()
 ADDED_LATER = {}
@@ -47,7 +53,8 @@ FULL_SIZES = {"aclsum": (450, 300), "cnn_dailymail": (287_113, 13_368)}   # trai
 
 
 def check_config(cfg) -> None:
-    """Nothing beyond each section's own checks."""
+    """Room for pretraining's sentinels in the vocabulary, when it pretrains."""
+    t5_pretrain.check_config(cfg)
 
 
 def full_sizes(data: dict) -> tuple[int, int]:
@@ -65,12 +72,13 @@ def raw_pairs(cfg, split: str) -> tuple[list[str], list[str]]:
 
 
 def tokenizer_dir(cfg) -> str:
-    """model.tokenizer, else model.path, else a BPE of model.vocab tokens trained on the training texts."""
+    """model.tokenizer, else model.path, else a BPE of model.vocab tokens trained on the training texts
+    (with T5's sentinels when it pretrains)."""
     m = cfg.model
     if m.tokenizer or m.path:
         return m.tokenizer or m.path
     articles, highlights = raw_pairs(cfg, "train")
-    return text.trained_tokenizer(list(dict.fromkeys(articles + highlights)), m.vocab)
+    return t5_pretrain.make_tokenizer(list(dict.fromkeys(articles + highlights)), cfg)
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,6 +97,11 @@ def build_model(cfg) -> t5_model.Summarizer:
     tok = tokenizer(cfg)
     return t5_model.built(m.vocab, m.d_model, m.layers, m.heads, m.d_ff, 0.1 if m.dropout is None else m.dropout,
                           tok.pad_token_id, tok.eos_token_id)
+
+
+def pretraining_data(cfg) -> tuple[spans.Corrupted, TextPairs]:
+    """Span-corrupted windows of the corpus to train on, and the held-out documents' for the test loss."""
+    return t5_pretrain.corpus_data(cfg, tokenizer(cfg))
 
 
 def real_data(cfg, split: str) -> TextPairs:
@@ -140,6 +153,19 @@ def check_data(cfg) -> None:
         except Exception as e:
             raise bad("eval.ppl_model.path", cfg.eval.ppl_model.path,
                       f"a GPT-2 directory with its tokenizer ({type(e).__name__})") from None
+    if pretrains(cfg):
+        check_pretraining(cfg, tok)
+
+
+def check_pretraining(cfg, tok) -> None:
+    """The tokenizer has the sentinels; the corpus folder has text files."""
+    p = cfg.pretrain
+    try:
+        t5_pretrain.sentinel_ids(tok, p.sentinels)
+    except ValueError as e:
+        raise bad("model.tokenizer", cfg.model.tokenizer, f"a tokenizer with T5's sentinels ({e})") from None
+    if p.corpus is not None and not t5_pretrain.corpus_files(p.corpus):
+        raise bad("pretrain.corpus", p.corpus, "a folder holding .txt files (one document each)")
 
 
 def _pretrained_vocab(path: str) -> tuple[int, int]:
@@ -147,8 +173,10 @@ def _pretrained_vocab(path: str) -> tuple[int, int]:
     return config.vocab_size, config.pad_token_id
 
 
-def batch(data: TextPairs, index: torch.Tensor) -> dict:
+def batch(data: TextPairs | spans.Corrupted, index: torch.Tensor) -> dict:
     """Items `index` as model inputs, cut to the longest source and target among them."""
+    if isinstance(data, spans.Corrupted):   # pretraining: each item corrupted as it is drawn
+        return data.batch(index)
     source, target = data.source[index].long(), data.target[index].long()
     attention = (source != data.pad_id).long()
     source_width = max(1, int(attention.sum(1).max()))

@@ -120,5 +120,39 @@ class T5EvalConfig(EvalConfig):
         _check(0 <= self.curve_articles <= MAX_COUNT, p + "curve_articles", self.curve_articles, "an integer >= 0")
 
 
+@dataclass
+class T5PretrainConfig:
+    """Span-corruption pretraining of the built model (collapse/tasks/t5_pretrain.py), one stage that every
+    teacher and student of a grid starts from, as the paper's start from t5-small. Off (no stage) when
+    steps is 0 or model.path is set. Its corpus: the training split's source documents, and the .txt files
+    under `corpus`; its own seed, so every study seed fine-tunes the same weights."""
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3                  # AdamW, cosine with linear warm-up
+    warmup_steps: int = 200
+    eval_every_steps: int = 500       # held-out span-corruption loss, best weights kept
+    tokens: int = 256                 # a window of the corpus, before corruption
+    noise_density: float = 0.15       # share of a window's tokens dropped (T5: 0.15)
+    mean_span: float = 3.0            # mean length of a dropped span (T5: 3)
+    sentinels: int = 100              # <extra_id_N> tokens, the last ids of model.vocab (t5-small: 100)
+    held_out: float = 0.05            # share of the corpus's documents kept out for the held-out loss
+    corpus: str | None = None         # a folder of .txt files (one document each) added to the corpus
+    seed: int = 0
+
+    def check(self, p):
+        for name in ("batch_size", "eval_every_steps", "sentinels"):
+            _check(1 <= getattr(self, name) <= MAX_COUNT, p + name, getattr(self, name), "an integer >= 1")
+        _check(0 <= self.steps <= MAX_COUNT, p + "steps", self.steps, "an integer >= 0 (0: no pretraining)")
+        _check(0 <= self.warmup_steps <= MAX_COUNT, p + "warmup_steps", self.warmup_steps, "an integer >= 0")
+        _check(8 <= self.tokens <= 65536, p + "tokens", self.tokens, "an integer in [8, 65536]")
+        _check(0 < self.lr < 1, p + "lr", self.lr, "a number in (0, 1)")
+        _check(0 < self.noise_density < 1, p + "noise_density", self.noise_density, "a number in (0, 1)")
+        _check(1 <= self.mean_span <= self.tokens, p + "mean_span", self.mean_span, "a number in [1, tokens]")
+        _check(0 < self.held_out < 1, p + "held_out", self.held_out, "a number in (0, 1)")
+        _check(self.corpus is None or Path(self.corpus).is_dir(), p + "corpus", self.corpus,
+               "null or a folder of .txt files")
+        _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
+
+
 CONFIG_SECTIONS = {"data": TextDataConfig, "model": T5ModelConfig, "distill": T5DistillConfig,
-                   "synth": T5SynthConfig, "eval": T5EvalConfig}
+                   "synth": T5SynthConfig, "eval": T5EvalConfig, "pretrain": T5PretrainConfig}
