@@ -10,6 +10,8 @@
       distill.lam: [0.1, 1.0]
 
 The command line selects `grid=`, `profile=` and `cluster=` by name and overrides any other key.
+`profile=smoke` is configs/profile/smoke.yaml with the grid's task's own SMOKE sizes over it, so one
+name serves every grid (a DDPM and a VAE need different sizes to run in minutes).
 """
 import itertools
 import json
@@ -18,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from collapse import tasks
 from collapse.config import REPO, ConfigError, ExperimentConfig, bad, load_yaml, merge, named_yaml, parse_dotlist
 from collapse.executors import cluster_file
 from collapse.experiment import from_dict
@@ -26,6 +29,7 @@ GRID_DIR = REPO / "sweeps" / "grids"
 GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "axes")
 SELECTORS = ("grid", "profile", "cluster")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+SIZED_BY_TASK = "smoke"   # the profile whose sizes each task states (its SMOKE)
 
 
 @dataclass
@@ -111,6 +115,15 @@ def split_argv(argv: list[str]) -> tuple[dict, list[str]]:
     return selected, rest
 
 
+def profile_layer(name: str, task: str) -> dict:
+    """configs/profile/<name>.yaml; for profile=smoke, the task's SMOKE sizes over it (an unknown task
+    is left for the config's own check to name)."""
+    layer = named_yaml("profile", name)
+    if name == SIZED_BY_TASK and task in tasks.names():
+        layer = merge(layer, dotted(tasks.get(task).SMOKE))
+    return layer
+
+
 def load_sweep(argv: list[str]) -> Sweep:
     selected, rest = split_argv(argv)
     if "grid" not in selected:
@@ -124,7 +137,7 @@ def load_sweep(argv: list[str]) -> Sweep:
     except ConfigError as e:
         raise in_grid(grid_name, e) from None
     if "profile" in selected:
-        layers.append(named_yaml("profile", selected["profile"]))
+        layers.append(profile_layer(selected["profile"], merge(layers[0], cli).get("task", tasks.DEFAULT)))
     cluster = selected.get("cluster", "auto")
     if cluster != "auto":
         named_yaml("cluster", cluster)    # an unknown name fails as itself, not as what auto would pick

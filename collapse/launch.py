@@ -1,16 +1,17 @@
 """Launching a sweep: load and check everything, plan the stage graph, skip what is done, run the rest.
 
-Every check a user can fail happens before anything is written or submitted. Two options are the
+Every check a user can fail happens before anything is written or submitted. Three options are the
 launch's own, not the experiment's: `dry_run=true` prints the plan and its estimated cost and
 stops (collapse/dryrun.py); `redo=<stage kind or name pattern>` reruns those stages although they
-are done, and everything downstream of them.
+are done, and everything downstream of them; `show=config` prints the composed config, its rows and
+seeds (collapse/showconfig.py) and stops before any data is looked at.
 """
 import os
 import signal
 import sys
 from pathlib import Path
 
-from collapse import dryrun, manifest, plan as planning, preflight, storage, tasks
+from collapse import dryrun, manifest, plan as planning, preflight, showconfig, storage, tasks
 from collapse.config import ConfigError, bad
 from collapse.executors import choose_backend, local, slurm, slurm_reachable
 from collapse.grid import load_sweep
@@ -52,8 +53,9 @@ def reusable(root: Path, stage) -> bool:
 
 
 def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
-    """Pull dry_run= and redo= out of the arguments: ({"dry_run": bool, "redo": str | None}, the rest)."""
-    options, rest = {"dry_run": False, "redo": None}, []
+    """Pull dry_run=, redo= and show= out of the arguments: ({"dry_run": bool, "redo": str | None,
+    "show": str | None}, the rest)."""
+    options, rest = {"dry_run": False, "redo": None, "show": None}, []
     for item in argv:
         key, eq, value = item.partition("=")
         if key == "dry_run" and eq:
@@ -65,6 +67,10 @@ def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
                 raise bad("redo", value, "a stage kind or a stage name pattern, e.g. redo=student or "
                           "'redo=student[lam=0.5*'")
             options["redo"] = value
+        elif key == "show" and eq:
+            if value not in showconfig.SHOWABLE:
+                raise bad("show", value, "one of: " + ", ".join(showconfig.SHOWABLE))
+            options["show"] = value
         else:
             rest.append(item)
     return options, rest
@@ -95,6 +101,9 @@ def report_files(root: Path, plan) -> str:
 def launch(argv: list[str], out=sys.stdout) -> int:
     try:
         options, argv = launch_options(argv)
+        if options["show"] == "config":
+            print(showconfig.composed(load_sweep(argv)), file=out, end="")
+            return 0
         sweep, plan, root, backend = prepare(argv)
         redo = set()
         if options["redo"] is not None:

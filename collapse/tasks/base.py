@@ -51,6 +51,10 @@ class Common(Protocol):
 
     def gpu_seconds(self, kind: str, config: dict) -> float | None: ...
 
+    # ---- `profile=smoke` (collapse/grid.py): dotted key -> value, the sizes that run any grid of this
+    # task end to end on a laptop's 2 CPU cores in a few minutes and still give its report numbers
+    SMOKE: dict[str, Any]
+
 
 @runtime_checkable
 class Task(Common, Protocol):

@@ -138,6 +138,13 @@ KEY_SECTIONS = ("diffusion",)   # the noise schedule decides a model as much as 
 NOT_IN_KEY = frozenset()
 ADDED_LATER = {("eval", "fid_bootstrap"): 100}   # FID's interval came after evals existed: those keep their keys
 CPU_SECONDS_PER_UNIT = {}       # no CPU rate stated: the dry run uses finished stages of this results root
+# profile=smoke (collapse/grid.py): an 8-16-16 UNet, 60 steps on 256 images, 10 DDIM steps, FID of 32
+# samples (the Inception features of 32 images, ~15 s on a core, are most of an eval). One thread per
+# stage: a 2-thread stage beside anything else on 2 cores runs several times slower.
+SMOKE = {"data.train_size": 256, "data.test_size": 64, "model.block_channels": [8, 16, 16],
+         "model.layers_per_block": 1, "model.norm_groups": 4, "train.steps": 60, "train.eval_every_steps": 30,
+         "train.checkpoint_every": 30, "train.lr": 1.0e-3, "train.threads": 1, "synth.sampler": "ddim",
+         "synth.steps": 10, "eval.grid_samples": 16, "eval.fid_samples": 32}
 
 
 def check_config(cfg) -> None:

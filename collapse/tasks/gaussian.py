@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from collapse.gaussian import GaussianConfig, expected_sigma2, simulate as simulate_chains
-from collapse.tasks.gaussian_config import CONFIG_SECTIONS  # noqa: F401
+from collapse.tasks.gaussian_config import CONFIG_SECTIONS, SMOKE  # noqa: F401
 from collapse.tasks.gaussian_report import PRIMARY, write_report  # noqa: F401
 
 PATH_FIELDS = ()   # no data or weights on disk

@@ -32,7 +32,7 @@ from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 from collapse.tasks.gpu_rates import t5_seconds as gpu_seconds  # noqa: F401
-from collapse.tasks.t5_config import CONFIG_SECTIONS, _is_pretrained_dir  # noqa: F401
+from collapse.tasks.t5_config import CONFIG_SECTIONS, SMOKE, _is_pretrained_dir  # noqa: F401
 from collapse.tasks.t5_pretrain import PRETRAIN_KEY, pretrain_config, pretrains  # noqa: F401  (task hooks)
 from collapse.tasks import t5_pretrain
 from collapse.tasks.t5_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401

@@ -27,7 +27,7 @@ from collapse.data.mnist import IDX_FILES, PACKAGE_SIZES, DatasetError, find_idx
 from collapse.device import StepNoise, device_of, dtype_of, generator
 from collapse.models.vae import VAE
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
-from collapse.tasks.vae_config import CONFIG_SECTIONS  # noqa: F401
+from collapse.tasks.vae_config import CONFIG_SECTIONS, SMOKE  # noqa: F401
 from collapse.tasks.vae_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
 
 EVAL_SEED = 12345

@@ -51,3 +51,6 @@ class VaeSynthConfig(SynthConfig):
 
 CONFIG_SECTIONS = {"data": MnistDataConfig, "model": ModelConfig, "distill": DistillConfig, "synth": VaeSynthConfig,
                    "eval": EvalConfig}
+
+# profile=smoke (collapse/grid.py): 2,000 training and 500 held-out images, 2 epochs
+SMOKE = {"data.train_size": 2000, "data.test_size": 500, "train.epochs": 2, "eval.grid_samples": 16}
