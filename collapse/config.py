@@ -26,8 +26,8 @@ class ConfigError(ValueError):
 
 def bad(key: str, value, allowed: str) -> ConfigError:
     shown = repr(value)
-    if len(shown) > 60:   # a pasted blob or a number of thousands of digits stays one readable line
-        shown = f"{shown[:40]}...({len(shown)} characters)"
+    if len(shown) > 300:   # a pasted blob or a number of thousands of digits stays one readable line;
+        shown = f"{shown[:40]}...({len(shown)} characters)"   # a path (often 100+ characters) shows whole
     error = ConfigError(f"key '{key}': value {shown} is not allowed; expected {allowed}")
     error.key, error.allowed = key, allowed   # collapse/experiment.py restates a path's error with the path tried
     return error

@@ -12,6 +12,7 @@ from conftest import TINY, launch
 from test_slurm import cluster, launch_jobs, wait_done  # noqa: F401
 
 SMALL = [*TINY, "train.threads=1"]
+KEY_ROWS = ["grid=vae_coeffs_key", "seeds=[0]", "model.kl_weight=1.0"]   # vae_smoke3's reading, so stages are shared
 ROW = re.compile(r"^(teacher|synth_shard|synth|student|eval|report)\s+(\S+)\s+([0-9a-f]{16})\s+(to run|done|redo|running.*?)\s", re.M)
 
 
@@ -40,7 +41,7 @@ def half_done(tmp_path_factory):
 def test_dry_run_on_a_half_done_grid_names_what_the_launch_then_runs(half_done):
     root = half_done
     before = tree(root)
-    dry = launch("grid=vae_coeffs_key", "seeds=[0]", *SMALL, f"results_root={root}", "dry_run=true")
+    dry = launch(*KEY_ROWS, *SMALL, f"results_root={root}", "dry_run=true")
     assert tree(root) == before, "a dry run wrote to results_root"
     states = planned(dry.stdout)
     assert len(states) == 14, dry.stdout
@@ -51,7 +52,7 @@ def test_dry_run_on_a_half_done_grid_names_what_the_launch_then_runs(half_done):
     assert re.search(r"estimate: [\d.]+ core-hours; wall \d+ (s|min|h) at \d+ stages at once", dry.stdout)
     assert "finished student stage(s)" in dry.stdout   # rates from this root's records, not the default
     started = time.time()
-    real = launch("grid=vae_coeffs_key", "seeds=[0]", *SMALL, f"results_root={root}")
+    real = launch(*KEY_ROWS, *SMALL, f"results_root={root}")
     assert "14 stages, 5 already done, 9 to run" in real.stdout, real.stdout
     ran = {r["name"] for r in stage_records(root).values() if r["started"] > started}
     assert ran == {n for n, s in states.items() if s == "to run"}

@@ -104,7 +104,7 @@ TASKS = {"ddpm": ("ddpm_mnist", DDPM), "t5": ("t5_standin", T5)}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """trained(task): a results root whose teacher is done, and its stages; each teacher trained once."""
+    """trained(task): a results root whose teacher (and pretraining) is done, and its stages; each teacher trained once."""
     cache = tmp_path_factory.mktemp("cache")
     os.environ["COLLAPSE_CACHE"] = str(cache)   # the T5 tokenizer and stand-in GPT-2, for the children too
     grids, roots = tmp_path_factory.mktemp("grids"), {}
@@ -113,7 +113,9 @@ def trained(tmp_path_factory):
         if task not in roots:
             root = tmp_path_factory.mktemp(task)
             stages = planned(root, grids, f"resume_{task}", *TASKS[task])
-            run_stage(root, stages["teacher"].key)
+            for kind in ("pretrain", "teacher"):   # the T5 stand-in's teacher starts from its pretraining
+                if kind in stages:
+                    run_stage(root, stages[kind].key)
             roots[task] = root, stages
         return roots[task]
     yield teacher_done
