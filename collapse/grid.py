@@ -124,7 +124,10 @@ def profile_layer(name: str, task: str) -> dict:
     return layer
 
 
-def load_sweep(argv: list[str]) -> Sweep:
+def compose(argv: list[str]) -> tuple[str, dict, list[dict], dict, object, str]:
+    """The layers a grid's base config merges, unchecked: (grid name, the grid file, [experiment,
+    profile?, cluster, grid overrides, command line], the command line, its seeds= or None, the cluster
+    file's name)."""
     selected, rest = split_argv(argv)
     if "grid" not in selected:
         raise ConfigError("missing grid=NAME; available grids: " + ", ".join(grid_names()))
@@ -148,9 +151,23 @@ def load_sweep(argv: list[str]) -> Sweep:
     except ConfigError as e:
         raise in_grid(grid_name, e) from None
     layers.append(cli)
+    return grid_name, grid, layers, cli, seeds, cluster
+
+
+def grid_labels(grid: dict) -> list[dict]:
+    """The keys each grid point sets: every row, crossed with every combination of the axes."""
+    axes = grid.get("axes") or {}
+    return [{**row, **dict(zip(axes, combo))}
+            for row in list(grid.get("rows") or [{}]) for combo in itertools.product(*axes.values())]
+
+
+def load_sweep(argv: list[str], paths: bool = True) -> Sweep:
+    """The grid named in argv composed with its profile, cluster, overrides and the command line, checked.
+    paths=False: paths stay as given (relative ones are not resolved against the working directory)."""
+    grid_name, grid, layers, cli, seeds, cluster = compose(argv)
     base_dict = merge(*layers)
     try:
-        base = from_dict(base_dict)
+        base = from_dict(base_dict, paths=paths)
     except ConfigError as e:
         # whose mistake: the command line's, or (when the error stays without it) the grid's overrides'
         if _fails(merge(*layers[:-1]), e) and not _fails(merge(*layers[:-2]), e):
@@ -164,19 +181,13 @@ def load_sweep(argv: list[str]) -> Sweep:
         error = bad("seeds", seeds, "a non-empty list of integers >= 0")
         raise in_grid(grid_name, error) if seeds_from_grid else error
 
-    rows = list(grid.get("rows") or [{}])
-    axes = grid.get("axes") or {}
-    labels = []
-    for row in rows:
-        for combo in itertools.product(*axes.values()):
-            labels.append({**row, **dict(zip(axes, combo))})
     points = []
-    for label in labels:
+    for label in grid_labels(grid):
         for seed in seeds:
             point_label = {**label, "train.seed": seed}
             # the command line wins over the grid's own values, except the keys this grid sweeps
             try:
-                config = from_dict(merge(base_dict, dotted(point_label)))
+                config = from_dict(merge(base_dict, dotted(point_label)), paths=paths)
             except ConfigError as e:
                 raise in_grid(grid_name, f"point {point_label}: {e}") from None
             points.append(Point(point_label, config))

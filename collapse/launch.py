@@ -102,7 +102,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
     try:
         options, argv = launch_options(argv)
         if options["show"] == "config":
-            print(showconfig.composed(load_sweep(argv)), file=out, end="")
+            print(showconfig.show(argv), file=out, end="")
             return 0
         sweep, plan, root, backend = prepare(argv)
         redo = set()

@@ -2,8 +2,8 @@
 beyond the config itself (no data, weights or results root are looked at)."""
 import yaml
 
-from collapse.config import to_dict
-from collapse.grid import Sweep
+from collapse.config import ConfigError, merge, to_dict
+from collapse.grid import Sweep, compose, grid_labels, load_sweep
 from collapse.plan import point_name
 
 SHOWABLE = ("config",)   # the values show= takes
@@ -32,3 +32,18 @@ def composed(sweep: Sweep) -> str:
     # the config block by block; the rows' keys and the seeds one line each
     return (heading + yaml.safe_dump(base, sort_keys=False, width=120)
             + yaml.safe_dump(points, sort_keys=False, default_flow_style=None, width=120))
+
+
+def show(argv: list[str]) -> str:
+    """The composed config, checked as a launch checks it, paths left as given; where a check fails
+    (a path that is not on this machine, say), the layers as merged, unchecked, and the error."""
+    try:
+        return composed(load_sweep(argv, paths=False))
+    except ConfigError as error:
+        grid_name, grid, layers, cli, seeds, cluster = compose(argv)
+        heading = (f"# grid {grid_name}: the config as the files and the command line compose it, NOT CHECKED\n"
+                   f"# (fields left to their defaults are not shown); the launch would stop with:\n# error: {error}\n")
+        base = {"grid": grid_name, "cluster": cluster, "config": merge(*layers)}
+        points = {"rows": grid_labels(grid), "seeds": seeds if seeds is not None else grid.get("seeds", [0])}
+        return (heading + yaml.safe_dump(base, sort_keys=False, width=120)
+                + yaml.safe_dump(points, sort_keys=False, default_flow_style=None, width=120))

@@ -61,6 +61,19 @@ def test_show_config_prints_the_composed_config_rows_and_seeds_and_runs_nothing(
     assert len(shown["rows"]) == 6 and shown["seeds"] == [0, 1]
 
 
+def test_show_config_of_a_paper_grid_whose_paths_are_not_here_prints_it_unchecked_with_the_error():
+    """t5_lambda_cnndm names data and weights a cluster has (cnn_dailymail, t5-small): show=config still
+    prints what the files compose, marked unchecked, with the error the launch would stop with."""
+    out = io.StringIO()
+    code = launch(["grid=t5_lambda_cnndm", "cluster=local", "show=config", "train.lr=3e-5"], out=out)
+    text = out.getvalue()
+    assert code == 0 and "NOT CHECKED" in text.splitlines()[0]
+    assert "# error: key 'data.root': value 'cnn_dailymail'" in text
+    shown = yaml.safe_load(text)
+    assert shown["config"]["model"]["path"] == "t5-small" and shown["config"]["train"]["lr"] == 3e-5
+    assert shown["rows"][0] == {"distill.lam": 0.0} and len(shown["rows"]) == 6 and shown["seeds"] == [0]
+
+
 def test_show_takes_only_config():
     with pytest.raises(ConfigError, match="key 'show'.*one of: config"):
         launch_options(["grid=vae_coeffs", "show=plan"])
