@@ -119,6 +119,9 @@ def test_gpu_sized_stages_without_a_gpu_are_warned(tmp_path):
     small = load_sweep([*KEY_ARGS, "cluster=slurm"])   # the VAE on MNIST: CPU-sized, nothing to say
     small_stages = list(build(small).stages.values())
     assert not any("GPU" in n for n in preflight.warnings(small, small_stages, tmp_path, "slurm", {}, limits={}))
+    standin = load_sweep(["grid=t5_lambda", "profile=t5_cpu", "cluster=slurm"])   # ACLSum's 450 pairs, not CNN/DM's size
+    standin_stages = list(build(standin).stages.values())
+    assert not any("GPU" in n for n in preflight.warnings(standin, standin_stages, tmp_path, "slurm", {}, limits={}))
 
 
 def test_results_root_on_a_node_local_filesystem_is_warned(tmp_path):
