@@ -29,6 +29,10 @@ def composed(sweep: Sweep) -> str:
                "once per seed\n")
     base = {"grid": sweep.grid, "cluster": sweep.cluster, "config": to_dict(sweep.base)}
     points = {"rows": [{"label": point_name(keys) or "base", "set": keys} for keys in rows], "seeds": seeds}
+    return as_yaml(heading, base, points)
+
+
+def as_yaml(heading: str, base: dict, points: dict) -> str:
     # the config block by block; the rows' keys and the seeds one line each
     return (heading + yaml.safe_dump(base, sort_keys=False, width=120)
             + yaml.safe_dump(points, sort_keys=False, default_flow_style=None, width=120))
@@ -45,5 +49,4 @@ def show(argv: list[str]) -> str:
                    f"# (fields left to their defaults are not shown); the launch would stop with:\n# error: {error}\n")
         base = {"grid": grid_name, "cluster": cluster, "config": merge(*layers)}
         points = {"rows": grid_labels(grid), "seeds": seeds if seeds is not None else grid.get("seeds", [0])}
-        return (heading + yaml.safe_dump(base, sort_keys=False, width=120)
-                + yaml.safe_dump(points, sort_keys=False, default_flow_style=None, width=120))
+        return as_yaml(heading, base, points)

@@ -28,7 +28,6 @@ T5_FORWARD_FLOPS = 69.6e9           # t5-small, one row of 1,024 article + 128 s
 T5_TRAIN_FLOPS_S = 0.25 * 312e12
 T5_DECODE_STEP_S = 0.015            # one greedy decoder step of a batch (assumed)
 TRAIN_KINDS = ("teacher", "student", "generation")
-T5_DATA_SIZES = {"cnn_dailymail": (287_113, 13_368), "aclsum": (450, 300)}   # (train, test) when not set
 
 
 def _steps(config: dict, items: int) -> int:
@@ -60,10 +59,10 @@ def ddpm_seconds(kind: str, config: dict) -> float | None:
     return None
 
 
-def t5_seconds(kind: str, config: dict) -> float | None:
+def t5_seconds(kind: str, config: dict, full_sizes: tuple[int, int]) -> float | None:
+    """full_sizes: the dataset's (train, test) pairs, used where data.*_size is null (the task's full_sizes)."""
     data, synth, ev = config["data"], config["synth"], config["eval"]
-    whole_train, whole_test = T5_DATA_SIZES.get(data.get("dataset"), T5_DATA_SIZES["cnn_dailymail"])
-    n_train, n_test = data.get("train_size") or whole_train, data.get("test_size") or whole_test
+    n_train, n_test = data.get("train_size") or full_sizes[0], data.get("test_size") or full_sizes[1]
     tokens = data["max_source_tokens"] + data["max_target_tokens"]
     forward = T5_FORWARD_FLOPS * tokens / 1152
 

@@ -31,10 +31,9 @@ from collapse.device import StepNoise, device_of
 from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
-from collapse.tasks.gpu_rates import t5_seconds as gpu_seconds  # noqa: F401
+from collapse.tasks import gpu_rates, t5_pretrain
 from collapse.tasks.t5_config import CONFIG_SECTIONS, SMOKE, _is_pretrained_dir  # noqa: F401
 from collapse.tasks.t5_pretrain import PRETRAIN_KEY, pretrain_config, pretrains  # noqa: F401  (task hooks)
-from collapse.tasks import t5_pretrain
 from collapse.tasks.t5_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
 
 EVAL_BATCH_TOKENS = 2 ** 16
@@ -58,7 +57,12 @@ def check_config(cfg) -> None:
 
 
 def full_sizes(data: dict) -> tuple[int, int]:
-    return FULL_SIZES.get(data.get("dataset"), (287_113, 13_368))
+    return FULL_SIZES.get(data.get("dataset"), FULL_SIZES["cnn_dailymail"])
+
+
+def gpu_seconds(kind: str, config: dict) -> float | None:
+    """A stage's stated seconds on one GPU (gpu_rates), at this dataset's size where data.*_size is null."""
+    return gpu_rates.t5_seconds(kind, config, full_sizes(config["data"]))
 # The teacher's states depend only on the batch, but all of them are too big to hold: computed per step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
 
