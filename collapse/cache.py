@@ -1,14 +1,18 @@
 """Built-once files (a tokenizer trained on the stand-in, the stand-in GPT-2), keyed by what they are made of.
 
 They live in $COLLAPSE_CACHE, else $XDG_CACHE_HOME/collapse, else ~/.cache/collapse: one folder per
-content key, built under a lock by the first process that needs it and renamed into place, so the
-stages of a grid (and of other grids) that need the same one build it once and all read the same files.
+content key. No lock (flock raises or lies on Lustre and many NFS mounts, where $COLLAPSE_CACHE is
+often put): each process that finds the folder missing builds it in a temporary folder of its own and
+renames it into place. The build is content-keyed, so every builder makes the same files; rename is
+atomic, so a reader sees a whole folder or none; a builder that loses the race (the folder is there
+when it renames) discards its copy and uses the winner's.
 """
-import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -31,12 +35,14 @@ def cached_dir(name: str, key: str, build: Callable[[Path], None]) -> Path:
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # another process building it: wait, then use its result
+    tmp = root / f".{name}-{key}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        os.rename(tmp, final)          # fails (EEXIST/ENOTEMPTY) when another builder's folder is there
+    except OSError:
         if not final.is_dir():
-            tmp = root / f".{name}-{key}.{os.getpid()}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            build(tmp)
-            os.replace(tmp, final)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # gone after a won rename; the loser's (or a failed) copy
     return final
