@@ -129,6 +129,20 @@ class EvalConfig:
         _check(1 <= self.grid_samples <= 1024, p + "grid_samples", self.grid_samples, "an integer in [1, 1024]")
 
 
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")   # infer.precision (collapse/infer.py)
+
+
+@dataclass
+class InferConfig:
+    """What synth and eval stages compute the model under study in (collapse/infer.py): auto is bf16
+    autocast on a GPU and fp32 on a CPU, resolved by the stage's device; the metric networks
+    (Inception, GPT-2) always run in fp32."""
+    precision: str = "auto"
+
+    def check(self, p):
+        _check(self.precision in PRECISIONS, p + "precision", self.precision, "one of: " + ", ".join(PRECISIONS))
+
+
 DISTILL_MODES = ("none", "teacher", "previous")   # generations.distill
 POLICIES = ("replace", "mix", "accumulate", "accumulate_subsample")   # generations.data, collapse/generations.py
 
@@ -245,6 +259,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     generations: GenerationsConfig = field(default_factory=GenerationsConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
     def check(self, p):
         pass   # the checks that need the task: collapse/experiment.py

@@ -27,15 +27,16 @@ KEY_SECTIONS = {
     # generations read it as their initial weights.
     "pretrain": ("task", "model", "train"),
     "teacher": ("task", "data", "model", "train"),
-    "synth": ("task", "synth"),
-    "synth_shard": ("task", "synth"),      # shard i of synth.shards (its `args`)
+    # infer.precision: what synth and eval compute in (collapse/infer.py); auto stays out (ADDED_LATER)
+    "synth": ("task", "synth", "infer.precision"),
+    "synth_shard": ("task", "synth", "infer.precision"),      # shard i of synth.shards (its `args`)
     "student": ("task", "data", "model", "train", "distill"),   # data: the test set picks the best epoch
-    "eval": ("task", "data", "eval"),
+    "eval": ("task", "data", "eval", "infer.precision"),
     # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
     # the next generation's data. generations.count and .distill stay out: chains that share a prefix
     # share its stages (the model distilled from is a dep), whatever their length.
     "generation": ("task", "data", "model", "train", "distill", "synth",
-                   "generations.data", "generations.mix_ratio", "generations.subsample_size"),
+                   "generations.data", "generations.mix_ratio", "generations.subsample_size", "infer.precision"),
     # The sweep's tables and plots: its deps are every eval (or simulation stage) of the sweep.
     "report": ("task",),
 }
@@ -48,7 +49,7 @@ NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), (
 ADDED_LATER = {("train", "reduction"): "sum", ("train", "steps"): None,
                ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",
                ("train", "warmup_steps"): 0, ("train", "lr_waves"): 0.5,
-               ("synth", "shards"): 1}
+               ("synth", "shards"): 1, ("infer", "precision"): "auto"}
 # Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
 # was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
 RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
@@ -144,6 +145,8 @@ def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
         value = config[section]
         if name:
             value = value[name]
+            if (section, name) in added_later and value == added_later[(section, name)]:
+                continue                   # a field added later, at its default: out, as in a section
         elif isinstance(value, dict):
             value = {k: RESPELLED[(section, k)].get(v, v) if (section, k) in RESPELLED else v for k, v in value.items()
                      if (section, k) not in not_in_key

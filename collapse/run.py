@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import experiment, generations, lease, manifest, partial, storage, tasks, train
+from collapse import experiment, generations, infer, lease, manifest, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path, read_spec, stage_dir, write_spec  # noqa: F401
 from collapse.tasks.base import Simulation, distills
@@ -106,12 +106,13 @@ def run_synth(task, cfg, inputs, root, out: Path, log):
     teacher = load_model(task, root, inputs["teacher"])
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
     keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=cfg.synth.seed)
-    data = task.synthesize(teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)), keep=keep)
+    with infer.inference_precision(cfg.infer.precision, device_of(teacher)) as precision:
+        data = task.synthesize(teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)), keep=keep)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
     keep.clear()
-    log(f"sampled {n} items from teacher {inputs['teacher']['key']}")
-    return {"n": n}, {"data": path}
+    log(f"sampled {n} items from teacher {inputs['teacher']['key']} in {precision}")
+    return {"n": n, "precision": precision}, {"data": path}
 
 
 def _weights_sha256(record: dict) -> str:
@@ -133,12 +134,13 @@ def run_synth_shard(task, cfg, inputs, root, out: Path, log, shard: int):
     start, stop = shard_range(n, cfg.synth.shards, shard)
     seed = shard_seed(cfg.synth.seed, shard)
     keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=seed, start=start)
-    data = task.synthesize(teacher, cfg, start, stop, generator(seed, device_of(teacher)), keep=keep)
+    with infer.inference_precision(cfg.infer.precision, device_of(teacher)) as precision:
+        data = task.synthesize(teacher, cfg, start, stop, generator(seed, device_of(teacher)), keep=keep)
     path = save_data(task, out / "data.safetensors", data,
                      {"teacher": inputs["teacher"]["key"], "start": start, "stop": stop, "seed": seed})
     keep.clear()
-    log(f"sampled items {start}..{stop - 1} of {n} from teacher {inputs['teacher']['key']} (seed {seed})")
-    return {"n": stop - start, "start": start, "stop": stop, "seed": seed}, {"data": path}
+    log(f"sampled items {start}..{stop - 1} of {n} from teacher {inputs['teacher']['key']} (seed {seed}, {precision})")
+    return {"n": stop - start, "start": start, "stop": stop, "seed": seed, "precision": precision}, {"data": path}
 
 
 def run_synth_merge(task, cfg, inputs, root, out: Path, log):
@@ -176,12 +178,13 @@ def run_generation(task, cfg, inputs, root, out: Path, log):
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
     keep = _keep(out, log, model=storage.sha256(out / "best.safetensors"), seed=seed)
-    samples = task.synthesize(model.eval().requires_grad_(False), cfg, 0, len(real), generator(seed, device_of(model)),
-                              keep=keep)
+    with infer.inference_precision(cfg.infer.precision, device_of(model)) as precision:
+        samples = task.synthesize(model.eval().requires_grad_(False), cfg, 0, len(real),
+                                  generator(seed, device_of(model)), keep=keep)
     path = save_data(task, out / "data.safetensors", samples, {"generation": t + 1, "n": len(real), "seed": seed})
     keep.clear()
     metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,
-               "distilled_from": inputs["distill_from"]["key"] if teacher is not None else None}
+               "distilled_from": inputs["distill_from"]["key"] if teacher is not None else None, "precision": precision}
     return metrics, {"weights": out / "best.safetensors", "data": path}
 
 
@@ -200,11 +203,12 @@ def run_eval(task, cfg, inputs, root, out: Path, log):
     model_record = inputs["model"]
     model = load_model(task, root, model_record)
     keep = _keep(out, log, model=_weights_sha256(model_record))
-    metrics = task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache",
-                            keep=keep)
-    log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                                 for k, v in metrics.items() if not isinstance(v, (list, dict))))
-    examples = task.write_examples(model, cfg, out)
+    with infer.inference_precision(cfg.infer.precision, device_of(model)) as precision:   # the metric nets: fp32
+        metrics = {**task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache", keep=keep),
+                   "precision": precision}
+        log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in metrics.items() if not isinstance(v, (list, dict))))
+        examples = task.write_examples(model, cfg, out)
     keep.clear()
     return metrics, examples
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from cleanfid.resize import make_resizer
 
-from collapse import storage
+from collapse import infer, storage
 from collapse.config import ConfigError, bad
 from collapse.storage import sha256
 from collapse.metrics import inception
@@ -125,8 +125,8 @@ class InceptionFeatures:
         out = np.empty((len(images), DIM), np.float32)
         for i in range(0, len(images), self.batch_size):
             x = self.resized(images[i:i + self.batch_size]).to(self.device)
-            # cuDNN convolutions default to TF32 on GPUs; FID wants the fp32 features
-            with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            # fp32 features whatever infer.precision (collapse/infer.py): cuDNN's TF32 and bf16 autocast off
+            with torch.no_grad(), infer.fp32():
                 out[i:i + len(x)] = self.net(x).cpu().numpy()
         return out
 

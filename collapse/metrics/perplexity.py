@@ -14,7 +14,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from collapse import partial
+from collapse import infer, partial
 from collapse.cache import cached_dir, content_key
 from collapse.data.text import texts_fingerprint
 
@@ -50,7 +50,8 @@ def perplexities(model, tokenizer, texts: list[str], batch_size: int = 32, keep=
     def mean_nll(start, stop):   # of the texts scored[start:stop]
         ids, mask = padded([rows[i] for i in scored[start:stop]], 0)
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        with infer.fp32():   # the scorer in fp32 whatever infer.precision (collapse/infer.py)
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
         real = mask[:, 1:].float()
         return {"mean_nll": ((nll * real).sum(1) / real.sum(1)).double().cpu()}
