@@ -15,6 +15,13 @@ The paper leaves some of this open; each reading is a setting, today's reading t
   train.reduction        how one image's elements combine: vae_loss below.
   distill.variance_term  V: `logvar`, the predicted log-variances (default), or `var`, their exp
                          (the paper: "variances").
+  distill.kl_weight      a distilled student's KL weight in both L_VAE terms: `model`, model.kl_weight
+                         (default), or `lambda`, its own lam (R1, section 4.1's "L_rec + lambda D_KL, where
+                         lambda is the distillation weight"). M0, M1 and L_M(Test), hence the best epoch,
+                         keep model.kl_weight.
+  data.range             the pixels the model sees and reconstructs: [0, 1] (default) or [-1, 1] (R3,
+                         with model.likelihood=gaussian); the decoder's mean is lo + (hi - lo) * sigmoid(logits).
+                         Stored images and samples stay uint8 grey levels either way.
 """
 import importlib.util
 from pathlib import Path
@@ -37,7 +44,8 @@ KEY_SECTIONS = ()          # its sections beyond data, model, train, distill, sy
 NOT_IN_KEY = frozenset()
 # Fields added after results existed, left out of the stage key at these values: the readings of issue 20.
 ADDED_LATER = {("synth", "binarize"): False, ("model", "likelihood"): "bernoulli", ("model", "kl_weight"): 1.0,
-               ("distill", "variance_term"): "logvar"}
+               ("distill", "variance_term"): "logvar",
+               ("distill", "kl_weight"): "model", ("data", "range"): [0.0, 1.0]}   # issue 28: R1, R3
 
 
 # The dry run's stated rates: seconds per unit of work on one CPU core, measured here (23 ms a
@@ -47,7 +55,9 @@ CPU_SECONDS_PER_UNIT = {"teacher": 9e-5, "student": 9e-5, "generation": 9e-5, "s
 
 
 def check_config(cfg) -> None:
-    """Nothing beyond each section's own checks."""
+    """Pixels on [-1, 1] have no Bernoulli likelihood."""
+    if cfg.data.range != [0.0, 1.0] and cfg.model.likelihood != "gaussian":
+        raise bad("data.range", cfg.data.range, "[0, 1] under model.likelihood=bernoulli ([-1, 1] needs gaussian)")
 
 
 def gpu_seconds(kind: str, config: dict) -> None:
@@ -74,7 +84,7 @@ def batch(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(logits, target, mean, logvar, reduction: str = "sum", likelihood: str = "bernoulli",
-             kl_weight: float = 1.0) -> torch.Tensor:
+             kl_weight: float = 1.0, span: tuple = (0.0, 1.0)) -> torch.Tensor:
     """L_VAE averaged over the batch's images; `reduction` says how one image's elements combine:
 
     sum      reconstruction summed over pixels + KL summed over latents: nats per image (~100 on MNIST)
@@ -84,9 +94,10 @@ def vae_loss(logits, target, mean, logvar, reduction: str = "sum", likelihood: s
     element  reconstruction averaged over pixels + KL averaged over latents: shifts the balance to
              the KL (measured: it collapses the posterior, M0 = M1 = 0.20)
 
-    likelihood and kl_weight: the module's docstring. kl_weight multiplies the KL under every reduction.
+    likelihood, kl_weight and span (data.range): the module's docstring. kl_weight multiplies the KL
+    under every reduction.
     """
-    recon, kl = vae_terms(logits, target, mean, logvar, likelihood)
+    recon, kl = vae_terms(logits, target, mean, logvar, likelihood, span)
     kl = kl_weight * kl   # exact at the default 1.0: today's reading keeps its numbers bit for bit
     pixels, latent = target.shape[1], mean.shape[1]
     if reduction == "pixel":
@@ -96,11 +107,13 @@ def vae_loss(logits, target, mean, logvar, reduction: str = "sum", likelihood: s
     return (recon + kl) / target.shape[0]
 
 
-def vae_terms(logits, target, mean, logvar, likelihood: str = "bernoulli") -> tuple[torch.Tensor, torch.Tensor]:
-    """(reconstruction, KL), each summed over the batch's images and elements, in fp32."""
+def vae_terms(logits, target, mean, logvar, likelihood: str = "bernoulli",
+              span: tuple = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction, KL), each summed over the batch's images and elements, in fp32. target: pixels
+    in [0, 1]; the reconstruction compares them and sigmoid(logits), both mapped to `span`."""
     logits, target, mean, logvar = logits.float(), target.float(), mean.float(), logvar.float()  # fp32 loss
     if likelihood == "gaussian":
-        recon = 0.5 * F.mse_loss(torch.sigmoid(logits), target, reduction="sum")
+        recon = 0.5 * F.mse_loss(to_span(torch.sigmoid(logits), span), to_span(target, span), reduction="sum")
     else:
         recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
     kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
@@ -122,20 +135,35 @@ def loss(model, x, noise: StepNoise, cfg, teacher=None):
     """
     reduction, dtype = cfg.train.reduction, dtype_of(model)
     likelihood, kl_weight = reading(cfg)
-    out = model(x.to(dtype), noise.randn(model_latent(model), dtype=dtype))
+    span = data_span(cfg)
+    out = model(to_span(x, span).to(dtype), noise.randn(model_latent(model), dtype=dtype))
+    coeffs = getattr(cfg, "distill", None)
+    lam = coeffs.lam if teacher is not None else 0.0
+    if teacher is not None and getattr(coeffs, "kl_weight", "model") == "lambda":
+        kl_weight = lam   # R1: a distilled student's KL weight is its lam (M1 gets no teacher: model.kl_weight)
 
     def l_vae(target):
-        return vae_loss(out["logits"], target, out["mean"], out["logvar"], reduction, likelihood, kl_weight)
+        return vae_loss(out["logits"], target, out["mean"], out["logvar"], reduction, likelihood, kl_weight, span)
 
     if teacher is None:
         return l_vae(x), out
-    coeffs = cfg.distill
-    lam = coeffs.lam
     if likelihood == "bernoulli":
         total = (1 + lam) * l_vae((x + lam * teacher["probs"]) / (1 + lam) if lam else x)
     else:
         total = l_vae(x) + lam * l_vae(teacher["probs"]) if lam else l_vae(x)
     return total + encoder_loss(out, teacher, coeffs), out
+
+
+def data_span(cfg) -> tuple:
+    """data.range as (lo, hi); a config without it (a unit test's namespace) reads as [0, 1]."""
+    lo, hi = getattr(getattr(cfg, "data", None), "range", (0.0, 1.0))
+    return float(lo), float(hi)
+
+
+def to_span(x: torch.Tensor, span: tuple) -> torch.Tensor:
+    """Pixels in [0, 1] -> lo + (hi - lo) * x; [0, 1] itself returns x untouched (today's numbers bit for bit)."""
+    lo, hi = span
+    return x if (lo, hi) == (0.0, 1.0) else lo + (hi - lo) * x
 
 
 def reading(cfg) -> tuple[str, float]:
@@ -158,7 +186,7 @@ TEACHER_OUTPUTS_DETERMINISTIC = True
 def teacher_outputs(teacher, x, noise=None, cfg=None):
     """The frozen teacher's encoder statistics and its reconstruction (pixel probabilities) from
     the posterior mean."""
-    out = teacher(x.to(dtype_of(teacher)))
+    out = teacher(to_span(x, data_span(cfg)).to(dtype_of(teacher)))
     return {"probs": torch.sigmoid(out["logits"].float()), "mean": out["mean"].float(),
             "logvar": out["logvar"].float()}
 
@@ -234,8 +262,8 @@ def test_parts(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> dict:
     def part(index):
         def value(model, x, noise, cfg):
             dtype = dtype_of(model)
-            out = model(x.to(dtype), noise.randn(model_latent(model), dtype=dtype))
-            term = vae_terms(out["logits"], x, out["mean"], out["logvar"], reading(cfg)[0])[index]
+            out = model(to_span(x, data_span(cfg)).to(dtype), noise.randn(model_latent(model), dtype=dtype))
+            term = vae_terms(out["logits"], x, out["mean"], out["logvar"], reading(cfg)[0], data_span(cfg))[index]
             per_image = {"sum": 1, "pixel": x.shape[1], "element": (x.shape[1], out["mean"].shape[1])[index]}
             return term / (x.shape[0] * per_image[cfg.train.reduction]), out
         return value

@@ -1,17 +1,24 @@
 """The VAE's config sections (collapse/tasks/vae.py): MNIST, the MLP VAE's size and the loss readings
 the paper leaves open, the coefficients of eq. 1, and Bernoulli-drawn synthetic data."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
 
 LIKELIHOODS = ("bernoulli", "gaussian")   # the decoder's likelihood (model.likelihood)
 VARIANCE_TERMS = ("logvar", "var")         # what the gamma term compares (distill.variance_term)
+KL_WEIGHTS = ("model", "lambda")           # the distilled students' KL weight (distill.kl_weight)
+RANGES = ([0.0, 1.0], [-1.0, 1.0])         # what the pixels are scaled to (data.range)
 
 
 @dataclass
 class MnistDataConfig(DataConfig):
     DATASETS = ("mnist",)
     dataset: str = "mnist"
+    range: list[float] = field(default_factory=lambda: [0.0, 1.0])   # pixels on [0, 1], or [-1, 1] (reading R3)
+
+    def check(self, p):
+        super().check(p)
+        _check(self.range in RANGES, p + "range", self.range, "[0, 1] or [-1, 1]")
 
 
 @dataclass
@@ -35,6 +42,7 @@ class DistillConfig:
     beta: float = 0.0    # MSE of encoder means
     gamma: float = 0.0   # MSE of encoder variance predictions
     variance_term: str = "logvar"   # what gamma's MSE compares: the predicted log-variances, or var = their exp
+    kl_weight: str = "model"        # a distilled student's KL weight: model.kl_weight, or lambda = its lam (R1)
 
     def check(self, p):
         for name in ("lam", "beta", "gamma"):
@@ -42,6 +50,7 @@ class DistillConfig:
             _check(0 <= v < float("inf"), p + name, v, "a finite float >= 0")
         _check(self.variance_term in VARIANCE_TERMS, p + "variance_term", self.variance_term,
                "one of: " + ", ".join(VARIANCE_TERMS))
+        _check(self.kl_weight in KL_WEIGHTS, p + "kl_weight", self.kl_weight, "one of: " + ", ".join(KL_WEIGHTS))
 
 
 @dataclass
