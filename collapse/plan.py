@@ -144,7 +144,7 @@ def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
             continue
         value = config[section]
         if name:
-            value = value[name]
+            value = value[name] if name in value or (section, name) not in added_later else added_later[(section, name)]
             if (section, name) in added_later and value == added_later[(section, name)]:
                 continue                   # a field added later, at its default: out, as in a section
         elif isinstance(value, dict):

@@ -4,6 +4,8 @@ or the offline stand-in ACLSum that ships in a pip package.
 CNN/DailyMail from `data.root`: a `datasets` dataset saved with `save_to_disk` (a DatasetDict with
 train/validation/test, or one split per sub-folder), or the release's files: `<split>*.parquet`,
 `<split>*.jsonl` / `<split>*.json` anywhere under the root (e.g. 3.0.0/train-00000-of-00003.parquet).
+A root holding the hub repository's version folders (1.0.0/, 2.0.0/, 3.0.0/) is read from the one
+`data.version` names (version_root), never from all of them at once.
 Columns `article` and `highlights` (data.source_field / data.target_field name others).
 
 ACLSum (PyPI `aclsum`, MIT; Takeshita et al. 2024): 250 ACL papers (abstract, introduction and
@@ -12,12 +14,14 @@ approach, outcome. A pair is ("<aspect> | <paper text>", the aspect's summary): 
 validation pairs for training, 300 test pairs held out.
 """
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
 ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 ACLSUM_SPLITS = {"train": ("train", "val"), "test": ("test",)}
 FILE_KINDS = ("parquet", "jsonl", "json")
+VERSION = re.compile(r"\d+\.\d+\.\d+")   # a version folder of the hub repository: 1.0.0, 2.0.0, 3.0.0
 
 
 class DataError(ValueError):
@@ -56,6 +60,21 @@ def documents(dataset: str, split: str, root: str | None, source_field: str = "a
         return list(dict.fromkeys(article.split(" | ", 1)[1] for article in load_aclsum(split)[0]))
     articles, _ = load_pairs(dataset, split, root, source_field, source_field, split_names)
     return list(dict.fromkeys(articles))
+
+
+def version_root(root: str, version: str | None) -> str:
+    """The folder of `version` when `root` holds version folders (1.0.0/ 2.0.0/ 3.0.0/), else `root`.
+    Raises DataError naming the versions there when `version` is not one of them (null: when there
+    are several), or when `root` is itself a version folder of another version."""
+    here = sorted((p.name for p in Path(root).iterdir() if p.is_dir() and VERSION.fullmatch(p.name)),
+                  key=lambda v: tuple(map(int, v.split("."))))
+    if not here:
+        if version is not None and VERSION.fullmatch(Path(root).name) and Path(root).name != version:
+            raise DataError(f"{root} is the folder of version {Path(root).name}, not {version}")
+        return root
+    if version in here or (version is None and len(here) == 1):
+        return str(Path(root, version or here[0]))
+    raise DataError(f"{root} holds versions {', '.join(here)}" + ("" if version is None else f", not {version}"))
 
 
 def split_files(root: Path, split: str) -> list[Path]:

@@ -46,7 +46,7 @@ PATH_FIELDS = ("data.root", "model.path", "model.tokenizer", "eval.ppl_model.pat
                "pretrain.corpus")   # fingerprinted in keys
 KEY_SECTIONS = ()
 NOT_IN_KEY = frozenset()
-ADDED_LATER = {}
+ADDED_LATER = {("data", "version"): "3.0.0"}   # data.version came after results existed: those keep their keys
 CPU_SECONDS_PER_UNIT = {}   # no CPU rate stated: the dry run uses finished stages of this results root
 FULL_SIZES = {"aclsum": (450, 300), "cnn_dailymail": (287_113, 13_368)}   # train, test pairs
 
@@ -71,7 +71,8 @@ TEACHER_OUTPUTS_DETERMINISTIC = False
 
 def raw_pairs(cfg, split: str) -> tuple[list[str], list[str]]:
     d = cfg.data
-    return summaries.load_pairs(d.dataset, split, d.root, d.source_field, d.target_field,
+    root = d.root and summaries.version_root(d.root, d.version)
+    return summaries.load_pairs(d.dataset, split, root, d.source_field, d.target_field,
                                 {"train": "train", "test": d.test_split})
 
 
@@ -122,6 +123,11 @@ def check_data(cfg) -> None:
     """Fail before launch, naming the key, when the data, tokenizer or models cannot work together."""
     d, m = cfg.data, cfg.model
     data_key, data_value = ("data.root", d.root) if d.root is not None else ("data.dataset", d.dataset)
+    if d.root is not None:
+        try:
+            summaries.version_root(d.root, d.version)
+        except summaries.DataError as e:
+            raise bad("data.version", d.version, f"a version folder under data.root ({e})") from None
     sizes = {}
     for split in ("train", "test"):
         try:

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
+from collapse.data import summaries
 
 
 def _is_pretrained_dir(path: str) -> bool:
@@ -18,6 +19,8 @@ class TextDataConfig(DataConfig):
     source_field: str = "article"
     target_field: str = "highlights"
     test_split: str = "validation"    # the data set's split the paper evaluates on
+    version: str | None = "3.0.0"     # the version folder read where data.root holds several (the hub's
+                                      # 1.0.0/ 2.0.0/ 3.0.0/); null: data.root must hold at most one
 
     def check(self, p):
         super().check(p)
@@ -25,6 +28,8 @@ class TextDataConfig(DataConfig):
                "an integer in [8, 65536]")
         _check(2 <= self.max_target_tokens <= 4096, p + "max_target_tokens", self.max_target_tokens,
                "an integer in [2, 4096]")
+        _check(self.version is None or summaries.VERSION.fullmatch(str(self.version)) is not None, p + "version",
+               self.version, "a version folder's name such as 3.0.0, or null")
         if self.dataset == "aclsum":
             _check(self.root is None, p + "root", self.root, "null for data.dataset 'aclsum' (it ships in a wheel)")
         else:

@@ -19,7 +19,7 @@ from collapse.data.text import TextPairs
 
 # What decides the pretrained weights beside the core's task, model and train: the pretraining settings,
 # and the data set whose training split gives the corpus and the tokenizer. Never the study's train.seed.
-PRETRAIN_KEY = ("pretrain", "data.dataset", "data.root", "data.source_field", "data.target_field")
+PRETRAIN_KEY = ("pretrain", "data.dataset", "data.root", "data.version", "data.source_field", "data.target_field")
 # The fields of the study's train section the pretraining run keeps: how it runs, not what it learns
 # (threads, ZeRO stage, checkpoint interval) and its precision.
 KEPT_TRAIN_FIELDS = ("threads", "zero_stage", "checkpoint_every", "bf16")
@@ -73,7 +73,8 @@ def corpus_files(folder: str | None) -> list[Path]:
 def documents(cfg) -> list[str]:
     """The corpus: the training split's source documents, then pretrain.corpus's .txt files in name order."""
     d = cfg.data
-    docs = summaries.documents(d.dataset, "train", d.root, d.source_field, {"train": "train", "test": d.test_split})
+    root = d.root and summaries.version_root(d.root, d.version)
+    docs = summaries.documents(d.dataset, "train", root, d.source_field, {"train": "train", "test": d.test_split})
     docs += [path.read_text(encoding="utf-8", errors="replace") for path in corpus_files(cfg.pretrain.corpus)]
     return [doc for doc in docs if doc.strip()]
 
