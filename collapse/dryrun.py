@@ -17,7 +17,7 @@ from collapse import lease, manifest, preflight, tasks
 from collapse.executors.slurm import sbatch_parameters
 from collapse.executors.slurm_groups import make_groups
 from collapse.tasks.base import Simulation
-from collapse.tasks.gpu_rates import REFERENCE_GPU
+from collapse.tasks import gpu_rates
 
 REPORT_SECONDS = 10.0   # a report stage, whatever the task
 
@@ -71,7 +71,7 @@ def estimate(stages: list, records: list[dict], gpus: dict | None = None) -> dic
         if rate:
             out[s.key] = (rate[0] * units, rate[1], f"{rate[2]} finished {s.kind} stage(s)")
         elif on_gpu is not None:
-            out[s.key] = (on_gpu / gpus[s.key], 1, f"stated rate on {gpus[s.key]} {REFERENCE_GPU}")
+            out[s.key] = (on_gpu / gpus[s.key], 1, gpu_rates.source(gpus[s.key]))   # stated, or rates=FILE's
         elif stated is not None:
             out[s.key] = (stated * units, 1, "default")
         else:   # no finished stage here, and the task states no rate for this kind on a CPU core
@@ -169,7 +169,9 @@ def say_estimate(to_run: list, costs: dict, gpus: dict, cluster, backend: str, s
     say("  from: " + "; ".join(sources) + (" (default: the task's CPU_SECONDS_PER_UNIT, one CPU core)"
                                            if any("default" in x for x in sources) else "")
         + (" (stated: the task's gpu_seconds, collapse/tasks/gpu_rates.py)" if any("stated" in x for x in sources)
-           else ""))
+           else "")
+        + (" (measured: the rates file bench/gpu_check.sh wrote, given as rates=FILE)"
+           if any("measured rate" in x for x in sources) else ""))
     by_kind: dict = {}
     for s in to_run:
         by_kind.setdefault(s.kind, []).append(seconds[s.key])

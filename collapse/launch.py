@@ -16,6 +16,7 @@ from collapse.config import ConfigError, bad
 from collapse.executors import choose_backend, local, slurm, slurm_reachable
 from collapse.grid import load_sweep
 from collapse.run import artifact
+from collapse.tasks import gpu_rates
 from collapse.stages import write_spec
 
 
@@ -76,6 +77,16 @@ def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
     return options, rest
 
 
+def use_rates(argv: list[str]) -> list[str]:
+    """rates=FILE, the GPU rates bench/gpu_check.sh measured: this launch's estimates (dry run, warnings)
+    use them in place of the stated ones (collapse/tasks/gpu_rates.py). The other arguments."""
+    rest = [item for item in argv if not item.startswith("rates=")]
+    for item in argv:
+        if item.startswith("rates="):
+            gpu_rates.use(gpu_rates.load(item.partition("=")[2]))
+    return rest
+
+
 def prepare(argv: list[str]):
     """Everything that can fail on bad input, with nothing written: (sweep, plan, root, backend)."""
     sweep = load_sweep(argv)
@@ -100,7 +111,7 @@ def report_files(root: Path, plan) -> str:
 
 def launch(argv: list[str], out=sys.stdout) -> int:
     try:
-        options, argv = launch_options(argv)
+        options, argv = launch_options(use_rates(argv))
         if options["show"] == "config":
             print(showconfig.show(argv), file=out, end="")
             return 0

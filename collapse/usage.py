@@ -51,6 +51,7 @@ def launch_help() -> str:
               "  seeds=[0,1,2]      replicate every grid point (train.seed)",
               "  dry_run=true       print the plan, the sbatch calls, the estimate and warnings; write nothing",
               "  redo=KIND|PATTERN  rerun those stages although done, and what reads them ('redo=student[lam=0.5*')",
+              "  rates=FILE         estimate GPU stages from the rates bench/gpu_check.sh measured (default: stated)",
               "  show=config        print the composed config (profile, cluster, grid and command-line overrides),",
               "                     each row's keys and the seeds, as YAML; reads no data, runs nothing",
               "", MORE]
