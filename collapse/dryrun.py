@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 
-from collapse import lease, manifest, preflight, tasks
+from collapse import canary, lease, manifest, preflight, tasks
 from collapse.executors.slurm import sbatch_parameters
 from collapse.executors.slurm_groups import make_groups
 from collapse.tasks.base import Simulation
@@ -100,7 +100,7 @@ def state(root, stage, done: set, redo: set) -> str:
     return "redo" if stage.key in redo else "to run"
 
 
-def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = frozenset()) -> None:
+def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = frozenset(), canary: bool = True) -> None:
     """Print the plan, the submissions SLURM would get, and the estimate."""
     def say(line=""):
         print(line, file=out)
@@ -121,7 +121,7 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
     cluster = sweep.base.cluster
     if backend == "slurm" and to_run:
         say()
-        describe_slurm(to_run, cluster, say)
+        describe_slurm(to_run, cluster, say, canary)
     gpus = stage_gpus(to_run, cluster, backend)
     costs = estimate(to_run, manifest.read_all(root) if root.exists() else [], gpus)
     say()
@@ -183,14 +183,25 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def describe_slurm(to_run: list, cluster, say) -> None:
+def describe_slurm(to_run: list, cluster, say, with_canary: bool = True) -> None:
     groups = make_groups(to_run)
     for i, g in enumerate(groups):
         g.job_id = f"<job {i + 1}>"
-    say(f"{len(groups)} sbatch calls (one job array per stage kind and dependency level):")
+    say(f"{len(groups) + with_canary} sbatch calls (one job array per stage kind and dependency level"
+        + (", and the canary first" if with_canary else "") + "):")
+    if with_canary:
+        kind, res = canary.heaviest(sorted({s.kind for s in to_run}), cluster.resources)
+        params = sbatch_parameters(canary.canary_resources(res), "collapse-canary", None)
+        say(f"  <canary> on the {kind} resources, {canary.TIME_MIN} min: "
+            + " ".join(f"--{k.replace('_', '-')}={params[k]}" for k in ("time", "gpus_per_node", "partition")
+                       if k in params)
+            + "; imports, GPUs, data paths, results_root; level 0 and the report wait for it (canary=false: none)")
     for i, g in enumerate(groups):
         res = cluster.resources(g.kind)
-        params = sbatch_parameters(res, f"collapse-{g.kind}", g.dependency(groups))
+        dependency = g.dependency(groups)
+        if with_canary and (g.level == 0 or g.any_outcome):
+            dependency = ",".join(filter(None, [dependency, "afterok:<canary>"]))
+        params = sbatch_parameters(res, f"collapse-{g.kind}", dependency)
         shown = {k: params[k] for k in ("time", "nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node",
                                         "mem", "partition", "account", "qos", "constraint", "dependency")
                  if k in params}

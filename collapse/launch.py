@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from collapse import dryrun, manifest, plan as planning, preflight, showconfig, storage, tasks
+from collapse import dryrun, manifest, plan as planning, preflight, showconfig, snapshot, storage, tasks
 from collapse.config import ConfigError, bad
 from collapse.executors import choose_backend, local, slurm, slurm_reachable
 from collapse.grid import load_sweep
@@ -54,15 +54,15 @@ def reusable(root: Path, stage) -> bool:
 
 
 def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
-    """Pull dry_run=, redo= and show= out of the arguments: ({"dry_run": bool, "redo": str | None,
-    "show": str | None}, the rest)."""
-    options, rest = {"dry_run": False, "redo": None, "show": None}, []
+    """Pull dry_run=, redo=, show= and canary= out of the arguments: ({"dry_run": bool, "redo": str | None,
+    "show": str | None, "canary": bool}, the rest)."""
+    options, rest = {"dry_run": False, "redo": None, "show": None, "canary": True}, []
     for item in argv:
         key, eq, value = item.partition("=")
-        if key == "dry_run" and eq:
+        if key in ("dry_run", "canary") and eq:
             if value.lower() not in ("true", "false"):
-                raise bad("dry_run", value, "true or false")
-            options["dry_run"] = value.lower() == "true"
+                raise bad(key, value, "true or false")
+            options[key] = value.lower() == "true"
         elif key == "redo" and eq:
             if not value.strip() or not value.isprintable():
                 raise bad("redo", value, "a stage kind or a stage name pattern, e.g. redo=student or "
@@ -128,7 +128,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         return 2
     todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
     if options["dry_run"]:
-        dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo)
+        dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo, canary=options["canary"])
         return 0
     if backend == "slurm":   # the same warnings as the dry run's, said before submitting
         costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
@@ -136,10 +136,14 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         for note in preflight.warnings(sweep, todo, root, backend, {k: v[0] for k, v in costs.items()}):
             print(f"warning: {note}", file=sys.stderr, flush=True)
     try:
+        code = snapshot.take(root)
         for stage in todo:
             previous = manifest.read(root, stage.key) if stage.key in redo else None
             write_spec(root, stage, redo_of=previous if previous and previous["status"] == "done" else None)
         record = manifest.write(root, planning.sweep_record(sweep, plan))
+    except snapshot.SnapshotError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:   # disk full, read-only, permission denied: nothing finished is touched
         print(f"error: cannot write to results_root {root}: {e}", file=sys.stderr)
         return 1
@@ -147,9 +151,10 @@ def launch(argv: list[str], out=sys.stdout) -> int:
           f"{len(plan.stages) - len(todo)} already done, {len(todo)} to run on {backend}"
           + (f" ({len(redo)} redone: {options['redo']} and what reads it)" if redo else "")
           + f"; results in {root}", file=out, flush=True)
+    print(f"{code.describe()}: the stages run {code.path}" + older_code(root, plan, todo, code), file=out, flush=True)
     if backend == "local":
         try:
-            result = local.run(todo, root, sweep.base.cluster.max_parallel)
+            result = local.run(todo, root, sweep.base.cluster.max_parallel, code=code)
         except local.Cancelled as e:
             names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
             print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
@@ -160,4 +165,19 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
               f"report: {report_files(root, plan)}", file=out)
         return 1 if failed else 0
-    return slurm.submit(sweep, plan, todo, root, out=out)
+    return slurm.submit(sweep, plan, todo, root, code, out=out, canary=options["canary"])
+
+
+def older_code(root: Path, plan, todo: list, code) -> str:
+    """'; 12 done stages came from older code (3f2a... x 12)': the done stages another snapshot made."""
+    running = {s.key for s in todo}
+    made = {}
+    for stage in plan.stages.values():
+        record = manifest.read(root, stage.key) if stage.key not in running else None
+        if record is not None and record.get("code") != code.hash:
+            made[record.get("code") or "none recorded"] = made.get(record.get("code") or "none recorded", 0) + 1
+    if not made:
+        return ""
+    n = sum(made.values())
+    return (f"; {n} done stage{'s' if n > 1 else ''} came from older code ("
+            + ", ".join(f"{h} x {c}" for h, c in sorted(made.items())) + ")")

@@ -15,19 +15,19 @@ A running stage shows how far it has got (collapse/progress.py): step of steps o
 the items its synth or eval loop has made; its latest test metric; the time to go at its own rate.
 """
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collapse import lease, manifest, progress, stages
+from collapse import canary, lease, manifest, progress, snapshot, stages
 from collapse.executors import slurm_command
-from collapse.executors.slurm_index import SubmissionError, base_id, job_stdout, read_index, squeue_states
+from collapse.executors.slurm_index import ACTIVE, SubmissionError, base_id, job_stdout, read_index, slurm_run, squeue_states
 
 
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED")
+STATUS_RETRY_S = 20.0   # status asks a busy SLURM again for this long, then shows what the manifest says
 RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
 STATES = ("done", "running", "pending", "failed", "missing", "cancelled", "partial")
 
@@ -45,16 +45,18 @@ class Row:
     metric: str = ""    # running: its latest test metric
     to_go: str = ""     # running: the time to go at its own rate so far
     log: str = ""       # its log file (it may not exist yet)
+    code: str = ""      # the code snapshot its record names (collapse/snapshot.py)
 
 
 # ---------------------------------------------------------------- SLURM, one call each
 
 def _slurm(cmd: list[str], timeout: float = 20) -> str | None:
+    """The command's output; None where SLURM is absent, fails, or stays busy for STATUS_RETRY_S."""
     if not slurm_command(cmd[0]):
         return None
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
+        out = slurm_run(cmd, timeout, budget_s=STATUS_RETRY_S)
+    except SubmissionError:
         return None
     return out.stdout if out.returncode == 0 else None
 
@@ -126,8 +128,10 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
     if grid is None:
         keys = list(dict.fromkeys(keys + list(by_key) + list(index["stages"])))
     jobs = {k: index["stages"][k]["job"] for k in keys if k in index["stages"]}
-    queue = squeue_fn(jobs.values())
-    acct = sacct_fn(jobs.values())
+    launch = _latest_launch(index, sweeps, grid)
+    canary_job = (launch.get("canary") or {}).get("job")
+    queue = squeue_fn([*jobs.values(), *filter(None, [canary_job])])
+    acct = sacct_fn([*jobs.values(), *filter(None, [canary_job])])
     leased = set(os.listdir(lease.folder(root))) if lease.folder(root).is_dir() else set()
 
     rows = []
@@ -192,11 +196,51 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
         if holder is not None:
             _show_holder(row, holder, status, q)
         row.log = str(root / rec["log"]) if rec and rec.get("log") else str(stages.log_path(root, row.__dict__))
+        row.code = str(rec.get("code") or "") if rec else ""
         if row.state == "running":
             _show_progress(row, root)
         rows.append(row)
     rows.sort(key=lambda r: (len(stages.KINDS) if r.kind == "?" else stages.kind_rank(r.kind), r.name))
+    if canary_job:
+        rows.insert(0, _canary_row(root, launch, queue, acct))
     return rows, sweeps
+
+
+def _latest_launch(index: dict, sweeps: list[dict], grid: str | None) -> dict:
+    """The newest SLURM launch of the sweeps shown ({} when none)."""
+    keys = {s.get("key") for s in sweeps}
+    mine = [la for la in index.get("launches") or [] if grid is None or la.get("sweep") in keys]
+    return mine[-1] if mine else {}
+
+
+def _canary_row(root: Path, launch: dict, queue: dict, acct: dict) -> Row:
+    """The launch's canary job (collapse/canary.py) as the table's first row: its record, else SLURM's word."""
+    job = launch["canary"]["job"]
+    row = Row(f"canary-{launch['id']}", "canary", "canary", "pending", job, log=str(job_stdout(root, job)))
+    record = canary.read(root, launch["id"])
+    q, a = queue.get(job), _job_info(job, acct)
+    if record is not None:
+        row.state = "done" if record.get("status") == "done" else "failed"
+        row.elapsed = _seconds(record.get("seconds"))
+        row.note = ("checks passed on " + str(record.get("host")) if row.state == "done"
+                    else f"canary failed: {record.get('error')}  (log: {row.log})")
+    elif q is not None and q[0] in RUNNING:
+        row.state, row.elapsed = "running", q[1]
+    elif q is not None and q[0] in ACTIVE:
+        row.note = q[2] if q[2] not in ("None", "(null)") else ""
+    elif a is not None and (a[0] in TERMINAL_BAD or a[0] == "COMPLETED"):
+        row.state, row.elapsed = "failed", a[1]
+        row.note = f"canary failed: job {a[0]} before writing its record: {_last_line(Path(row.log))}  (log: {row.log})"
+    return row
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no output"
+    errors = [line for line in lines if "error" in line.lower()]
+    return ((errors or lines or ["no output"])[-1])[:300]
 
 
 def _show_holder(row: Row, holder, status: str | None, queued) -> None:
@@ -222,9 +266,13 @@ def _show_progress(row: Row, root: Path) -> None:
 
 
 def render(rows: list[Row], root, sweeps: list[dict]) -> str:
-    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    stage_rows = [r for r in rows if r.kind != "canary"]
+    counts = {s: sum(r.state == s for r in stage_rows) for s in STATES}
     names = ", ".join(f"grid {s['name']} ({s['key']})" for s in sweeps) or "no sweep record"
-    head = f"{root}: {names}: {len(rows)} stages: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    head = f"{root}: {names}: {len(stage_rows)} stages: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    head += "".join(f"; canary {r.state}" for r in rows if r.kind == "canary")
+    code = code_summary(root, rows)
+    head += f"\n{code}" if code else ""
     if any(r.progress for r in rows):
         cols = ("name", "kind", "state", "job", "elapsed", "progress", "metric", "to go", "log / reason")
         table = [cols] + [(r.name, r.kind, r.state, r.job, r.elapsed, r.progress, r.metric, r.to_go, r.note)
@@ -235,6 +283,22 @@ def render(rows: list[Row], root, sweeps: list[dict]) -> str:
     widths = [max(len(str(t[i])) for t in table) for i in range(len(cols) - 1)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(t[:-1], widths)) + "  " + str(t[-1]) for t in table]
     return "\n".join([head, ""] + [line.rstrip() for line in lines])
+
+
+def code_summary(root: Path, rows: list[Row]) -> str:
+    """'code: 3f2a9c01d4e5b6a7 (commit 1a2b3c4d5e, dirty) for 14 stages; ...': which snapshot made what."""
+    made: dict[str, int] = {}
+    for row in rows:
+        if row.code:
+            made[row.code] = made.get(row.code, 0) + 1
+    parts = []
+    for digest, n in sorted(made.items(), key=lambda kv: -kv[1]):
+        try:
+            what = snapshot.read(snapshot.code_dir(root) / digest).describe().removeprefix("code ")
+        except (OSError, ValueError, KeyError):
+            what = f"{digest} (snapshot missing)"
+        parts.append(f"{what} for {n} stage{'s' if n > 1 else ''}")
+    return ("code: " + "; ".join(parts) + f"  (snapshots in {snapshot.code_dir(root)})") if parts else ""
 
 
 def record_dead_jobs(root, squeue_fn=squeue, sacct_fn=sacct) -> dict:

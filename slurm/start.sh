@@ -14,6 +14,9 @@
 #                           (default /tmp/collapse-slurm)
 #   COLLAPSE_SLURM_CPUS     CPUs the node advertises (default 8; may exceed
 #                           the real count)
+#   COLLAPSE_SLURM_GPUS     GPUs the node advertises as GRES (default 4):
+#                           placeholders, not devices; jobs asking for GPUs
+#                           schedule as on a site and see no GPU
 #   COLLAPSE_SLURM_TIMEOUT  seconds to wait for the cluster to be ready (60)
 #   COLLAPSE_SLURM_CLUSTER  cluster name (default collapse)
 #   COLLAPSE_SLURM_FORCE_CONF=1  overwrite an /etc/slurm/slurm.conf that this
@@ -24,6 +27,7 @@ T0=$(date +%s.%N)
 
 BASE=${COLLAPSE_SLURM_DIR:-/tmp/collapse-slurm}
 NCPUS=${COLLAPSE_SLURM_CPUS:-8}
+NGPUS=${COLLAPSE_SLURM_GPUS:-4}
 TIMEOUT=${COLLAPSE_SLURM_TIMEOUT:-60}
 CLUSTER=${COLLAPSE_SLURM_CLUSTER:-collapse}
 PARTITION=debug
@@ -37,6 +41,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (starts daemons, writes /etc/slurm)"
 [[ $NCPUS =~ ^[1-9][0-9]*$ ]] || die "COLLAPSE_SLURM_CPUS must be a positive integer, got '$NCPUS'"
+[[ $NGPUS =~ ^[0-9]+$ ]] || die "COLLAPSE_SLURM_GPUS must be an integer >= 0, got '$NGPUS'"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "COLLAPSE_SLURM_TIMEOUT must be a positive integer (seconds), got '$TIMEOUT'"
 
 # ---------------------------------------------------------------- packages
@@ -193,6 +198,8 @@ REALCPUS=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$NODE_LINE")
 [[ -n $REALMEM ]] || REALMEM=$(awk '/MemTotal/{printf "%d", $2/1024}' /proc/meminfo)
 [[ -n $REALCPUS ]] || REALCPUS=$(nproc)
 
+GRES_LINE=""
+(( NGPUS > 0 )) && GRES_LINE="Gres=gpu:$NGPUS"
 cat >"$BASE/etc/slurm.conf" <<EOF
 $MARKER ($BASE/etc/slurm.conf is a copy).
 # Node: $HOST, real CPUs=$REALCPUS RealMemory=$REALMEM; advertises CPUs=$NCPUS.
@@ -232,9 +239,24 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
 JobCompType=jobcomp/none
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPUS RealMemory=$REALMEM State=UNKNOWN
+GresTypes=gpu
+AccountingStorageTRES=gres/gpu
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPUS RealMemory=$REALMEM ${GRES_LINE} State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+
+# Placeholder GPUs: slurmd ignores a gpu GRES without File= ("file-less GPU"), so each one is an empty
+# regular file under $BASE/dev, never a device: jobs asking for GPUs schedule exactly as on a site
+# (SLURM sets CUDA_VISIBLE_DEVICES) and find no GPU there, which is what the canary must catch.
+mkdir -p "$BASE/dev"
+{
+    echo "$MARKER ($BASE/etc/gres.conf is a copy)."
+    echo "AutoDetect=off"
+    for ((i = 0; i < NGPUS; i++)); do
+        : >"$BASE/dev/gpu$i"
+        echo "NodeName=$HOST Name=gpu File=$BASE/dev/gpu$i"
+    done
+} >"$BASE/etc/gres.conf"
 
 cat >"$BASE/etc/slurmdbd.conf" <<EOF
 $MARKER ($BASE/etc/slurmdbd.conf is a copy).
@@ -265,6 +287,7 @@ if [[ -e $ETC/slurm.conf ]] && ! grep -qF "$MARKER" "$ETC/slurm.conf"; then
     fi
 fi
 install -m 0644 "$BASE/etc/slurm.conf" "$ETC/slurm.conf"
+install -m 0644 "$BASE/etc/gres.conf" "$ETC/gres.conf"
 install -m 0600 "$BASE/etc/slurmdbd.conf" "$ETC/slurmdbd.conf"
 
 # ---------------------------------------------------------------- slurmdbd
@@ -297,5 +320,5 @@ node_idle() {
 wait_for "$TIMEOUT" "node $HOST to be idle" node_idle
 wait_for "$TIMEOUT" "sacct to answer" timeout 5 sacct -n -X -S now-1hour
 
-log "cluster $CLUSTER up: node $HOST ($NCPUS CPUs), partition $PARTITION, base dir $BASE"
+log "cluster $CLUSTER up: node $HOST ($NCPUS CPUs, $NGPUS placeholder GPUs), partition $PARTITION, base dir $BASE"
 echo "collapse-slurm: ready in $(elapsed) s"

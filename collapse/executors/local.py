@@ -37,6 +37,7 @@ from tqdm import tqdm
 from collapse import lease, manifest
 from collapse.cancel import record_cancelled
 from collapse.config import REPO
+from collapse.snapshot import CHANGED_EXIT, Snapshot, job_env
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path
 
 
@@ -64,10 +65,12 @@ class Cancelled(Exception):
         super().__init__(f"{signal.Signals(signum).name}: stopped {len(stopped)} running stages")
 
 
-def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
+def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Snapshot | None = None) -> dict:
     """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}.
 
-    Raises Cancelled on SIGINT or SIGTERM (when run in the main thread), with no stage process left."""
+    Each stage process imports the project from `code` (a launch's snapshot, checked before it is
+    imported); without one, from this checkout. Raises Cancelled on SIGINT or SIGTERM (when run in the
+    main thread), with no stage process left."""
     root = Path(root)
     cores = available_cores()
     max_parallel = max_parallel or cores
@@ -132,7 +135,7 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2) -> dict:
                     finished(key, stage, "done", f"done {stage.name} meanwhile, by another runner")
                     continue
                 try:
-                    running[key] = (stage, _start(root, stage, threads))
+                    running[key] = (stage, _start(root, stage, threads, code))
                 except OSError as e:   # its log cannot be opened (disk full, read-only)
                     result[key] = "failed"
                     bar.update()
@@ -267,17 +270,22 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _start(root: Path, stage, share: int) -> subprocess.Popen:
+def _start(root: Path, stage, share: int, code: Snapshot | None) -> subprocess.Popen:
     log = log_path(root, stage.spec())
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = str(stage.config["train"]["threads"] or share)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local"}
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)  # each stage forms its own process group
+    args = [str(root), stage.key]
+    if code is None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        cmd, cwd = [sys.executable, "-m", "collapse.run", *args], REPO
+    else:
+        env = job_env(code, env)
+        cmd, cwd = code.run_command(sys.executable, "collapse.run", args), code.path
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "collapse.run", str(root), stage.key],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
                                 preexec_fn=_dies_with_launch(os.getpid()))
 
 
@@ -310,9 +318,15 @@ def _finish(root: Path, stage, returncode: int) -> str:
     # The process died without recording its end (killed, out of memory): record it.
     try:
         manifest.write(root, {**(record or {}), "kind": stage.kind, "key": stage.key, "name": stage.name,
-                              "status": "failed", "error": f"process exited with code {returncode}",
+                              "status": "failed", "error": _exit_error(returncode),
                               "log": str(log_path(root, stage.spec()).relative_to(root)), "ended": manifest.now()})
     except OSError as e:   # disk full or read-only: say so, and let the other branches go on
         print(f"error: stage {stage.name} ({stage.key}) exited with code {returncode} and its failure "
               f"could not be recorded: {e}", file=sys.stderr, flush=True)
     return "failed"
+
+
+def _exit_error(returncode: int) -> str:
+    if returncode == CHANGED_EXIT:
+        return "its code snapshot changed since the launch (the log says how): not run; relaunch to take a new one"
+    return f"process exited with code {returncode}"

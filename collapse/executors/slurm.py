@@ -21,23 +21,36 @@ from pathlib import Path
 
 import submitit
 
-from collapse import lease, stages
+from collapse import canary, lease, stages
 from collapse.executors.slurm_groups import make_groups
-from collapse.executors.slurm_index import (SubmissionError, base_id, cancel, is_active, locked, read_index,
-                                            squeue_states, submitit_folder, write_index)
+from collapse.executors.slurm_index import (SubmissionError, TransientSlurmError, base_id, cancel, is_active, locked,
+                                            read_index, squeue_states, submitit_folder, transient, with_retries,
+                                            write_index)
 from collapse.executors.slurm_job import StageJob   # queued jobs pickled before slurm_job.py name slurm.StageJob
-from collapse.plan import sweep_record
+from collapse.plan import path_fields, sweep_record
+from collapse.snapshot import CHANGED_EXIT, Snapshot, job_env
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def sbatch_parameters(res, job_name: str, dependency: str | None) -> dict:
+def code_setup(code: Snapshot | None) -> list[str]:
+    """The job script's first lines: check the launch's code snapshot, then import only from it (and run
+    there: the job's working directory is first on sys.path). No snapshot (a test's direct submit): this
+    checkout."""
+    if code is None:
+        return [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    rest = job_env(code, dict(os.environ))["PYTHONPATH"]
+    return [" ".join(shlex.quote(a) for a in code.verify_command(sys.executable)) + f" || exit {CHANGED_EXIT}",
+            f"cd {shlex.quote(str(code.path))}", f"export PYTHONPATH={shlex.quote(rest)}"]
+
+
+def sbatch_parameters(res, job_name: str, dependency: str | None, code: Snapshot | None = None) -> dict:
     """submitit SlurmExecutor parameters for one group from its SlurmResources."""
     tasks = res.tasks_per_node or max(1, res.gpus_per_node)
     params = {"job_name": job_name, "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": tasks,
               "cpus_per_task": res.cpus_per_task, "signal_delay_s": res.signal_delay_s,
               "array_parallelism": res.array_parallelism, "stderr_to_stdout": True,
-              "setup": [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
+              "setup": [*code_setup(code),
                         f"export OMP_NUM_THREADS={res.cpus_per_task} MKL_NUM_THREADS={res.cpus_per_task}",
                         "unset RANK LOCAL_RANK WORLD_SIZE MASTER_ADDR MASTER_PORT", *res.setup]}
     for name in ("partition", "account", "qos", "constraint"):
@@ -49,17 +62,34 @@ def sbatch_parameters(res, job_name: str, dependency: str | None) -> dict:
         params["mem"] = f"{max(1, round(res.mem_gb * 1024))}M"
     extra = {str(k).lstrip("-").replace("_", "-"): v for k, v in res.sbatch.items() if v is not False}
     extra["kill-on-invalid-dep"] = "yes"
+    if code is not None:
+        extra["chdir"] = str(code.path)
     params["additional_parameters"] = extra
     if dependency:
         params["dependency"] = dependency
     return params
 
 
-def _executor(root, res, job_name: str, dependency: str | None, max_requeues: int = 3):
+def _executor(root, res, job_name: str, dependency: str | None, code: Snapshot | None = None, max_requeues: int = 3):
     ex = submitit.SlurmExecutor(folder=submitit_folder(root), max_num_timeout=max_requeues)
     ex._throttling = 0    # one sbatch per group: nothing to throttle
-    ex.update_parameters(**sbatch_parameters(res, job_name, dependency))
+    ex.update_parameters(**sbatch_parameters(res, job_name, dependency, code))
     return ex
+
+
+def sbatch(root, res, job_name: str, dependency: str | None, code: Snapshot | None, calls: list) -> list:
+    """One sbatch of the callables `calls` (a job array when several), retried while slurmctld is busy."""
+    def attempt():
+        ex = _executor(root, res, job_name, dependency, code)
+        try:
+            with ex.batch():
+                jobs = [ex.submit(c) for c in calls]
+        except Exception as e:
+            if transient(str(e)):
+                raise TransientSlurmError(_sbatch_error(e)) from None
+            raise
+        return jobs
+    return with_retries(attempt, f"sbatch of {job_name}")
 
 
 def _sbatch_error(e: BaseException) -> str:
@@ -70,8 +100,9 @@ def _sbatch_error(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- submit
 
-def submit(sweep, plan, todo: list, root, out=sys.stdout) -> int:
-    """Submit the not-done stages `todo` of `plan` and a report job; return at once (0: submitted)."""
+def submit(sweep, plan, todo: list, root, code: Snapshot | None = None, out=sys.stdout, canary: bool = True) -> int:
+    """Submit the not-done stages `todo` of `plan` and a report job, their jobs importing `code`, the first
+    level after a canary job (unless canary=False); return at once (0: submitted)."""
     root = Path(root)
     cluster = sweep.base.cluster
     sweep_key = sweep_record(sweep, plan)["key"]
@@ -86,7 +117,7 @@ def submit(sweep, plan, todo: list, root, out=sys.stdout) -> int:
     started = time.monotonic()
     try:
         with locked(root):
-            return _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, started)
+            return _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, started, code, canary)
     except SubmissionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -105,7 +136,7 @@ def _held_by_leases(todo: list, root, running: dict) -> dict:
     return local
 
 
-def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, started) -> int:
+def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, started, code, use_canary) -> int:
     index = read_index(root)
     entries = {s.key: index["stages"][s.key] for s in todo if s.key in index["stages"]}
     known = {k: e["job"] for k, e in entries.items()}
@@ -118,7 +149,7 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
     launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     launch = {"id": launch_id, "sweep": sweep_key, "grid": sweep.grid, "user": getpass.getuser(),
               "submitted": round(time.time(), 3), "arrays": [], "skipped": sorted(running),
-              "held_locally": sorted(blocked)}
+              "held_locally": sorted(blocked), "code": code.hash if code else None}
     if blocked:
         names = "; ".join(f"{s.name} ({s.key}) held by {local[s.key]}" for s in todo if s.key in local)
         say(f"not submitted: {len(local)} stage{'s' if len(local) > 1 else ''} running under a local launch, which "
@@ -143,16 +174,23 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
     submitted: list[str] = []
     sbatch_calls = 0
     current = None
+    canary_job = None
     try:
+        if use_canary:
+            canary_job, kind = _submit_canary(sweep, fresh, root, cluster, launch_id, code)
+            sbatch_calls += 1
+            submitted.append(canary_job)
+            launch["canary"] = {"job": canary_job, "kind": kind,
+                                "record": str(canary.record_path(root, launch_id).relative_to(root))}
         for current in groups:
             res = cluster.resources(current.kind)
             dependency = current.dependency(groups)
+            if canary_job and (current.level == 0 or current.any_outcome):
+                dependency = ",".join(filter(None, [dependency, f"afterok:{canary_job}"]))
             job_name = f"{sweep.grid}.{current.kind}"
-            ex = _executor(root, res, job_name, dependency)
-            with ex.batch():
-                jobs = [ex.submit(StageJob(str(root), s.key, s.name,
-                                           str(stages.log_path(root, s.spec()).relative_to(root))))
-                        for s in current.stages]
+            jobs = sbatch(root, res, job_name, dependency, code,
+                          [StageJob(str(root), s.key, s.name, str(stages.log_path(root, s.spec()).relative_to(root)))
+                           for s in current.stages])
             sbatch_calls += 1
             current.job_id = base_id(jobs[0].job_id)
             submitted.append(current.job_id)
@@ -179,8 +217,11 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
             write_index(root, index)
         if not isinstance(e, Exception):
             raise
-        n = len(current.stages)
-        what = f"the {current.kind} group (level {current.level}, {n} stage{'s' if n > 1 else ''})"
+        if current is None:
+            what = "the canary job"
+        else:
+            n = len(current.stages)
+            what = f"the {current.kind} group (level {current.level}, {n} stage{'s' if n > 1 else ''})"
         if cancel_error:
             raise SubmissionError(
                 f"sbatch rejected {what}: {_sbatch_error(e)}; cancelling the {len(submitted)} jobs this launch had "
@@ -194,9 +235,12 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
 
     say(f"submitted {len(fresh)} stages of sweep {sweep_key}: {len(groups)} job arrays (one per level and "
         f"stage kind), {sbatch_calls} sbatch calls in {time.monotonic() - started:.1f}s:")
-    for g in groups:
+    if canary_job:
+        say(f"  canary    {launch['canary']['kind']:<10} job   {canary_job:<8}    1 check   on the {launch['canary']['kind']} "
+            f"resources; level 0 and the report wait for it (canary=false: none)")
+    for g, array in zip(groups, launch["arrays"]):
         what = "array" if len(g.stages) > 1 else "job  "
-        dep = g.dependency(groups) or "-"
+        dep = array["dependency"] or "-"
         say(f"  level {g.level}  {g.kind:<10} {what} {g.job_id:<8} {len(g.stages):>4} stage"
             f"{'s' if len(g.stages) > 1 else ' '}  after {dep}")
     if running:
@@ -205,3 +249,12 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
     say(f"stage logs: {root / 'logs'}/<kind>-<key>.log; job output: {submitit_folder(root)}")
     say(f"watch: {watch}")
     return 0
+
+
+def _submit_canary(sweep, fresh: list, root: Path, cluster, launch_id: str, code) -> tuple[str, str]:
+    """Submit the launch's canary on the heaviest kind's resources: (its job id, that kind)."""
+    kind, res = canary.heaviest(sorted({s.kind for s in fresh}), cluster.resources)
+    job = canary.Canary(str(root), launch_id, res.gpus_per_node, canary.sweep_paths(fresh, path_fields),
+                        sorted({s.config["task"] for s in fresh}))
+    jobs = sbatch(root, canary.canary_resources(res), f"{sweep.grid}.canary", None, code, [job])
+    return base_id(jobs[0].job_id), kind

@@ -8,6 +8,7 @@ No torch and no submitit here: status and cancel read the index through this mod
 """
 import contextlib
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,41 @@ LAUNCH_LEASE = "launch"   # <results_root>/leases/launch.json while a launch sub
 
 class SubmissionError(RuntimeError):
     pass
+
+
+class TransientSlurmError(RuntimeError):
+    """SLURM said it is busy or restarting: worth asking again (with_retries)."""
+
+
+# What SLURM's commands print while slurmctld is busy, restarting or failing over.
+TRANSIENT = ("socket timed out", "unable to contact slurm controller", "resource temporarily unavailable",
+             "unexpected message received", "slurm_receive_msg", "connection refused", "zero bytes were transmitted",
+             "slurmctld is busy", "try again later")
+RETRY_ENV = "COLLAPSE_SLURM_RETRY_S"   # how long to keep asking a busy SLURM (default RETRY_S)
+RETRY_S = 300.0
+
+
+def transient(text: str) -> bool:
+    return any(t in text.lower() for t in TRANSIENT)
+
+
+def with_retries(attempt, what: str, budget_s: float | None = None):
+    """attempt() until it returns, again after 1, 2, 4 ... 30 s while it raises TransientSlurmError, for at
+    most budget_s ($COLLAPSE_SLURM_RETRY_S, else RETRY_S) seconds; then one line (SubmissionError)."""
+    budget = float(os.environ.get(RETRY_ENV) or RETRY_S) if budget_s is None else budget_s
+    start, delay, tries = time.monotonic(), 1.0, 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except TransientSlurmError as e:
+            waited = time.monotonic() - start
+            if waited + delay > budget:
+                raise SubmissionError(f"{what}: SLURM answered '{e}' {tries} time{'s' if tries > 1 else ''} over "
+                                      f"{waited:.0f}s (slurmctld busy or down; {RETRY_ENV} sets how long to "
+                                      f"keep asking)") from None
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
 
 
 # ---------------------------------------------------------------- <root>/slurm/
@@ -90,13 +126,21 @@ def locked(root, timeout_s: float = LOCK_TIMEOUT_S):
 
 # ---------------------------------------------------------------- the queue
 
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+def _run_once(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SubmissionError(f"`{' '.join(cmd[:3])} ...` did not answer in {timeout:.0f}s") from None
+        raise TransientSlurmError(f"`{' '.join(cmd[:3])} ...` did not answer in {timeout:.0f}s") from None
     except OSError as e:
         raise SubmissionError(f"cannot run {cmd[0]}: {e}") from None
+    if out.returncode != 0 and transient(out.stderr + out.stdout):
+        raise TransientSlurmError((out.stderr.strip() or out.stdout.strip()).splitlines()[-1])
+    return out
+
+
+def slurm_run(cmd: list[str], timeout: float = 30, budget_s: float | None = None) -> subprocess.CompletedProcess:
+    """Run a SLURM command (squeue, sacct, scancel), asking again while SLURM is busy (with_retries)."""
+    return with_retries(lambda: _run_once(cmd, timeout), cmd[0], budget_s)
 
 
 def base_id(job_id: str) -> str:
@@ -111,7 +155,7 @@ def squeue_states(job_ids) -> dict[str, tuple]:
     bases = sorted({base_id(j) for j in job_ids if j}, key=int)
     if not bases:
         return {}
-    out = _run(["squeue", "-h", "-r", "-j", ",".join(bases), "-o", "%i|%T|%M|%r|%j"])
+    out = slurm_run(["squeue", "-h", "-r", "-j", ",".join(bases), "-o", "%i|%T|%M|%r|%j"])
     if out.returncode != 0:
         if "Invalid job id" in out.stderr:     # none of them is known any more
             return {}
@@ -135,7 +179,7 @@ def scancel(ids: list[str]) -> str | None:
     if not ids:
         return None
     try:
-        out = _run(["scancel", *ids])
+        out = slurm_run(["scancel", *ids])
     except SubmissionError as e:
         return str(e)
     return None if out.returncode == 0 else (out.stderr.strip() or f"scancel exited {out.returncode}")
