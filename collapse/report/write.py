@@ -8,12 +8,15 @@ table (collapse/report/tables.py: rows against M1 and the paper, collapse/report
 (collapse/report/chains.py); a sweep of any other plan (a simulation's) is the task's alone.
 Last, every stage record as one table: results.csv (.parquet).
 """
+import inspect
 from pathlib import Path
 
 from collapse import manifest, tasks
 from collapse.report import chains
+from collapse.report.metric import parse, with_metric
 from collapse.report.plots import plot_coefficients, plot_curves, plot_samples
 from collapse.report.rows import sweep_rows, warn_malformed, well_formed
+from collapse.report.scorecard import write_scorecard
 from collapse.stages import latest_sweeps
 from collapse.report.tables import write_tables
 from collapse.results import write_table
@@ -21,9 +24,13 @@ from collapse.results import write_table
 ONE_GENERATION = (None, "one_generation")   # plan shapes of the generic table
 
 
-def write_reports(root) -> list[Path]:
+def write_reports(root, metric: str | None = None) -> list[Path]:
+    """Every grid's report; with `metric` (report.metric, collapse/report/metric.py) each one-generation
+    grid's generic table, figures and scorecard on that metric, as <grid>.metric=<tag>.*, and nothing else."""
     root = Path(root)
     records = manifest.read_all(root)
+    if metric is not None:
+        return on_metric(root, records, parse(metric))
     by_key = {r["key"]: r for r in records}
     out = root / "report"
     written = []
@@ -55,6 +62,27 @@ def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], tas
                             plot_samples(name, rows, ref, root, out),
                             plot_curves(name, sweep, by_key, ref["columns"], out)) if p]
     return written + task.write_report(name, sweep, by_key, rows, ref, root, out)
+
+
+def on_metric(root: Path, records: list[dict], metric) -> list[Path]:
+    records = with_metric(records, metric)
+    by_key = {r["key"]: r for r in records}
+    sweeps = sorted((r for r in records if r.get("kind") == "sweep" and r.get("status") == "done" and well_formed(r)),
+                    key=lambda r: r.get("ended", 0))
+    written = []
+    for name, sweep in sorted(latest_sweeps(records).items()):
+        if not well_formed(sweep) or chains.handles(sweep) or sweep["config"].get("plan") not in ONE_GENERATION:
+            continue
+        task = task_of(sweep)
+        primary = (metric.spec, metric.spec, task.PRIMARY[2])
+        rows, ref = sweep_rows(sweep, by_key, sweeps, primary, task.REPORT_COLUMNS)
+        named = f"{name}.metric={metric.tag}"
+        written += write_tables(named, rows, ref, root / "report", f" (report.metric = {metric.spec})", None)
+        written += [p for p in (plot_coefficients(named, rows, ref, root / "report"),) if p]
+        claims = getattr(inspect.getmodule(task.write_report), "CLAIMS", None)   # beside the task's report part
+        if claims is not None:
+            written += write_scorecard(named, ref["task"], claims, rows, ref, root / "report")
+    return written
 
 
 def task_of(sweep: dict):

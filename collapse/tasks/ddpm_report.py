@@ -15,6 +15,7 @@ from collapse.report import stats
 from collapse.report.na import NA, NO_EVAL, NO_M0, NOT_FINITE, Footnotes, finite
 from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, read_image, save_figure
+from collapse.report.scorecard import Claim, Claims, Part, pct, write_scorecard
 from collapse.report.tables import md_table, optional, write_csv, write_text
 
 PRIMARY = ("fid", "FID", "lower")   # the metric of the generic table, its label, which way is better
@@ -24,6 +25,33 @@ REPORT_COLUMNS = {"distill.lam": "lambda", "distill.encoder_mse": "encoder_mse"}
 DATASETS = {"mnist": "MNIST 32x32, the offline stand-in for CelebA 64x64",
             "celeba": "CelebA 64x64 (aligned, centre-cropped)"}
 METRICS = (("test_loss", "L_M(Test)"), ("fid", "FID"), ("kid", "KID"))
+
+# Table 2's claims (collapse/report/scorecard.py), on FID (the table's metric) one seed's rows at a time.
+DISTILLED = {"l1": 1.0, "l075": 0.75, "l05": 0.5, "l025": 0.25}
+GAP_TOLERANCE = 25.0   # percentage points around the paper's 68.8%
+
+
+def distilled(v) -> list[float]:
+    """The lam rows a seed has (not "+ MSE"); at least lam 0.5."""
+    v["l05"]   # noqa: B018 -- a KeyError names the row missing
+    return [v[k] for k in DISTILLED if k in v]
+
+
+CLAIMS = Claims(
+    rows={"M1": {"lam": 0.0, "encoder_mse": 0.0}, "l05mse": {"lam": 0.5, "encoder_mse": 0.5},
+          **{k: {"lam": lam, "encoder_mse": 0.0} for k, lam in DISTILLED.items()}},
+    claims=(
+        Claim("T2.1", "every distilled row's FID is below M1's",
+              (Part("the worst distilled row's FID vs M1, % of M1", lambda v: pct(max(distilled(v)), v["M1"]), "<"),)),
+        Claim("T2.2", "lambda = 0.5 has the best FID",
+              (Part("lambda 0.5 vs the best other lambda row, %",
+                    lambda v: pct(v["l05"], min(x for k, x in v.items() if k in DISTILLED and k != "l05")), "<"),)),
+        Claim("T2.3", f"lambda = 0.5 closes the paper's share of the M1-M0 FID gap (68.8%), +- {GAP_TOLERANCE:g} points",
+              (Part("gap closed at lambda 0.5, %", lambda v: 100 * (v["M1"] - v["l05"]) / (v["M1"] - v["M0"]), "near",
+                    tolerance=GAP_TOLERANCE),)),
+        Claim("T2.4", '"+ MSE" is no better than lambda = 0.5',
+              (Part("lambda 0.5 + MSE vs lambda 0.5, %", lambda v: pct(v["l05mse"], v["l05"]), ">"),)),
+    ))
 
 
 def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
@@ -205,7 +233,7 @@ def synth_line(sweep: dict, by_key: dict) -> str | None:
 
 def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path,
                  out: Path) -> list[Path]:
-    """Table 2 (<name>_table2.{csv,md}) and Figure 5 (<name>_figure5.png)."""
+    """Table 2 (<name>_table2.{csv,md}), Figure 5 (<name>_figure5.png) and the claims (<name>_scorecard.*)."""
     header, cells, parts = table2(rows, ref)
     verdict = verdict_line(*parts["collapse"], parts["m1"].get("fid"), parts["m0"].get("fid"))
     notes = Footnotes()
@@ -232,6 +260,7 @@ def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
     written = [write_csv(out / f"{name}_table2.csv", header, cells),
                write_text(out / f"{name}_table2.md", md)]
     figure = plot_figure5(name, sweep, by_key, parts, root, out)
+    written += write_scorecard(name, ref["task"], CLAIMS, rows, ref, out)
     return written + ([figure] if figure else [])
 
 

@@ -17,6 +17,7 @@ from collapse.report import stats
 from collapse.report.na import NA, NO_EVAL, Footnotes, finite
 from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, save_figure
+from collapse.report.scorecard import Claim, Claims, Part, write_scorecard
 from collapse.report.tables import fmt, md_table, write_csv, write_text
 
 PRIMARY = ("rouge1", "ROUGE-1 %", "higher")   # the metric of the generic table, its label, which way is better
@@ -25,6 +26,34 @@ REPORT_COLUMNS = {"distill.lam": "lambda"}   # coefficient -> column of the gene
 METRICS = (("rouge1", "ROUGE-1 %"), ("rouge2", "ROUGE-2 %"), ("rougeL", "ROUGE-L %"), ("ppl_mean", "mean perplexity"))
 LAM = "distill.lam"
 NO_T5_INTERVAL = "one seed, and its eval carries no bootstrap interval over articles for this metric"
+
+# Table 3's claims (collapse/report/scorecard.py), ROUGE-1 in points, one seed's rows at a time. The paper
+# calls lam 0.25's perplexity, the highest, its best: a broader distribution of tokens (its section 5).
+LAMS = {"M1": 0.0, "l025": 0.25, "l05": 0.5, "l2": 2.0, "l5": 5.0, "l10": 10.0}
+
+
+def above_m1(row: str, lam: str) -> Part:
+    return Part(f"ROUGE-1, lambda {lam} - M1, points", lambda v: v[row] - v["M1"], ">")
+
+
+def others(v, row: str) -> list[float]:
+    v[row]   # noqa: B018 -- a KeyError names the row missing
+    return [x for k, x in v.items() if k not in ("M0", "M1", row)]
+
+
+CLAIMS = Claims(
+    rows={k: {"lam": lam} for k, lam in LAMS.items()},
+    claims=(
+        Claim("T3.1", "lambda 0.5, 2.0 and 5.0 are above M1 on ROUGE-1",
+              (above_m1("l05", "0.5"), above_m1("l2", "2"), above_m1("l5", "5"))),
+        Claim("T3.2", "lambda 10 is below M1 on ROUGE-1",
+              (Part("ROUGE-1, lambda 10 - M1, points", lambda v: v["l10"] - v["M1"], "<"),)),
+        Claim("T3.3", "lambda 0.25 has the best (highest) mean perplexity of the distilled rows",
+              (Part("mean perplexity, lambda 0.25 - the highest other distilled row",
+                    lambda v: v["l025"] - max(others(v, "l025")), ">", metric="ppl_mean"),)),
+        Claim("T3.4", "every row, M1 included, is below M0 on ROUGE-1",
+              (Part("ROUGE-1, the best row - M0, points", lambda v: max(others(v, "M1") + [v["M1"]]) - v["M0"], "<"),)),
+    ))
 
 
 def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
@@ -236,9 +265,9 @@ def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Pat
 
 def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path,
                  out: Path) -> list[Path]:
-    """Table 3, the ROUGE curves, the perplexity histograms and the examples."""
+    """Table 3, the ROUGE curves, the perplexity histograms, the examples and the claims (<name>_scorecard.*)."""
     entries = models(rows, ref)
     written = write_table3(name, entries, out)
     written += [p for p in (plot_rouge_curves(name, entries, by_key, out), plot_perplexity(name, entries, out),
                             write_examples(name, entries, Path(root), out)) if p]
-    return written
+    return written + write_scorecard(name, ref["task"], CLAIMS, rows, ref, out)

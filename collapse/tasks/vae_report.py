@@ -1,7 +1,11 @@
 """The VAE's part of the report: what the generic report (collapse/report/) asks of the task, its
 primary metric, its coefficient columns and the line saying what one L_M(Test) value is (it follows
-train.reduction). The VAE has no tables or figures beyond the generic ones."""
+train.reduction). Beyond the generic tables and figures, its part is Table 1's claims judged:
+<grid>_scorecard.{md,csv} (collapse/tasks/vae_claims.py)."""
 from pathlib import Path
+
+from collapse.report.scorecard import write_scorecard
+from collapse.tasks.vae_claims import CLAIMS
 
 PRIMARY = ("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
 REPORT_COLUMNS = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}   # coefficient -> column
@@ -35,5 +39,5 @@ def unit_line(sweep: dict, by_key: dict) -> str | None:
 
 
 def write_report(name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path, out: Path) -> list[Path]:
-    """No files of its own: the generic table, coefficient plot, samples and curves are the VAE's report."""
-    return []
+    """Table 1's claims judged (<name>_scorecard.*); the generic table, plots and curves are the rest."""
+    return write_scorecard(name, ref["task"], CLAIMS, rows, ref, out)
