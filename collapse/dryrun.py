@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 
-from collapse import canary, lease, manifest, preflight, tasks
+from collapse import canary, disk, lease, manifest, preflight, tasks
 from collapse.executors.slurm import sbatch_parameters
 from collapse.executors.slurm_groups import make_groups
 from collapse.tasks.base import Simulation
@@ -129,6 +129,8 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
         say_estimate(to_run, costs, gpus, cluster, backend, say)
     else:
         say("estimate: nothing to run")
+    for line in disk.summary(to_run, root):   # what the stages to run will write under results_root, per kind
+        say(line)
     notes = preflight.warnings(sweep, to_run, root, backend, {k: v[0] for k, v in costs.items()})
     say()
     say(f"warnings: {len(notes)}" if notes else "warnings: none")

@@ -92,8 +92,9 @@ def provenance() -> dict:
 
 @functools.cache
 def versions() -> dict:
-    """{"python": "3.11.2", "collapse": "0.1.0", "torch": "2.14.1", ...}: collapse and the packages its
-    install requires (setup.cfg), None for one not installed. From the installed metadata: nothing is imported."""
+    """{"python": "3.11.2", "collapse": "0.1.0", "torch": "2.14.1+cu130", "torch_cuda": "13.0", ...}: collapse and
+    the packages its install requires (setup.cfg), None for one not installed. From the installed metadata: nothing
+    is imported; torch as the process that imported it (the stage runner) reads it, build tag and CUDA build included."""
     out = {"python": platform.python_version()}
     try:
         required = importlib.metadata.requires("collapse") or []
@@ -105,6 +106,9 @@ def versions() -> dict:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    torch = sys.modules.get("torch")   # 2.14.1+cu130 where the wheel's metadata says 2.14.1
+    if torch is not None:
+        out.update(torch=torch.__version__, torch_cuda=torch.version.cuda)   # torch_cuda None: a CPU build
     return out
 
 

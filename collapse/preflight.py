@@ -5,7 +5,8 @@
 * a GPU-sized stage (over GPU_SIZED_S on one GPU by the task's stated rate) that gets no GPU;
 * a stage whose estimate exceeds its time limit (it relies on requeue and resumes from its checkpoints;
   past MAX_REQUEUES requeues submitit gives up), or whose time limit or estimate exceeds the
-  partition's (sinfo).
+  partition's (sinfo);
+* less free space on results_root's filesystem than the stages to run will write (collapse/disk.py).
 
 Torch-free but for local_gpus(): the dry run and the launch call these, status and cancel never do.
 """
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from collapse import tasks
+from collapse import disk, tasks
 from collapse.tasks.gpu_rates import REFERENCE_GPU
 
 GPU_SIZED_S = 600          # on one GPU; on one CPU core such a stage takes days
@@ -107,7 +108,7 @@ def warnings(sweep, to_run: list, root: Path, backend: str, seconds: dict, limit
     notes += _gpu_notes(to_run, cluster, backend)
     if backend == "slurm":
         notes += _time_notes(to_run, cluster, seconds, partition_limits() if limits is None else limits)
-    return notes
+    return notes + disk.warnings(to_run, root)
 
 
 def _gpu_notes(to_run: list, cluster, backend: str) -> list[str]:

@@ -49,9 +49,10 @@ def test_one_row_per_stage_record_with_flat_config_and_metrics(root, stages):
     import platform
     import torch
     assert m1["versions"]["python"] == platform.python_version()
-    assert m1["versions"]["torch"] == torch.__version__.split("+")[0]   # the installed release (no local label)
+    assert m1["versions"]["torch"] == torch.__version__   # as torch says it: its build tag (+cu130) included
+    assert m1["versions"]["torch_cuda"] == torch.version.cuda   # the CUDA it was built for (None: a CPU build)
     assert {"python", "collapse", "torch", "deepspeed", "diffusers", "transformers", "clean-fid", "rouge-score"} \
-        <= set(m1["versions"]) and all(m1["versions"].values())
+        <= set(m1["versions"]) and all(v for k, v in m1["versions"].items() if k != "torch_cuda")
     assert m1["git_dirty"] in (True, False) and m1["cuda"] is None   # a CPU run: no CUDA
     assert row["versions.torch"] == m1["versions"]["torch"] and row["git_dirty"] == m1["git_dirty"]
 
