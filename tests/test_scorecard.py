@@ -79,6 +79,7 @@ def test_one_seed_has_no_verdict_but_a_direction_and_a_missing_row_names_itself(
     f2 = next(c for c in cells if c["claim"] == "F2")
     assert f2["verdict"] == "n/a" and f2["direction"] == "paper's way" and f2["p"] == ""
     assert "one seed: no test over seeds" in md
+    assert "claims with every part on the paper's side: F1, F2, F3, F4, F5, F6, kept lambda 1, kept lambda 0.25," in md
     kept = next(c for c in cells if c["claim"] == "kept lambda 0.75")
     assert kept["ours"] == "n/a" and kept["verdict"] == "n/a" and "no value of row l075" in md
 

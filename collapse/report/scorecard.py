@@ -201,9 +201,11 @@ def summary(entries: list[dict]) -> str:
     verdicts = [claim_verdict([e for e in entries if e["claim"] is c]) for c in claims]
     ways = [e for e in entries if "inside" in e]
     count = {v: sum(1 for x in verdicts if x == v) for v in ("holds", "fails", "within noise")}
+    sided = [c.name for c in claims if all(e.get("inside") for e in entries if e["claim"] is c)]
     return (f"Claims: {count['holds']} of {len(claims)} hold, {count['fails']} fail, {count['within noise']} within "
             f"noise, {len(claims) - sum(count.values())} n/a. Parts on the paper's side: "
-            f"{sum(1 for e in ways if e['inside'])} of {len(ways)} with a value.")
+            f"{sum(1 for e in ways if e['inside'])} of {len(ways)} with a value; claims with every part on the "
+            f"paper's side: {', '.join(sided) or 'none'}.")
 
 
 def spearman_line(seeds: dict, paper: dict) -> str:
