@@ -10,7 +10,6 @@ reads, and writes and removes a file in results_root. If any check fails the job
 every job that waits on it (--kill-on-invalid-dep=yes), and <results_root>/slurm/canary/<launch>.json
 holds the one line that `status` shows. `canary=false` on the launch leaves it out.
 """
-import json
 import os
 import socket
 import time
@@ -18,23 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from collapse import storage
+from collapse.executors.slurm_index import canary_record as record_path
 
 TIME_MIN = 10   # the canary's wall-clock limit: it takes seconds
 
 
 class CanaryFailed(RuntimeError):
     pass
-
-
-def record_path(root, launch: str) -> Path:
-    return Path(root) / "slurm" / "canary" / f"{launch}.json"
-
-
-def read(root, launch: str) -> dict | None:
-    try:
-        return json.loads(record_path(root, launch).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def heaviest(kinds, resources) -> tuple[str, object]:
@@ -96,16 +85,17 @@ class Canary:
             print(f"canary: cannot write its record {record_path(self.root, self.launch)}: {e}", flush=True)
 
     def imports(self) -> str:
-        import deepspeed  # noqa: F401  (what every training stage imports, and its CUDA extensions' checks)
-        import torch
-        from collapse import tasks
-        import collapse.run  # noqa: F401
+        # here, not at the top: the heavy imports are the check, and a failing one must still write the record
+        import deepspeed  # noqa: F401  (heavy: what every training stage imports)
+        import torch  # heavy: the node's torch, its CUDA build
+        from collapse import tasks  # heavy: the sweep's task modules (torch, their libraries)
+        import collapse.run  # noqa: F401  (heavy: the stage runner, torch)
         for name in self.task_names:
             tasks.get(name)
         return f"torch {torch.__version__}, tasks {', '.join(self.task_names)}"
 
     def visible_gpus(self) -> str:
-        import torch
+        import torch  # heavy, and imported by imports() first
         if not self.gpus:
             return "none asked for"
         seen = torch.cuda.device_count() if torch.cuda.is_available() else 0

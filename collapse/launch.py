@@ -7,6 +7,7 @@ are done, and everything downstream of them; `show=config` prints the composed c
 seeds (collapse/showconfig.py) and stops before any data is looked at.
 """
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -159,7 +160,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
             names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
             print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
                   f"recorded cancelled; {len(e.not_started)} not started. Resume from their checkpoints: "
-                  f"python sweeps/launch.py {' '.join(argv)}", file=sys.stderr, flush=True)
+                  f"python sweeps/launch.py {shlex.join(argv)}", file=sys.stderr, flush=True)
             return e.exit_code
         failed = sorted(k for k, v in result.items() if v != "done")
         print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from collapse import storage
+from collapse import snapshot, storage
 from collapse.stages import is_safe_key
 
 VERSION = 1
@@ -84,10 +84,13 @@ def is_done(root, key: str) -> bool:
 def provenance() -> dict:
     """Where and with what a stage ran: host, user, pid, SLURM job, git commit and whether the tree had
     uncommitted changes, the versions of python, collapse and every package it requires, and on a GPU
-    its CUDA and device name."""
+    its CUDA and device name; run from a launch's code snapshot (collapse/snapshot.py), that snapshot, whose
+    commit and dirty flag are the launch's checkout's."""
+    code = snapshot.running()
+    commit, dirty = (code.commit, code.dirty) if code else (git_commit(), git_dirty())
     return {"host": socket.gethostname(), "user": getpass.getuser(), "pid": os.getpid(),
-            "git_commit": git_commit(), "git_dirty": git_dirty(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "versions": versions(), "cuda": cuda()}
+            "git_commit": commit, "git_dirty": dirty, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "code": code.hash if code else None, "versions": versions(), "cuda": cuda()}
 
 
 @functools.cache

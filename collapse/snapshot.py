@@ -35,8 +35,8 @@ class SnapshotError(RuntimeError):
 def tree_hash(base, parts=("collapse", "configs", "sweeps")) -> str:
     """sha256 (16 hex digits) over the relative paths and contents of every file under base/<part>,
     byte caches left out. Standard library only, imported here: the job's check runs this source."""
-    import hashlib
-    import os
+    import hashlib  # torch-free, inside: the job's check runs this function's source alone
+    import os  # torch-free, as above
     digest = hashlib.sha256()
     for part in parts:
         for folder, dirs, files in os.walk(os.path.join(base, part)):

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collapse import canary, lease, manifest, progress, snapshot, stages
+from collapse import lease, manifest, progress, snapshot, stages
 from collapse.executors import slurm_command
-from collapse.executors.slurm_index import ACTIVE, SubmissionError, base_id, job_stdout, read_index, slurm_run, squeue_states
+from collapse.executors.slurm_index import ACTIVE, SubmissionError, base_id, read_canary, job_stdout, read_index, slurm_run, squeue_states
 
 
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -217,7 +217,7 @@ def _canary_row(root: Path, launch: dict, queue: dict, acct: dict) -> Row:
     """The launch's canary job (collapse/canary.py) as the table's first row: its record, else SLURM's word."""
     job = launch["canary"]["job"]
     row = Row(f"canary-{launch['id']}", "canary", "canary", "pending", job, log=str(job_stdout(root, job)))
-    record = canary.read(root, launch["id"])
+    record = read_canary(root, launch["id"])
     q, a = queue.get(job), _job_info(job, acct)
     if record is not None:
         row.state = "done" if record.get("status") == "done" else "failed"

@@ -94,6 +94,19 @@ def write_index(root, index: dict) -> None:
     storage.write_json(index_path(root), index)
 
 
+def canary_record(root, launch: str) -> Path:
+    """What a launch's canary job (collapse/canary.py) found: <root>/slurm/canary/<launch>.json."""
+    return slurm_dir(root) / "canary" / f"{launch}.json"
+
+
+def read_canary(root, launch: str) -> dict | None:
+    try:
+        with open(canary_record(root, launch)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def job_stdout(root, job_id: str) -> Path:
     """The submitit stdout (and stderr) file of task 0 of job `job_id` ('123' or '123_4')."""
     return submitit_folder(root) / f"{job_id}_0_log.out"    # submitit's %j_%t_log.out, %A_%a for arrays
