@@ -133,3 +133,10 @@ def test_bernoulli_d_m0_under_the_per_pixel_reading_shares_the_teacher_and_draws
     assert cfg.synth.binarize and cfg.train.reduction == "pixel"
     images = vae.sample(VAE(hidden=16), 200, torch.Generator().manual_seed(0), cfg)
     assert set(images.unique().tolist()) == {0, 255}
+
+
+@pytest.mark.parametrize("full, nine", [("vae_coeffs_r1", "vae_readings_r1"), ("vae_coeffs_r1_r3", "vae_readings_r1_r3")])
+def test_the_16_row_grids_of_a_reading_contain_its_nine_row_grid_at_seed_0(full, nine):
+    big, small = keys([f"grid={full}"]), keys([f"grid={nine}"])
+    assert len([n for n in big if n.startswith("student")]) == 48
+    assert {n: k for n, k in small.items() if not n.startswith("report")}.items() <= big.items()
