@@ -414,7 +414,10 @@ def test_grid_runs_as_one_array_per_kind_in_dependency_order(grid_run):
     assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [
         (0, "teacher", 1), (1, "synth", 1), (1, "eval", 1), (2, "student", 3), (3, "eval", 3), (4, "report", 1)]
     report_array = launch_["arrays"][-1]   # afterany on every other array: it runs whatever failed
-    assert report_array["dependency"] == "afterany:" + ":".join(a["job"] for a in launch_["arrays"][:-1])
+    canary_job = launch_["canary"]["job"]     # level 0 and the report also wait for the launch's canary
+    assert report_array["dependency"] == ("afterany:" + ":".join(a["job"] for a in launch_["arrays"][:-1])
+                                          + f",afterok:{canary_job}")
+    assert launch_["arrays"][0]["dependency"] == f"afterok:{canary_job}"
     for a in launch_["arrays"]:
         assert a["job"] in first
     job = {k: e["job"] for k, e in index["stages"].items()}
@@ -471,7 +474,7 @@ def test_new_grid_sharing_queued_stages_waits_on_their_jobs(diverging_run):
     assert len(launch_["skipped"]) + done == 5, (launch_["skipped"], done)
     if synth_key in launch_["skipped"]:
         assert launch_["arrays"][0]["dependency"].startswith("afterok:"), launch_
-        assert synth_job in launch_["arrays"][0]["dependency"].split(":"), launch_
+        assert synth_job in re.split("[:,]", launch_["arrays"][0]["dependency"]), launch_
     assert launch_["arrays"][1]["dependency"] == f"aftercorr:{launch_['arrays'][0]['job']}"
     if launch_["skipped"]:
         assert f"already queued or running, not resubmitted: {len(launch_['skipped'])} stages" \
@@ -527,7 +530,7 @@ def test_sbatch_rejection_mid_sweep_cancels_what_was_submitted(cluster, tmp_path
     assert out.returncode == 1, show(out)
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith("error: sbatch rejected the eval group (level 1, 1 stage): ") and "partition" in err, err
-    cancelled = re.search(r"cancelled the 2 jobs this launch had submitted \((\d+), (\d+)\)", err)
+    cancelled = re.search(r"cancelled the 3 jobs this launch had submitted \((\d+), (\d+), (\d+)\)", err)   # canary, teacher, synth
     assert cancelled, err
     rows = wait_done(cancelled.groups(), timeout=30)
     assert all(r["State"] == "CANCELLED" for r in rows.values()), rows
