@@ -81,7 +81,9 @@ def test_one_seed_has_no_verdict_but_a_direction_and_a_missing_row_names_itself(
     assert "one seed: no test over seeds" in md
     assert "claims with every part on the paper's side: F1, F2, F3, F4, F5, F6, kept lambda 1, kept lambda 0.25," in md
     kept = next(c for c in cells if c["claim"] == "kept lambda 0.75")
-    assert kept["ours"] == "n/a" and kept["verdict"] == "n/a" and "no value of row l075" in md
+    assert kept["ours"] == "n/a" and kept["verdict"] == "n/a" and kept["claim verdict"] == "n/a"
+    assert "Not judged, the grid lacks a row they need: kept lambda 0.75, kept gamma 2.\n" in md
+    assert "| kept lambda 0.75 |" not in md and "| kept lambda 0.25 |" in md
 
 
 DDPM = {**paper_table("ddpm", ddpm_report.CLAIMS, ("fid",))}

@@ -24,6 +24,7 @@ Values = Mapping[str, float]   # one seed's value of each named row ("M0", "M1",
 ONE_SEED_TEST = "one seed: no test over seeds (direction says on which side our value lies)"
 SAME_STAT = "every seed gives the same value: no spread, so the t-test is undefined"
 PAPER_M0 = "the paper gives M0's value only in a figure"
+ABSENT = NA("the grid lacks a row this claim needs")   # a csv cell: its claim verdict
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,17 @@ def spearman_line(seeds: dict, paper: dict) -> str:
             f"{rho.statistic:+.2f} (p {rho.pvalue:.2g}); a second figure, the claims above are the measure.")
 
 
+def absent_line(entries: list[dict], cells: list[list]) -> list[str]:
+    """The claims that need a row no seed of the grid has: one line for the markdown, their table rows
+    marked ABSENT (the csv keeps them)."""
+    names = []
+    for e, c in zip(entries, cells):
+        if not e["n"] and isinstance(e["verdict"], NA) and e["verdict"].reason.startswith("no value of row"):
+            c[-1] = ABSENT if all(not x["n"] for x in entries if x["claim"] is e["claim"]) else c[-1]
+            names += [e["claim"].name] if c[-1] is ABSENT and e["claim"].name not in names else []
+    return ["", f"Not judged, the grid lacks a row they need: {', '.join(names)}."] if names else []
+
+
 def write_scorecard(name: str, task: str, claims: Claims, rows: list[dict], ref: dict, out: Path,
                     metric: str | None = None) -> list[Path]:
     """<name>_scorecard.csv and .md: every claim of `claims` judged on the sweep's rows (the report's
@@ -237,5 +249,6 @@ def write_scorecard(name: str, task: str, claims: Claims, rows: list[dict], ref:
           f"Holm p < {ALPHA} on the paper's side / the other; within noise otherwise.", "",
           summary(entries), "", spearman_line(seeds[None] if None in seeds else next(iter(seeds.values())),
                                                paper[None] if None in paper else next(iter(paper.values()))),
-          "", *md_table(header, cells, notes), *notes.lines()]
+          *absent_line(entries, cells), "", *md_table(header, [c for c in cells if c[-1] is not ABSENT], notes),
+          *notes.lines()]
     return [write_csv(out / f"{name}_scorecard.csv", header, cells), write_text(out / f"{name}_scorecard.md", md)]
