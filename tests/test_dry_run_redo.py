@@ -99,7 +99,9 @@ def test_dry_run_on_slurm_submits_nothing_and_shows_the_arrays_a_launch_makes(cl
     dry = launch(*args, "dry_run=true")
     assert queue() == before and not root.exists()
     shown = re.findall(r"<job \d+> (\w+) x(\d+) \(level (\d+)\)", dry.stdout)
-    assert f"{len(shown)} sbatch calls" in dry.stdout and shown[-1][0] == "report", dry.stdout
+    assert f"{len(shown) + 1} sbatch calls" in dry.stdout and shown[-1][0] == "report", dry.stdout   # + the canary
+    assert re.search(r"<canary> on the \w+ resources, 10 min: --time=10;", dry.stdout), dry.stdout
+    assert re.search(r"<job 1> teacher x1 \(level 0\): .*--dependency=afterok:<canary>", dry.stdout), dry.stdout
     assert re.search(r"<job \d+> report x1 \(level \d+\): .*--dependency=afterany:<job 1>:", dry.stdout), dry.stdout
     launch(*args)
     index = json.loads((root / "slurm" / "jobs.json").read_text())
