@@ -110,7 +110,8 @@ def stage_bytes(kind: str, config: dict) -> dict | None:
         return None
     params, item, chunks = got
     data, synth = config.get("data") or {}, config.get("synth") or {}
-    full_train = tasks.get(config["task"]).full_sizes(data)[0] if data else 0
+    task = tasks.get(config["task"])
+    full_train = task.full_sizes(data)[0] if data and hasattr(task, "full_sizes") else 0   # a Simulation has none
     n = (synth.get("size") if kind in ("synth", "synth_shard") else None) or data.get("train_size") or full_train
     shards = synth.get("shards", 1)
     out = {"log": LOG_BYTES}
