@@ -200,9 +200,7 @@ def describe_slurm(to_run: list, cluster, say, with_canary: bool = True) -> None
             + "; imports, GPUs, data paths, results_root; level 0 and the report wait for it (canary=false: none)")
     for i, g in enumerate(groups):
         res = cluster.resources(g.kind)
-        dependency = g.dependency(groups)
-        if with_canary and (g.level == 0 or g.any_outcome):
-            dependency = ",".join(filter(None, [dependency, "afterok:<canary>"]))
+        dependency = g.dependency(groups, "<canary>" if with_canary else None)
         params = sbatch_parameters(res, f"collapse-{g.kind}", dependency)
         shown = {k: params[k] for k in ("time", "nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node",
                                         "mem", "partition", "account", "qos", "constraint", "dependency")

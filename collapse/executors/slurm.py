@@ -184,9 +184,7 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
                                 "record": str(canary.record_path(root, launch_id).relative_to(root))}
         for current in groups:
             res = cluster.resources(current.kind)
-            dependency = current.dependency(groups)
-            if canary_job and (current.level == 0 or current.any_outcome):
-                dependency = ",".join(filter(None, [dependency, f"afterok:{canary_job}"]))
+            dependency = current.dependency(groups, canary_job)
             job_name = f"{sweep.grid}.{current.kind}"
             jobs = sbatch(root, res, job_name, dependency, code,
                           [StageJob(str(root), s.key, s.name, str(stages.log_path(root, s.spec()).relative_to(root)))

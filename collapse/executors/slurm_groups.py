@@ -35,7 +35,14 @@ class Group:
     def task(self, i: int) -> str:
         return self.job_id if len(self.stages) == 1 else f"{self.job_id}_{i}"
 
-    def dependency(self, groups: list) -> str | None:
+    def dependency(self, groups: list, canary: str | None = None) -> str | None:
+        """The --dependency of this group; with the launch's `canary` job, level 0 and the report wait for it."""
+        own = self._dependency(groups)
+        if canary and (self.level == 0 or self.any_outcome):
+            return ",".join(filter(None, [own, f"afterok:{canary}"]))
+        return own
+
+    def _dependency(self, groups: list) -> str | None:
         if self.any_outcome:   # the report: after every other job, whatever their outcome
             ended = [g.job_id for g in groups if g is not self] + sorted(set(self.external))
             return "afterany:" + ":".join(ended) if ended else None
