@@ -287,15 +287,15 @@ def test_a_gpu_request_on_a_node_without_gpus_fails_the_sweep_at_its_canary(clus
     assert str(slurm_index.job_stdout(root, job)) in line, table
 
 
-def stand_in_sbatch(tmp_path: Path, succeed: str) -> Path:
+def stand_in_sbatch(tmp_path: Path, succeed: str, real_args: str = "") -> Path:
     """A folder with an `sbatch` that answers as a busy slurmctld unless `succeed` (a bash test on $n, the
-    call's number) holds, then runs the real sbatch; each call is counted in calls.txt."""
+    call's number) holds, then runs the real sbatch (with `real_args` first); each call is counted in calls.txt."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     real = shutil.which("sbatch")
     (bin_dir / "sbatch").write_text(f"""#!/usr/bin/env bash
 n=$(( $(cat {bin_dir}/calls.txt 2>/dev/null || echo 0) + 1 )); echo $n > {bin_dir}/calls.txt
-if {succeed}; then exec {real} "$@"; fi
+if {succeed}; then exec {real} {real_args} "$@"; fi
 echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
 exit 1
 """)
@@ -320,7 +320,9 @@ def test_sbatch_failing_twice_does_not_fail_the_launch(cluster, tmp_path):
 @pytest.mark.slurm
 def test_sbatch_never_answering_cancels_what_was_submitted_and_records_nothing(cluster, tmp_path):
     copy, root = checkout(tmp_path), tmp_path / "r"
-    bin_dir = stand_in_sbatch(tmp_path, '(( n == 1 ))')           # the canary goes in, then never again
+    # the canary goes in, then never again; it is held, so that it is still queued when the launch cancels it
+    # (a canary takes 4 s: on a fast node it could end before the retries run out)
+    bin_dir = stand_in_sbatch(tmp_path, '(( n == 1 ))', real_args="--hold")
     environ = env(PATH=f"{bin_dir}:{os.environ['PATH']}", COLLAPSE_SLURM_RETRY_S="4")
     started = time.monotonic()
     out = launch(copy, "cluster=slurm", f"results_root={root}", environ=environ)

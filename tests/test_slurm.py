@@ -106,7 +106,8 @@ def ts(value: str) -> datetime:
 
 
 def launch_jobs(launch: dict) -> list[str]:
-    return [a["job"] for a in launch["arrays"]]
+    """The jobs one launch submitted: its arrays and its canary."""
+    return [a["job"] for a in launch["arrays"]] + ([launch["canary"]["job"]] if launch.get("canary") else [])
 
 
 def records(root) -> dict:
