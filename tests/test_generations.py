@@ -257,6 +257,13 @@ def test_tiny_vae_chain_runs_shares_its_prefix_and_relaunches_nothing(tmp_path, 
     evals = {r["deps"]["model"]: r["metrics"]["test_loss"] for r in stage["eval"]}
     assert float(table[1]["L_M(Test)"]) == pytest.approx(evals[g3_prev["key"]], abs=1e-3)
     assert (root / "report" / "chain_tiny_by_generation.png").stat().st_size > 1000
+    sweep = next(r for r in recs.values() if r.get("kind") == "sweep")   # the strip: a row per policy x distill
+    cells = chains.sample_cells(sweep, recs, root)                          # a column per generation, the evals' pictures
+    assert [(label.splitlines()[1], len(row)) for label, row in cells] == [("distilled from teacher", 4),
+                                                                            ("distilled from previous", 4)]
+    pictures = {root / r["artifacts"]["samples"]["path"] for r in stage["eval"]}
+    assert all(c in pictures for _, row in cells for c in row) and cells[0][1][0] == cells[1][1][0]   # M0 shared
+    assert (root / "report" / "chain_tiny_samples_by_generation.pdf").read_bytes().startswith(b"%PDF-")
 
     again = launch("grid=chain_tiny", f"results_root={root}", *tiny)
     assert "14 stages, 14 already done, 0 to run" in again.stdout

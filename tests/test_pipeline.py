@@ -50,6 +50,9 @@ def test_grid_runs_once_skips_on_relaunch_and_reruns_only_a_missing_student(tmp_
     (report,) = by_kind(recs, "report")   # the report is a stage: it read every eval, after the last
     assert sorted(report["deps"].values()) == sorted(e["key"] for e in evals)
     assert "report/vae_smoke3.md" in report["metrics"]["files"] and report["metrics"]["inputs_done"] == 4
+    for png in (root / "report").glob("*.png"):   # a PDF beside every figure, recorded with it (test_figures.py)
+        assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF-"), png
+        assert f"report/{png.stem}.pdf" in report["metrics"]["files"], (png, report["metrics"]["files"])
     assert report["started"] >= max(e["ended"] for e in evals)
 
     teacher_mtime = os.path.getmtime(root / "manifest" / f"{teachers[0]['key']}.json")

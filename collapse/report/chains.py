@@ -2,7 +2,9 @@
 <results_root>/report/: the metric against generation, one panel per data policy (and any other swept
 key), one line per distillation mode, the band spanning the seeds (min to max); a table of the final
 generation with distillation's effect inside each policy (paired by seed, which pairs chains that share
-a teacher), the sentence answering "does distillation still help?", and a long csv of every generation.
+a teacher), the sentence answering "does distillation still help?", a long csv of every generation, and
+a strip of samples across generations (<grid>_samples_by_generation.png: one row per data policy and
+distillation mode, one column per generation, each cell the picture that generation's eval wrote).
 
 The helpers (labels, panels, number format) serve the chains of a simulated task too (its own report).
 """
@@ -10,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from collapse.report.na import NA, ONE_SEED, Footnotes, finite
-from collapse.report.plots import pyplot, save_figure
+from collapse.report.plots import pyplot, read_image, save_figure
 from collapse.report.stats import mean_ci
 from collapse.report.tables import md_table, write_csv, write_text
 
@@ -124,8 +126,10 @@ def _interval(s: dict):
     return NA(ONE_SEED) if s["n"] == 1 else fmt_value(s.get("ci95"))
 
 
-def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple[str, str, str]) -> list[Path]:
-    """The chain sweep's tables and figure; primary: the task's (metric, label, "lower"/"higher")."""
+def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple[str, str, str],
+                 root: Path | None = None) -> list[Path]:
+    """The chain sweep's tables and figures; primary: the task's (metric, label, "lower"/"higher");
+    root: the results root the evals' pictures are under (None: no strip of samples)."""
     metric, metric_label, direction = primary
     groups = chain_runs(sweep, by_key, metric)
     G = max(len(v) for g in groups.values() for v in g["seeds"].values()) - 1
@@ -167,6 +171,8 @@ def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple
         md += ["", "## Does distillation still help?", ""] + [f"- {a}" for a in answers]
     written.append(write_text(out / f"{name}.md", md))
     written.append(plot_chains(name, groups, panels, modes, G, metric_label, out))
+    if root is not None:
+        written += [p for p in (plot_sample_strip(name, sample_cells(sweep, by_key, root), out),) if p]
     return written
 
 
@@ -215,3 +221,49 @@ def plot_chains(name, groups, panels, modes, G, metric_label, out) -> Path:
     fig.suptitle(f"{name}: {metric_label} against generation (line: mean over seeds, band: min-max)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out / f"{name}_by_generation.png")
+
+
+# ---------------------------------------------------------------- samples across generations
+
+def sample_cells(sweep: dict, by_key: dict, root: Path) -> list[tuple[str, list]]:
+    """[(row label, [picture path or None per generation])], one row per (panel, distillation mode),
+    from the lowest seed whose chain has the most pictures; the picture is the eval's `samples` artifact."""
+    rows: dict = {}
+    for p in sorted(sweep["config"]["points"], key=lambda p: str(p["label"].get(SEED, 0))):
+        panel, mode = split_label(p["label"], DISTILL)
+        cells = []
+        for key in p["evals"]:
+            entry = ((by_key.get(key) or {}).get("artifacts") or {}).get("samples") or {}
+            path = Path(root) / entry["path"] if entry.get("path") else None
+            cells.append(path if path is not None and path.is_file() else None)
+        label = f"{title(dict(panel))}\n{'no distillation' if (mode or 'none') == 'none' else f'distilled from {mode}'}"
+        if sum(c is not None for c in cells) > sum(c is not None for c in rows.get(label, [])):
+            rows[label] = cells
+    return list(rows.items())
+
+
+def plot_sample_strip(name: str, cells: list[tuple[str, list]], out: Path) -> Path | None:
+    """The strip: rows as sample_cells gives them, column t generation t (0: the teacher M0)."""
+    if not any(c is not None for _, row in cells for c in row):
+        return None   # a task whose evals write no picture (text), or evals recorded without one
+    plt = pyplot()
+    columns = max(len(row) for _, row in cells)
+    fig, axes = plt.subplots(len(cells), columns, figsize=(1.5 * columns + 1.6, 1.55 * len(cells) + 0.5),
+                             squeeze=False)
+    for r, (label, row) in enumerate(cells):
+        for t in range(columns):
+            ax = axes[r][t]
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if t < len(row) and row[t] is not None:
+                ax.imshow(read_image(row[t]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7, color="0.5")
+            if r == 0:
+                ax.set_title("M0 (gen 0)" if t == 0 else f"gen {t}", fontsize=8)
+            if t == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{name}: samples across generations (one seed; each the picture its eval wrote)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out / f"{name}_samples_by_generation.png")

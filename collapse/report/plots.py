@@ -1,6 +1,7 @@
 """The report's figures of a one-generation grid: the metric against each coefficient (Figures 1-2),
 samples of M1 beside the best distilled student (Figure 3) and the test loss during training; and
-pyplot and save_figure for every other figure of the report. matplotlib loads on the first plot."""
+pyplot and save_figure for every other figure of the report: each figure as a PNG and, beside it, a
+PDF for papers (vector lines and text, TrueType fonts). matplotlib loads on the first plot."""
 from pathlib import Path
 
 from collapse import storage
@@ -17,10 +18,24 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write `fig` to `path` as PNG (atomically) and free it."""
+    """Write `fig` to `path` as PNG and beside it as PDF (each atomically), free it, return the PNG's
+    path (with_pdfs adds the PDFs to a list of written files)."""
+    import matplotlib   # heavy: as above
+    path = Path(path)
     storage.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    with matplotlib.rc_context({"pdf.fonttype": 42}):   # TrueType, not Type 3: what publishers ask for
+        storage.atomic_write(path.with_suffix(".pdf"), lambda tmp: fig.savefig(tmp, format="pdf"))
     pyplot().close(fig)
     return path
+
+
+def with_pdfs(paths: list[Path]) -> list[Path]:
+    """`paths` with the PDF that save_figure wrote beside each PNG, right after it."""
+    out = []
+    for p in map(Path, paths):
+        pdf = p.with_suffix(".pdf")
+        out += [p, pdf] if p.suffix == ".png" and pdf.is_file() else [p]
+    return out
 
 
 def read_image(path: Path):

@@ -1,4 +1,4 @@
-"""Manifest -> tables (csv, md) and plots (png), one set per grid, in <results_root>/report/.
+"""Manifest -> tables (csv, md) and plots (png, and pdf beside each), one set per grid, in <results_root>/report/.
 
 Each sweep's task (collapse.tasks.get) says what the generic report cannot know: its primary metric
 (PRIMARY), its coefficient columns (REPORT_COLUMNS), what its table's heading and unit line say
@@ -14,7 +14,7 @@ from pathlib import Path
 from collapse import manifest, tasks
 from collapse.report import chains
 from collapse.report.metric import parse, with_metric
-from collapse.report.plots import plot_coefficients, plot_curves, plot_samples
+from collapse.report.plots import plot_coefficients, plot_curves, plot_samples, with_pdfs
 from collapse.report.rows import sweep_rows, warn_malformed, well_formed
 from collapse.report.scorecard import write_scorecard
 from collapse.stages import latest_sweeps
@@ -30,7 +30,7 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
     root = Path(root)
     records = manifest.read_all(root)
     if metric is not None:
-        return on_metric(root, records, parse(metric))
+        return with_pdfs(on_metric(root, records, parse(metric)))
     by_key = {r["key"]: r for r in records}
     out = root / "report"
     written = []
@@ -43,13 +43,13 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
         task = task_of(sweep)
         shape = sweep["config"].get("plan")
         if chains.handles(sweep):   # iterative retraining: metric against generation
-            written += chains.write_chains(name, sweep, by_key, out, task.PRIMARY)
+            written += chains.write_chains(name, sweep, by_key, out, task.PRIMARY, root=root)
         elif shape in ONE_GENERATION:
             written += one_generation(name, sweep, by_key, others, task, root, out)
         else:   # a simulation: its report is its own
             written += task.write_report(name, sweep, by_key, [], {}, root, out)
     written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
-    return written
+    return with_pdfs(written)
 
 
 def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], task, root: Path,
