@@ -116,9 +116,14 @@ def split_argv(argv: list[str]) -> tuple[dict, list[str]]:
 
 
 def profile_layer(name: str, task: str) -> dict:
-    """configs/profile/<name>.yaml; for profile=smoke, the task's SMOKE sizes over it (an unknown task
-    is left for the config's own check to name)."""
+    """configs/profile/<name>.yaml, its `tasks: {<task>: ...}` section over the rest (a profile for grids of
+    several tasks: rehearsal); for profile=smoke, the task's SMOKE sizes over it (an unknown task is left
+    for the config's own check to name)."""
     layer = named_yaml("profile", name)
+    per_task = layer.pop("tasks", None) or {}
+    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+        raise bad(f"profile '{name}': tasks", per_task, "a mapping from task names to config sections")
+    layer = merge(layer, per_task.get(task) or {})
     if name == SIZED_BY_TASK and task in tasks.names():
         layer = merge(layer, dotted(tasks.get(task).SMOKE))
     return layer
