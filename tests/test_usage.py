@@ -23,7 +23,7 @@ assert "torch" not in sys.modules, "--help imported torch"
 """
 
 
-@pytest.mark.parametrize("command", ["launch.py", "status.py", "cancel.py", "report.py"])
+@pytest.mark.parametrize("command", ["launch.py", "status.py", "cancel.py", "report.py", "export.py"])
 def test_help_is_complete_and_imports_no_torch(command):
     script = str(REPO / "sweeps" / command)
     out = subprocess.run([sys.executable, "-c", CHECK.format(script=script)], capture_output=True, text=True,
