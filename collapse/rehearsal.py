@@ -31,6 +31,7 @@ PATHS = {"ddpm_lambda_celeba": {"data.root": "celeba"},
 PAPER = {"ddpm": {"steps": 30_000, "train_items": 15_000, "sample_steps": 1000, "eval_items": 5000},
          "t5": {"steps": 20_000, "train_items": 287_113, "sample_steps": 1, "eval_items": 13_368}}
 TRAINING = ("teacher", "student", "generation", "pretrain")
+STAGE_KINDS = (*TRAINING, "synth_shard", "synth", "eval", "report")   # a sweep's own record is not a stage
 
 
 def launch_argv(grid: str, data_dir: Path, root: Path, extra: list[str]) -> list[str]:
@@ -137,22 +138,27 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def items(record: dict) -> tuple[str, int, int] | None:
-    """(unit, this run's count, the paper's count) of what a stage's time scales with."""
+def items(record: dict) -> tuple[str, int, int, float] | None:
+    """(unit, this run's count, the paper's count, the paper's items over this run's: what data scales by) of
+    what a stage's time scales with."""
     task, cfg, metrics = record["config"]["task"], record["config"], record.get("metrics") or {}
     paper = PAPER.get(task)
-    if paper is None:
+    if paper is None or record["kind"] == "report":
         return None
-    sample_steps = cfg["synth"].get("steps") or 1 if task == "ddpm" else 1
+    sample_steps = (cfg["synth"].get("steps") or 1) if task == "ddpm" else 1
     if record["kind"] in TRAINING:
-        return "step", metrics.get("steps") or cfg["train"]["steps"], paper["steps"]
+        return "step", metrics.get("steps") or cfg["train"]["steps"], paper["steps"], 1.0
+    if record["kind"] == "synth" and cfg["synth"]["shards"] > 1:   # the join of the shards: items, no sampling
+        n = metrics.get("n") or 1
+        return "item joined", n, paper["train_items"], paper["train_items"] / n
     if record["kind"] in ("synth_shard", "synth"):
         shards = cfg["synth"]["shards"] if record["kind"] == "synth_shard" else 1
-        n = metrics.get("n") or 0
-        return "item x sampling step", n * sample_steps, paper["train_items"] * paper["sample_steps"] // shards
+        n = metrics.get("n") or 1
+        return ("item x sampling step", n * sample_steps, paper["train_items"] * paper["sample_steps"] // shards,
+                paper["train_items"] / shards / n)
     if record["kind"] == "eval":
-        n = cfg["eval"].get("fid_samples") or cfg["eval"].get("articles") or 0
-        return "item x sampling step", n * sample_steps, paper["eval_items"] * paper["sample_steps"]
+        n = cfg["eval"].get("fid_samples") or cfg["eval"].get("articles") or 1
+        return "item x sampling step", n * sample_steps, paper["eval_items"] * paper["sample_steps"], 1.0
     return None
 
 
@@ -162,7 +168,7 @@ def rows(root: Path) -> list[dict]:
         watched = storage.read_json(root / "rehearsal" / "watch.json")
     out = []
     for r in sorted(manifest.read_all(root), key=lambda r: (r.get("started") or 0)):
-        if r.get("status") not in ("done", "partial", "failed") or "config" not in r:
+        if r.get("status") not in ("done", "partial", "failed") or r.get("kind") not in STAGE_KINDS:
             continue
         measured = r.get("measured") or {}
         mem = watched.get("memory", {}).get(str(r.get("slurm_job_id")), {})
@@ -170,15 +176,13 @@ def rows(root: Path) -> list[dict]:
         wall = (r.get("ended") or 0) - (r.get("started") or 0)
         unit = items(r)
         per = None
-        if measured.get("items_per_s"):
-            per = 1 / measured["items_per_s"]
-        elif r["kind"] in TRAINING:
+        if r["kind"] in TRAINING:   # the steps alone: evaluations, checkpoints and set-up left out
             per = seconds_per_step(watched.get("progress", {}).get(r["key"], {}))
-        elif unit and unit[1]:
-            per = wall / unit[1]            # an upper bound: the stage's load and set-up included
+        if per is None and unit and unit[1]:   # the stage's loop (measured) or its wall time (set-up included)
+            per = (measured.get("seconds") or wall) / unit[1]
         artifacts = {k: v.get("bytes", 0) for k, v in (r.get("artifacts") or {}).items()}
         checkpoints = folder_bytes(stage_dir(root, r["key"]) / "checkpoints")
-        scale = unit[2] / unit[1] if unit and unit[1] else None
+        scale = unit[3] if unit else None
         data_bytes = artifacts.get("data", 0)
         out.append({"name": r["name"], "kind": r["kind"], "status": r["status"], "wall_s": wall, "peak_mib": peak,
                     "asked_mib": asked_mem_mib(r), "weights": artifacts.get("weights", 0), "checkpoints": checkpoints,
