@@ -1,7 +1,10 @@
-"""Every stage record of a results root as one table: collapse.results(results_root) -> pandas DataFrame.
+"""Every stage record of one or more results roots as one table: collapse.results(root, ...) -> DataFrame.
 
-One row per stage record (sweep records left out). Columns: the record's own fields (key, kind,
-name, status, started, ended, seconds, host, git_commit, log, ...), the flattened config
+One row per stage record (sweep records left out), per root: collapse.results("r/a", "r/b") stacks two
+roots, a stage both ran once for each. Columns: the record's own fields (key, kind,
+name, status, started, ended, seconds, host, git_commit, log, ...), `root` (the folder given) and `sweep`
+(the grids whose launches planned the stage, comma-separated: a teacher two grids share names both;
+None for a stage no sweep record lists), the flattened config
 (`config.train.seed`, `config.distill.lam`), the stages it read (`deps.teacher`) and the scalar
 metrics (`metrics.best_test_loss`), then what it ran with (`git_dirty`, `versions.torch`, ...,
 `cuda.device` on a GPU). Lists in the config (e.g. `config.model.block_channels`) are
@@ -18,13 +21,33 @@ FIELDS = ("key", "kind", "name", "status", "started", "ended", "seconds", "host"
           "slurm_job_id", "git_commit", "git_dirty", "log", "error")
 
 
-def results(results_root):
-    """One pandas DataFrame of every stage record under results_root/manifest/."""
+def results(*roots):
+    """One pandas DataFrame of every stage record under <root>/manifest/ of each root, tagged with its
+    root and sweep; sorted by root (in the order given), then start time and key."""
     import pandas as pd   # heavy: pandas only for the table, not to import collapse
     from collapse import manifest   # imports torch (via storage): not at `import collapse`
-    rows = [record_row(r) for r in manifest.read_all(results_root) if r.get("kind") != "sweep"]
-    frame = pd.DataFrame(rows, columns=_columns(rows))
-    return frame.sort_values(["started", "key"], na_position="last", ignore_index=True)
+    if not roots:
+        raise TypeError("results() needs at least one results root")
+    rows = []
+    for order, root in enumerate(roots):
+        records = manifest.read_all(root)
+        grids = sweeps_of(records)
+        for r in records:
+            if r.get("kind") != "sweep":
+                rows.append({**record_row(r), "root": str(root), "sweep": grids.get(r.get("key")), "_order": order})
+    frame = pd.DataFrame(rows, columns=_columns(rows) + ["_order"])
+    frame = frame.sort_values(["_order", "started", "key"], na_position="last", ignore_index=True)
+    return frame.drop(columns="_order")
+
+
+def sweeps_of(records: list[dict]) -> dict:
+    """{stage key: the grids (comma-separated, sorted) whose done sweep records list it}."""
+    grids: dict = {}
+    for r in records:
+        if r.get("kind") == "sweep" and r.get("status") == "done":
+            for key in (r.get("config") or {}).get("stages") or ():
+                grids.setdefault(key, set()).add(str(r.get("name")))
+    return {key: ",".join(sorted(names)) for key, names in grids.items()}
 
 
 def record_row(record: dict) -> dict:
@@ -52,10 +75,10 @@ def _flatten(value, prefix: str, lists: str) -> dict:
 
 
 def _columns(rows: list[dict]) -> list[str]:
-    """The record's fields first, then config.*, deps.*, metrics.*, versions.*, cuda.*, each group sorted."""
+    """The record's fields first, root and sweep, then config.*, deps.*, metrics.*, versions.*, cuda.*, each group sorted."""
     seen = {c for row in rows for c in row}
     groups = [sorted(c for c in seen if c.startswith(p)) for p in ("config.", "deps.", "metrics.", "versions.", "cuda.")]
-    return list(FIELDS) + [c for group in groups for c in group]
+    return list(FIELDS) + ["root", "sweep"] + [c for group in groups for c in group]
 
 
 def write_table(results_root, out: Path) -> list[Path]:
