@@ -196,7 +196,7 @@ def describe_slurm(to_run: list, cluster, say, with_canary: bool = True) -> None
         params = sbatch_parameters(canary.canary_resources(res), "collapse-canary", None)
         say(f"  <canary> on the {kind} resources, {canary.TIME_MIN} min: "
             + " ".join(f"--{k.replace('_', '-')}={params[k]}" for k in ("time", "gpus_per_node", "partition")
-                       if k in params)
+                       if k in params) + mail(params)
             + "; imports, GPUs, data paths, results_root; level 0 and the report wait for it (canary=false: none)")
     for i, g in enumerate(groups):
         res = cluster.resources(g.kind)
@@ -206,4 +206,10 @@ def describe_slurm(to_run: list, cluster, say, with_canary: bool = True) -> None
                                         "mem", "partition", "account", "qos", "constraint", "dependency")
                  if k in params}
         say(f"  <job {i + 1}> {g.kind} x{len(g.stages)} (level {g.level}): "
-            + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in shown.items()))
+            + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in shown.items()) + mail(params))
+
+
+def mail(params: dict) -> str:
+    """' --mail-type=FAIL --mail-user=me@lab.org': the job's mail options (notify=, or cluster.sbatch)."""
+    extra = params.get("additional_parameters") or {}
+    return "".join(f" --{k}={extra[k]}" for k in ("mail-type", "mail-user") if k in extra)

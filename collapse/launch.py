@@ -4,9 +4,12 @@ Every check a user can fail happens before anything is written or submitted. Thr
 launch's own, not the experiment's: `dry_run=true` prints the plan and its estimated cost and
 stops (collapse/dryrun.py); `redo=<stage kind or name pattern>` reruns those stages although they
 are done, and everything downstream of them; `show=config` prints the composed config, its rows and
-seeds (collapse/showconfig.py) and stops before any data is looked at.
+seeds (collapse/showconfig.py) and stops before any data is looked at. `notify=ADDRESS` has SLURM mail
+ADDRESS when a stage's job fails and when the report's job ends (collapse/executors/slurm.py with_mail);
+the local executor sends no mail, and prints the report's digest.txt when it ends, as it does without notify.
 """
 import os
+import re
 import shlex
 import signal
 import sys
@@ -18,7 +21,9 @@ from collapse.executors import choose_backend, local, slurm, slurm_reachable
 from collapse.grid import load_sweep
 from collapse.run import artifact
 from collapse.tasks import gpu_rates
-from collapse.stages import write_spec
+from collapse.stages import RAN_TO_THE_END, write_spec
+
+MAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+(@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?")   # me@lab.org, or a user name
 
 
 def check_results_root(value: str) -> Path:
@@ -55,9 +60,9 @@ def reusable(root: Path, stage) -> bool:
 
 
 def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
-    """Pull dry_run=, redo=, show= and canary= out of the arguments: ({"dry_run": bool, "redo": str | None,
-    "show": str | None, "canary": bool}, the rest)."""
-    options, rest = {"dry_run": False, "redo": None, "show": None, "canary": True}, []
+    """Pull dry_run=, redo=, show=, canary= and notify= out of the arguments: ({"dry_run": bool, "redo": str | None,
+    "show": str | None, "canary": bool, "notify": str | None}, the rest)."""
+    options, rest = {"dry_run": False, "redo": None, "show": None, "canary": True, "notify": None}, []
     for item in argv:
         key, eq, value = item.partition("=")
         if key in ("dry_run", "canary") and eq:
@@ -73,6 +78,11 @@ def launch_options(argv: list[str]) -> tuple[dict, list[str]]:
             if value not in showconfig.SHOWABLE:
                 raise bad("show", value, "one of: " + ", ".join(showconfig.SHOWABLE))
             options["show"] = value
+        elif key == "notify" and eq:
+            if not MAIL_ADDRESS.fullmatch(value):
+                raise bad("notify", value, "one e-mail address (me@lab.org) or a user name on the cluster, "
+                          "for SLURM's --mail-user")
+            options["notify"] = value
         else:
             rest.append(item)
     return options, rest
@@ -110,6 +120,14 @@ def report_files(root: Path, plan) -> str:
     return ", ".join(files) if files else f"none ({record.get('status', 'not run')}: see {root / record.get('log', 'logs')})"
 
 
+def digest(root: Path, plan) -> str:
+    """The report stage's digest.txt (collapse/report/digest.py) when that stage ran to its end, else ''."""
+    stage = next(s for s in plan.stages.values() if s.kind == "report")
+    path = root / "report" / "digest.txt"
+    ran = (manifest.read(root, stage.key) or {}).get("status") in RAN_TO_THE_END
+    return path.read_text(errors="replace") if ran and path.is_file() else ""
+
+
 def launch(argv: list[str], out=sys.stdout) -> int:
     try:
         options, argv = launch_options(use_rates(argv))
@@ -128,6 +146,11 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
+    if options["notify"] and backend == "slurm":   # SLURM mails: a stage's job failed, the report's job ended
+        sweep = slurm.notifying(sweep, options["notify"])
+    elif options["notify"]:
+        print(f"notify={options['notify']}: the local executor sends no mail (SLURM does); it prints the "
+              "report's digest when it ends", file=out, flush=True)
     if options["dry_run"]:
         dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo, canary=options["canary"])
         return 0
@@ -141,7 +164,10 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         for stage in todo:
             previous = manifest.read(root, stage.key) if stage.key in redo else None
             write_spec(root, stage, redo_of=previous if previous and previous["status"] == "done" else None)
-        record = manifest.write(root, planning.sweep_record(sweep, plan))
+        record = planning.sweep_record(sweep, plan)
+        if options["notify"]:   # the digest's relaunch command (collapse/report/digest.py) says it again
+            record["notify"] = options["notify"]
+        record = manifest.write(root, record)
     except snapshot.SnapshotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -165,6 +191,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         failed = sorted(k for k, v in result.items() if v != "done")
         print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
               f"report: {report_files(root, plan)}", file=out)
+        print(digest(root, plan), file=out, end="")
         return 1 if failed else 0
     return slurm.submit(sweep, plan, todo, root, code, out=out, canary=options["canary"])
 

@@ -12,6 +12,7 @@ updated under the launch lease after every sbatch; a relaunch checks those jobs 
 does not submit a stage whose job is still queued or running. If sbatch rejects a group mid-launch, the
 jobs this launch already submitted are cancelled (no half chain waits forever) and launch fails.
 """
+import dataclasses
 import getpass
 import os
 import shlex
@@ -68,6 +69,35 @@ def sbatch_parameters(res, job_name: str, dependency: str | None, code: Snapshot
     if dependency:
         params["dependency"] = dependency
     return params
+
+
+def with_mail(cluster, address: str):
+    """notify=ADDRESS: `cluster` with SLURM mail to ADDRESS: --mail-type=FAIL on every stage's job (the canary's
+    too) and END,FAIL on the report's, whose end is the sweep's (it waits for every other job). Mail types
+    already set in cluster.sbatch (or a kind's) are kept, these added; notify's address replaces a mail-user."""
+    stages = {kind: dict(over) for kind, over in cluster.stages.items()}
+    for over in (v for k, v in stages.items() if k != "report" and v.get("sbatch")):
+        over["sbatch"] = _mail(over["sbatch"], address, ("FAIL",))
+    report = stages.setdefault("report", {})
+    report["sbatch"] = _mail({**_named(cluster.sbatch), **_named(report.get("sbatch") or {})}, address, ("END", "FAIL"))
+    return dataclasses.replace(cluster, sbatch=_mail(cluster.sbatch, address, ("FAIL",)), stages=stages)
+
+
+def notifying(sweep, address: str):
+    """The sweep with with_mail applied to its cluster config."""
+    base = dataclasses.replace(sweep.base, cluster=with_mail(sweep.base.cluster, address))
+    return dataclasses.replace(sweep, base=base)
+
+
+def _named(sbatch: dict) -> dict:
+    return {str(k).lstrip("-").replace("_", "-"): v for k, v in sbatch.items()}   # as sbatch_parameters names them
+
+
+def _mail(sbatch: dict, address: str, types: tuple) -> dict:
+    sbatch = _named(sbatch)
+    have = [t.strip().upper() for t in str(sbatch.get("mail-type") or "").split(",") if t.strip()]
+    kept = [t for t in have if t != "NONE"]
+    return {**sbatch, "mail-user": address, "mail-type": ",".join(dict.fromkeys([*kept, *types]))}
 
 
 def _executor(root, res, job_name: str, dependency: str | None, code: Snapshot | None = None, max_requeues: int = 3):
