@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collapse import stages, status
+from collapse.report.rows import well_formed
 from collapse.report.tables import write_text
 from collapse.report.timing import HEADER, kind_rows
 
@@ -68,6 +69,8 @@ def outcomes(root) -> list[Outcome]:
     by_key = {r["key"]: r for r in records}
     found = []
     for grid, sweep in sorted(stages.latest_sweeps(records).items()):
+        if not well_formed(sweep):   # the report skips it, and says so (collapse/report/write.py)
+            continue
         rows, _ = status.collect(root, grid)
         rows = [r for r in rows if r.kind != "canary"]
         state = {r.key: r.state for r in rows}
