@@ -17,7 +17,10 @@ from omegaconf import OmegaConf
 
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO / "configs"
+# Where configs/ and sweeps/ are: the checkout's; in an installed package (pip install .), the copy that
+# setup.cfg ships as package data in collapse/_tree/ (collapse/snapshot.py copies from the same place).
+TREE = REPO if (REPO / "configs").is_dir() else Path(__file__).resolve().parent / "_tree"
+CONFIG_DIR = TREE / "configs"
 
 
 class ConfigError(ValueError):

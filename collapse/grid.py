@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collapse import tasks
-from collapse.config import REPO, ConfigError, ExperimentConfig, bad, load_yaml, merge, named_yaml, parse_dotlist
+from collapse.config import TREE, ConfigError, ExperimentConfig, bad, load_yaml, merge, named_yaml, parse_dotlist
 from collapse.executors import cluster_file
 from collapse.experiment import from_dict
 
-GRID_DIR = REPO / "sweeps" / "grids"
+GRID_DIR = TREE / "sweeps" / "grids"
 GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "axes")
 SELECTORS = ("grid", "profile", "cluster")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -58,11 +58,19 @@ def grid_names() -> list[str]:
 
 
 def grid_path(name: str) -> Path:
+    """A grid by name (sweeps/grids/, $COLLAPSE_GRID_DIR), or a grid file given as a path ending in .yaml."""
     if isinstance(name, str) and NAME.match(name):
         for d in grid_dirs():
             if (d / f"{name}.yaml").is_file():
                 return d / f"{name}.yaml"
-    raise bad("grid", name, "one of: " + ", ".join(grid_names()))
+    if isinstance(name, str) and name.endswith(".yaml") and Path(name).is_file():
+        return Path(name)
+    raise bad("grid", name, "one of: " + ", ".join(grid_names()) + " (or a path to a grid file, *.yaml)")
+
+
+def grid_name_of(grid: str) -> str:
+    """What a grid is called in stage names, records and report files: a grid file's stem when grid= is a path."""
+    return Path(grid).stem if grid.endswith(".yaml") else grid
 
 
 def load_grid(name: str) -> dict:
@@ -196,7 +204,7 @@ def load_sweep(argv: list[str], paths: bool = True) -> Sweep:
             except ConfigError as e:
                 raise in_grid(grid_name, f"point {point_label}: {e}") from None
             points.append(Point(point_label, config))
-    return Sweep(grid_name, base, points, list(argv), cluster)
+    return Sweep(grid_name_of(grid_name), base, points, list(argv), cluster)
 
 
 def _fails(data: dict, error: ConfigError) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent   # the checkout this launch runs from
 PARTS = ("collapse", "configs", "sweeps")   # what a job may import or read from the project's tree
+PACKAGED = "_tree"   # an installed package's configs/ and sweeps/ (collapse/_tree/, setup.cfg): not a part of collapse/
 INFO = "SNAPSHOT.json"                       # beside the parts, outside the hash: hash, commit, dirty, when
 DIFF = "dirty.diff"
 
@@ -32,22 +33,24 @@ class SnapshotError(RuntimeError):
     pass
 
 
-def tree_hash(base, parts=("collapse", "configs", "sweeps")) -> str:
-    """sha256 (16 hex digits) over the relative paths and contents of every file under base/<part>,
-    byte caches left out. Standard library only, imported here: the job's check runs this source."""
+def tree_hash(base, parts=("collapse", "configs", "sweeps"), sources=None) -> str:
+    """sha256 (16 hex digits) over the relative paths (<part>/...) and contents of every file under
+    base/<part> (or sources[part]), byte caches and collapse/_tree left out. Standard library only,
+    imported here: the job's check runs this source."""
     import hashlib  # torch-free, inside: the job's check runs this function's source alone
     import os  # torch-free, as above
     digest = hashlib.sha256()
     for part in parts:
-        for folder, dirs, files in os.walk(os.path.join(base, part)):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        top = os.fspath((sources or {}).get(part) or os.path.join(base, part))
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not (folder == top and d == "_tree"))
             for name in sorted(files):
                 if name.endswith((".pyc", ".pyo")):
                     continue
                 path = os.path.join(folder, name)
                 with open(path, "rb") as f:
                     content = f.read()
-                rel = os.path.relpath(path, base).replace(os.sep, "/")
+                rel = part + "/" + os.path.relpath(path, top).replace(os.sep, "/")
                 digest.update(f"{rel}\0{len(content)}\0".encode())
                 digest.update(content)
     return digest.hexdigest()[:16]
@@ -103,9 +106,18 @@ def _git(args: list[str], repo: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+def sources(repo: Path = REPO) -> dict:
+    """Where each part is copied from: repo/<part> in a checkout; installed (no repo/configs), collapse/
+    and the configs/ and sweeps/ shipped beside it as package data in collapse/_tree/."""
+    if (repo / "configs").is_dir():
+        return {part: repo / part for part in PARTS}
+    return {"collapse": repo / "collapse", "configs": repo / "collapse" / PACKAGED / "configs",
+            "sweeps": repo / "collapse" / PACKAGED / "sweeps"}
+
+
 def take(root, repo: Path = REPO) -> Snapshot:
     """The snapshot of `repo`'s code under `root`: made (read-only) the first time, checked when it exists."""
-    digest = tree_hash(repo, PARTS)
+    digest = tree_hash(repo, PARTS, sources(repo))
     final = code_dir(root) / digest
     if not final.is_dir():
         _write(final, repo, digest)
@@ -120,8 +132,10 @@ def _write(final: Path, repo: Path, digest: str) -> None:
     tmp = final.parent / f".{digest}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for part in PARTS:
-        shutil.copytree(repo / part, tmp / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+    for part, source in sources(repo).items():
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+        shutil.copytree(source, tmp / part, ignore=lambda d, names, top=source: [
+            *skip(d, names), *([PACKAGED] if Path(d) == top and PACKAGED in names else [])])
     commit = (_git(["rev-parse", "HEAD"], repo) or "").strip() or None
     dirty = None
     if commit is not None:
