@@ -190,6 +190,8 @@ class SlurmResources:
     mem_gb: float | None = None     # None: the partition's default
     array_parallelism: int = 256    # tasks of one job array running at once
     signal_delay_s: int = 90        # USR2 this long before time_min: checkpoint and requeue
+    time_from: str = "given"        # measured: time_min is time_factor x the measured estimate (collapse/limits.py)
+    time_factor: float = 1.5
     sbatch: dict = field(default_factory=dict)   # other sbatch options, e.g. {exclusive: true, mail-type: END}
     setup: list[str] = field(default_factory=list)   # shell lines run before each job, e.g. module load cuda/12.4
 
@@ -210,6 +212,9 @@ class SlurmResources:
             _check(line.strip() != "" and line.isprintable(), p + f"setup[{i}]", line,
                    "a non-empty shell line without newlines or control characters")
         _check(self.mem_gb is None or self.mem_gb > 0, p + "mem_gb", self.mem_gb, "a number > 0 or null")
+        _check(self.time_from in ("given", "measured"), p + "time_from", self.time_from,
+               "given (time_min as set) or measured (time_factor x the estimate from measured rates)")
+        _check(self.time_factor >= 1, p + "time_factor", self.time_factor, "a number >= 1")
         _check(0 <= self.signal_delay_s < self.time_min * 60, p + "signal_delay_s", self.signal_delay_s,
                f"an integer >= 0 and < time_min * 60 = {self.time_min * 60}")
         for k, v in self.sbatch.items():

@@ -49,6 +49,8 @@ def rates(records: list[dict]) -> dict:
     for r in records:
         if r.get("status") != "done" or r.get("kind") in (None, "sweep") or "ended" not in r:
             continue
+        if (r.get("measured") or {}).get("resumed"):   # its time is only the part after the resume
+            continue
         units = work(r["kind"], r["config"])
         if units > 0:
             seen.setdefault((r["kind"], r["config"]["task"]), []).append(
@@ -100,8 +102,10 @@ def state(root, stage, done: set, redo: set) -> str:
     return "redo" if stage.key in redo else "to run"
 
 
-def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = frozenset(), canary: bool = True) -> None:
-    """Print the plan, the submissions SLURM would get, and the estimate."""
+def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = frozenset(), canary: bool = True,
+             limits: list[str] = ()) -> None:
+    """Print the plan, the submissions SLURM would get (with the time limits set from measured rates,
+    `limits`: collapse/limits.py), and the estimate."""
     def say(line=""):
         print(line, file=out)
 
@@ -122,6 +126,10 @@ def describe(sweep, plan, todo: list, root, backend: str, out, redo: set = froze
     if backend == "slurm" and to_run:
         say()
         describe_slurm(to_run, cluster, say, canary)
+        if limits:
+            say("time limits from measured rates (time_from=measured):")
+            for line in limits:
+                say(f"  {line}")
     gpus = stage_gpus(to_run, cluster, backend)
     costs = estimate(to_run, manifest.read_all(root) if root.exists() else [], gpus)
     say()

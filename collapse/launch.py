@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from collapse import dryrun, manifest, plan as planning, preflight, showconfig, snapshot, storage, tasks
+from collapse import dryrun, limits, manifest, plan as planning, preflight, showconfig, snapshot, storage, tasks
 from collapse.config import ConfigError, bad
 from collapse.executors import choose_backend, local, slurm, slurm_reachable
 from collapse.grid import load_sweep
@@ -146,17 +146,25 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
+    costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
+                            dryrun.stage_gpus(todo, sweep.base.cluster, backend))
+    set_limits = []
+    if backend == "slurm":
+        try:
+            sweep, set_limits = limits.resolve(sweep, todo, costs, preflight.partition_limits())
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if options["notify"] and backend == "slurm":   # SLURM mails: a stage's job failed, the report's job ended
         sweep = slurm.notifying(sweep, options["notify"])
     elif options["notify"]:
         print(f"notify={options['notify']}: the local executor sends no mail (SLURM does); it prints the "
               "report's digest when it ends", file=out, flush=True)
     if options["dry_run"]:
-        dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo, canary=options["canary"])
+        dryrun.describe(sweep, plan, todo, root, backend, out, redo=redo, canary=options["canary"],
+                        limits=set_limits)
         return 0
     if backend == "slurm":   # the same warnings as the dry run's, said before submitting
-        costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
-                                dryrun.stage_gpus(todo, sweep.base.cluster, backend))
         for note in preflight.warnings(sweep, todo, root, backend, {k: v[0] for k, v in costs.items()}):
             print(f"warning: {note}", file=sys.stderr, flush=True)
     try:
@@ -167,7 +175,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         record = planning.sweep_record(sweep, plan)
         if options["notify"]:   # the digest's relaunch command (collapse/report/digest.py) says it again
             record["notify"] = options["notify"]
-        record = manifest.write(root, record)
+        record = manifest.write(root, with_estimate(root, record, costs))
     except snapshot.SnapshotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -194,6 +202,14 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         print(digest(root, plan), file=out, end="")
         return 1 if failed else 0
     return slurm.submit(sweep, plan, todo, root, code, out=out, canary=options["canary"])
+
+
+def with_estimate(root: Path, record: dict, costs: dict) -> dict:
+    """The sweep record with the estimate of each stage this launch runs (the report sets it beside what
+    the stage measured, collapse/report/timing.py); earlier launches' estimates of the other stages kept."""
+    previous = (manifest.read(root, record["key"]) or {}).get("estimate") or {}
+    now = {key: {"seconds": round(seconds, 1), "source": source} for key, (seconds, _, source) in costs.items()}
+    return {**record, "estimate": {**previous, **now}}
 
 
 def older_code(root: Path, plan, todo: list, code) -> str:

@@ -47,10 +47,12 @@ def sizes(batch_size: int) -> tuple[int, int]:
 
 class Keep:
     """Where a stage keeps the chunks of its loops (`folder`), what they are made from (`made_from`:
-    JSON values, e.g. the model's weights hash and the seed), and the stage's log."""
+    JSON values, e.g. the model's weights hash and the seed), and the stage's log. `reused` counts the
+    items read back from an earlier run's chunks (the record's measured.resumed)."""
 
     def __init__(self, folder: Path, made_from: dict, log=print):
         self.folder, self.made_from, self.log = Path(folder), dict(made_from), log
+        self.reused = 0
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -65,6 +67,7 @@ def batched(keep: Keep | None, name: str, total: int, batch_size: int, make, gen
     folder = keep.folder / name if keep is not None else None
     done = _kept_chunks(keep, folder, total, chunk, generator) if keep is not None else []
     if done:
+        keep.reused += min(len(done) * chunk, total)
         keep.log(f"resuming: {min(len(done) * chunk, total)} of {total} items already {what} (partial/{name})")
     shown = _progress(keep, name, total, min(len(done) * chunk, total))
     for start in range(len(done) * chunk, total, chunk):
@@ -90,6 +93,7 @@ def once(keep: Keep | None, name: str, items: int, make) -> dict:
     folder = keep.folder / name
     done = _kept_chunks(keep, folder, items, max(1, items), None)
     if done:
+        keep.reused += items
         keep.log(f"resuming: {items} of {items} items already scored (partial/{name})")
         return done[0]
     made = make()

@@ -9,11 +9,13 @@ failed with the error and the log path. Artifacts live in <results_root>/stages/
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from collapse import experiment, generations, infer, lease, manifest, partial, storage, tasks, train
+from collapse import experiment, generations, infer, lease, manifest, measured, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path, read_spec, stage_dir, write_spec  # noqa: F401
 from collapse.tasks.base import Simulation, distills
@@ -63,23 +65,53 @@ def load_model(task, root, record: dict):
 
 # ---------------------------------------------------------------- the stages
 
-def run_pretrain(task, cfg, inputs, root, out: Path, log):
+@dataclass
+class StageContext:
+    """What every runner reads: the stage's task and config, its inputs' done records by role, the
+    results root, the folder it writes in and its log; and `work`, what the runner did in this run
+    (items in the dry run's unit, and whether it resumed part-way), for the record's `measured`."""
+    task: object
+    cfg: object
+    inputs: dict
+    root: Path
+    out: Path
+    log: Callable[[str], None]
+    work: measured.Work = field(default_factory=measured.Work)
+
+    def keep(self, **made_from) -> partial.Keep:
+        """Where the stage's resumable loops keep their finished chunks: <out>/partial/ (collapse/partial.py)."""
+        return partial.Keep(self.out / "partial", made_from, self.log)
+
+    def trained(self, state) -> dict:
+        """A training stage's metrics; its work is the steps this run took x the batch."""
+        self.work.items = (state.step - state.run_from_step) * self.cfg.train.batch_size
+        self.work.resumed = state.run_from_step > 0
+        return {"best_test_loss": state.best_loss, "best_epoch": state.best_epoch, "best_step": state.best_step,
+                "steps": state.step, "threads": torch.get_num_threads(), "history": state.history}
+
+    def made(self, items: int, keep: partial.Keep) -> None:
+        """A synth or eval stage's work: `items`, some of them perhaps read back from an earlier run's chunks."""
+        self.work.items, self.work.resumed = items, keep.reused > 0
+
+
+def run_pretrain(ctx: StageContext):
     """A task's pretraining (tasks/base.py, Pretrains): its own data and held-out set, the shared loop."""
-    data, held_out = task.pretraining_data(cfg)
-    log(f"pretraining on {len(data)} items, {len(held_out)} held out")
-    state = train.train(task, cfg, data, held_out, out, log=log)
-    return _trained(state), {"weights": out / "best.safetensors"}
+    data, held_out = ctx.task.pretraining_data(ctx.cfg)
+    ctx.log(f"pretraining on {len(data)} items, {len(held_out)} held out")
+    state = train.train(ctx.task, ctx.cfg, data, held_out, ctx.out, log=ctx.log)
+    return ctx.trained(state), {"weights": ctx.out / "best.safetensors"}
 
 
-def pretrained(root, inputs) -> Path | None:
+def pretrained(ctx: StageContext) -> Path | None:
     """The weights a trained model starts from: its "pretrain" input's, if it has one."""
-    return artifact(root, inputs["pretrain"], "weights") if "pretrain" in inputs else None
+    return artifact(ctx.root, ctx.inputs["pretrain"], "weights") if "pretrain" in ctx.inputs else None
 
 
-def run_teacher(task, cfg, inputs, root, out: Path, log):
-    state = train.train(task, cfg, task.real_data(cfg, "train"), task.real_data(cfg, "test"), out, log=log,
-                        init=pretrained(root, inputs))
-    return _trained(state), {"weights": out / "best.safetensors"}
+def run_teacher(ctx: StageContext):
+    task, cfg = ctx.task, ctx.cfg
+    state = train.train(task, cfg, task.real_data(cfg, "train"), task.real_data(cfg, "test"), ctx.out, log=ctx.log,
+                        init=pretrained(ctx))
+    return ctx.trained(state), {"weights": ctx.out / "best.safetensors"}
 
 
 # ---------------------------------------------------------------- a task's data on disk
@@ -95,23 +127,20 @@ def load_data(task, root, record: dict, name: str = "data"):
     return task.from_tensors(storage.load_tensors(artifact(root, record, name)))
 
 
-def _keep(out: Path, log, **made_from) -> partial.Keep:
-    """Where a stage's resumable loops keep their finished chunks: <out>/partial/ (collapse/partial.py)."""
-    return partial.Keep(out / "partial", made_from, log)
-
-
-def run_synth(task, cfg, inputs, root, out: Path, log):
+def run_synth(ctx: StageContext):
+    task, cfg, teacher_record = ctx.task, ctx.cfg, ctx.inputs["teacher"]
     if cfg.synth.shards > 1:
-        return run_synth_merge(task, cfg, inputs, root, out, log)
-    teacher = load_model(task, root, inputs["teacher"])
+        return run_synth_merge(ctx)
+    teacher = load_model(task, ctx.root, teacher_record)
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
-    keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=cfg.synth.seed)
+    keep = ctx.keep(teacher=_weights_sha256(teacher_record), seed=cfg.synth.seed)
     with infer.inference_precision(cfg.infer.precision, device_of(teacher)) as precision:
         data = task.synthesize(teacher, cfg, 0, n, generator(cfg.synth.seed, device_of(teacher)), keep=keep)
-    path = save_data(task, out / "data.safetensors", data,
-                     {"teacher": inputs["teacher"]["key"], "n": n, "seed": cfg.synth.seed})
+    path = save_data(task, ctx.out / "data.safetensors", data,
+                     {"teacher": teacher_record["key"], "n": n, "seed": cfg.synth.seed})
+    ctx.made(n, keep)
     keep.clear()
-    log(f"sampled {n} items from teacher {inputs['teacher']['key']} in {precision}")
+    ctx.log(f"sampled {n} items from teacher {teacher_record['key']} in {precision}")
     return {"n": n, "precision": precision}, {"data": path}
 
 
@@ -127,110 +156,115 @@ def shard_seed(seed: int, i: int) -> int:
     return seed * 1_000_003 + 1 + i
 
 
-def run_synth_shard(task, cfg, inputs, root, out: Path, log, shard: int):
+def run_synth_shard(ctx: StageContext, shard: int):
     """Items of shard `shard` of synth.shards: its own range of the n items and its own seed."""
-    teacher = load_model(task, root, inputs["teacher"])
+    task, cfg, teacher_record = ctx.task, ctx.cfg, ctx.inputs["teacher"]
+    teacher = load_model(task, ctx.root, teacher_record)
     n = cfg.synth.size or len(task.real_data(cfg, "train"))
     start, stop = shard_range(n, cfg.synth.shards, shard)
     seed = shard_seed(cfg.synth.seed, shard)
-    keep = _keep(out, log, teacher=_weights_sha256(inputs["teacher"]), seed=seed, start=start)
+    keep = ctx.keep(teacher=_weights_sha256(teacher_record), seed=seed, start=start)
     with infer.inference_precision(cfg.infer.precision, device_of(teacher)) as precision:
         data = task.synthesize(teacher, cfg, start, stop, generator(seed, device_of(teacher)), keep=keep)
-    path = save_data(task, out / "data.safetensors", data,
-                     {"teacher": inputs["teacher"]["key"], "start": start, "stop": stop, "seed": seed})
+    path = save_data(task, ctx.out / "data.safetensors", data,
+                     {"teacher": teacher_record["key"], "start": start, "stop": stop, "seed": seed})
+    ctx.made(stop - start, keep)
     keep.clear()
-    log(f"sampled items {start}..{stop - 1} of {n} from teacher {inputs['teacher']['key']} (seed {seed}, {precision})")
+    ctx.log(f"sampled items {start}..{stop - 1} of {n} from teacher {teacher_record['key']} (seed {seed}, {precision})")
     return {"n": stop - start, "start": start, "stop": stop, "seed": seed, "precision": precision}, {"data": path}
 
 
-def run_synth_merge(task, cfg, inputs, root, out: Path, log):
+def run_synth_merge(ctx: StageContext):
     """synth.shards > 1: D_M0 is the shards' items in shard order."""
-    parts = [load_data(task, root, inputs[f"shard.{i}"]) for i in range(cfg.synth.shards)]
+    task, cfg = ctx.task, ctx.cfg
+    parts = [load_data(task, ctx.root, ctx.inputs[f"shard.{i}"]) for i in range(cfg.synth.shards)]
     data = task.concat(parts)
-    path = save_data(task, out / "data.safetensors", data,
-                     {"teacher": inputs["teacher"]["key"], "n": len(data), "shards": cfg.synth.shards})
-    log(f"joined {cfg.synth.shards} shards: {len(data)} items")
+    path = save_data(task, ctx.out / "data.safetensors", data,
+                     {"teacher": ctx.inputs["teacher"]["key"], "n": len(data), "shards": cfg.synth.shards})
+    ctx.log(f"joined {cfg.synth.shards} shards: {len(data)} items")
+    ctx.work.items = len(data)
     return {"n": len(data), "shards": cfg.synth.shards}, {"data": path}
 
 
-def run_student(task, cfg, inputs, root, out: Path, log):
-    synthetic = load_data(task, root, inputs["synth"])
-    teacher = load_model(task, root, inputs["teacher"]) if distills(task, cfg.distill) else None
-    state = train.train(task, cfg, synthetic, task.real_data(cfg, "test"), out, teacher=teacher, log=log,
-                        init=pretrained(root, inputs))
-    return _trained(state), {"weights": out / "best.safetensors"}
+def run_student(ctx: StageContext):
+    task, cfg = ctx.task, ctx.cfg
+    synthetic = load_data(task, ctx.root, ctx.inputs["synth"])
+    teacher = load_model(task, ctx.root, ctx.inputs["teacher"]) if distills(task, cfg.distill) else None
+    state = train.train(task, cfg, synthetic, task.real_data(cfg, "test"), ctx.out, teacher=teacher, log=ctx.log,
+                        init=pretrained(ctx))
+    return ctx.trained(state), {"weights": ctx.out / "best.safetensors"}
 
 
-def run_generation(task, cfg, inputs, root, out: Path, log):
+def run_generation(ctx: StageContext):
     """Generation t+1 of a chain: train on the set built by the data policy from the real data and
     the "data.<g>" deps' samples (distilling from "distill_from" when given), then sample n items."""
-    synthetic = {int(role.split(".", 1)[1]): load_data(task, root, record)
+    task, cfg, inputs, out = ctx.task, ctx.cfg, ctx.inputs, ctx.out
+    synthetic = {int(role.split(".", 1)[1]): load_data(task, ctx.root, record)
                  for role, record in inputs.items() if role.startswith("data.")}
     t, gen = max(synthetic), cfg.generations
     real = task.real_data(cfg, "train")
     data, source = generations.training_set(gen.data, real, synthetic, t, gen.mix_ratio, gen.subsample_size,
                                             seed=cfg.train.seed)
     made_of = generations.composition(source)
-    log(f"generation {t + 1} ({gen.data}): {len(data)} training items {made_of}")
-    teacher = load_model(task, root, inputs["distill_from"]) if "distill_from" in inputs else None
-    state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=log,
-                        init=pretrained(root, inputs))
+    ctx.log(f"generation {t + 1} ({gen.data}): {len(data)} training items {made_of}")
+    teacher = load_model(task, ctx.root, inputs["distill_from"]) if "distill_from" in inputs else None
+    state = train.train(task, cfg, data, task.real_data(cfg, "test"), out, teacher=teacher, log=ctx.log,
+                        init=pretrained(ctx))
+    trained = ctx.trained(state)   # its work: the training's (the dry run's unit for a generation)
     model = storage.load_weights(out / "best.safetensors", task.build_model(cfg)).to(this_device())
     seed = generations.sample_seed(cfg.synth.seed, t + 1)
-    keep = _keep(out, log, model=storage.sha256(out / "best.safetensors"), seed=seed)
+    keep = ctx.keep(model=storage.sha256(out / "best.safetensors"), seed=seed)
     with infer.inference_precision(cfg.infer.precision, device_of(model)) as precision:
         samples = task.synthesize(model.eval().requires_grad_(False), cfg, 0, len(real),
                                   generator(seed, device_of(model)), keep=keep)
     path = save_data(task, out / "data.safetensors", samples, {"generation": t + 1, "n": len(real), "seed": seed})
+    ctx.work.resumed = ctx.work.resumed or keep.reused > 0
     keep.clear()
-    metrics = {**_trained(state), "generation": t + 1, "train_size": len(data), "composition": made_of,
+    metrics = {**trained, "generation": t + 1, "train_size": len(data), "composition": made_of,
                "distilled_from": inputs["distill_from"]["key"] if teacher is not None else None, "precision": precision}
     return metrics, {"weights": out / "best.safetensors", "data": path}
 
 
-def run_simulation(task, cfg, inputs, root, out: Path, log):
+def run_simulation(ctx: StageContext):
     """A simulation task's stage: every chain of one grid point at once; each array it returns is
     stored as <name>.safetensors."""
-    metrics, arrays = task.simulate(cfg)
-    paths = {name: storage.save_tensors(out / f"{name}.safetensors", {name: torch.from_numpy(a)})
+    metrics, arrays = ctx.task.simulate(ctx.cfg)
+    paths = {name: storage.save_tensors(ctx.out / f"{name}.safetensors", {name: torch.from_numpy(a)})
              for name, a in arrays.items()}
-    log("simulated: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in metrics.items() if not isinstance(v, (list, dict))))
+    ctx.log("simulated: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in metrics.items() if not isinstance(v, (list, dict))))
     return metrics, paths
 
 
-def run_eval(task, cfg, inputs, root, out: Path, log):
-    model_record = inputs["model"]
-    model = load_model(task, root, model_record)
-    keep = _keep(out, log, model=_weights_sha256(model_record))
+def run_eval(ctx: StageContext):
+    task, cfg, model_record = ctx.task, ctx.cfg, ctx.inputs["model"]
+    model = load_model(task, ctx.root, model_record)
+    keep = ctx.keep(model=_weights_sha256(model_record))
+    test = task.real_data(cfg, "test")
     with infer.inference_precision(cfg.infer.precision, device_of(model)) as precision:   # the metric nets: fp32
-        metrics = {**task.evaluate(model, task.real_data(cfg, "test"), cfg, cache=Path(root) / "cache", keep=keep),
+        metrics = {**task.evaluate(model, test, cfg, cache=Path(ctx.root) / "cache", keep=keep),
                    "precision": precision}
-        log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                                     for k, v in metrics.items() if not isinstance(v, (list, dict))))
-        examples = task.write_examples(model, cfg, out)
+        ctx.log(f"{model_record['name']}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                                         for k, v in metrics.items() if not isinstance(v, (list, dict))))
+        examples = task.write_examples(model, cfg, ctx.out)
+    ctx.made(len(test), keep)
     keep.clear()
     return metrics, examples
 
 
-def run_report(task, cfg, inputs, root, out: Path, log):
+def run_report(ctx: StageContext):
     """The sweep's tables and plots, over every record in the root. It runs whatever its inputs'
     outcome (stages.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
     (killed, out of memory) are recorded failed, so the report shows them as such."""
     from collapse import status   # heavy: SLURM's accounting is read only by the report stage
     from collapse.report.write import write_reports   # heavy: scipy and matplotlib only for the report stage
+    root, inputs = ctx.root, ctx.inputs
     for key, why in status.record_dead_jobs(root).items():
-        log(f"stage {key}: recorded failed ({why})")
+        ctx.log(f"stage {key}: recorded failed ({why})")
     files = [str(Path(p).relative_to(root)) for p in write_reports(root)]
     done = sum(1 for record in inputs.values() if record is not None and record["status"] == "done")
-    log(f"report: {len(files)} files, from {done} of {len(inputs)} inputs done")
+    ctx.log(f"report: {len(files)} files, from {done} of {len(inputs)} inputs done")
     return {"files": files, "inputs": len(inputs), "inputs_done": done}, {}
-
-
-def _trained(state) -> dict:
-    return {"best_test_loss": state.best_loss, "best_epoch": state.best_epoch, "best_step": state.best_step,
-            "steps": state.step,
-            "threads": torch.get_num_threads(), "history": state.history}
 
 
 RUNNERS = {"pretrain": run_pretrain, "teacher": run_teacher, "synth": run_synth, "synth_shard": run_synth_shard,
@@ -307,11 +341,15 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
                 raise StageInputError(f"input '{role}' (stage {dep}) is not done: "
                                       f"{'missing' if record is None else record['status']}")
             inputs[role] = record
-        metrics, artifacts = runner(task, spec["kind"])(task, cfg, inputs, root, out, log, **spec.get("args", {}))
+        ctx = StageContext(task, cfg, inputs, root, out, log)
+        began = time.monotonic()
+        metrics, artifacts = runner(task, spec["kind"])(ctx, **spec.get("args", {}))
+        seconds = time.monotonic() - began
         # A stage that ran on inputs not all done (a report) is 'partial': the next launch runs it again.
         complete = all(r is not None and r["status"] == "done" for r in inputs.values())
         record = {**base, "status": "done" if complete else "partial", "metrics": metrics, "ended": manifest.now(),
-                  "artifacts": {name: _artifact_entry(root, p) for name, p in artifacts.items()}}
+                  "artifacts": {name: _artifact_entry(root, p) for name, p in artifacts.items()},
+                  **({"measured": measured.record(ctx.work, seconds)} if spec["kind"] in measured.KINDS else {})}
         if redoing:
             record["replaced"] = _replaced(previous)
     except Exception as e:

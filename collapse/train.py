@@ -39,6 +39,7 @@ class TrainState:
     best_epoch: int = -1
     best_step: int = -1
     history: list = field(default_factory=list)
+    run_from_step: int = 0  # the step this run (this process) started at: > 0 after a resume
 
 
 def import_deepspeed():
@@ -221,6 +222,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     curves = curve_writer(out_dir) if rank == 0 else None
     shown = progress_writer(out_dir, cfg, state, total_steps) if rank == 0 else None
     started, first_step = time.time(), state.step
+    state.run_from_step = state.step
     step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
     order = epoch_order(tc.seed, state.epoch, n)
     engine.train()

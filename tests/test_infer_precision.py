@@ -141,6 +141,6 @@ def test_an_eval_stage_records_the_precision_it_ran_in(trained):
     task = tasks.get(cfg.task)
     for asked, ran in (("auto", "fp32"), ("bf16", "bf16")):
         cfg.infer.precision = asked
-        metrics, _ = run.run_eval(task, cfg, {"model": record}, folder, folder / asked, lambda m: None)
+        metrics, _ = run.run_eval(run.StageContext(task, cfg, {"model": record}, folder, folder / asked, lambda m: None))
         assert metrics["precision"] == ran
     cfg.infer.precision = "auto"

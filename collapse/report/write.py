@@ -6,19 +6,23 @@ Each sweep's task (collapse.tasks.get) says what the generic report cannot know:
 table (collapse/report/tables.py: rows against M1 and the paper, collapse/report/rows.py) and figures
 (collapse/report/plots.py), then the task's part; a chain sweep gets the chains report
 (collapse/report/chains.py); a sweep of any other plan (a simulation's) is the task's alone.
-Last, every stage record as one table: results.csv (.parquet).
+Each grid's time, estimated against measured: <grid>_timing.md (collapse/report/timing.py).
+Then every stage record as one table: results.csv (.parquet); last digest.txt and index.html (digest.py, page.py).
 """
 import inspect
 from pathlib import Path
 
 from collapse import manifest, tasks
 from collapse.report import chains
+from collapse.report.digest import outcomes, write_digest
 from collapse.report.metric import parse, with_metric
+from collapse.report.page import write_page
 from collapse.report.plots import plot_coefficients, plot_curves, plot_samples, with_pdfs
 from collapse.report.rows import sweep_rows, warn_malformed, well_formed
 from collapse.report.scorecard import write_scorecard
 from collapse.stages import latest_sweeps
 from collapse.report.tables import write_tables
+from collapse.report.timing import write_timing
 from collapse.results import write_table
 
 ONE_GENERATION = (None, "one_generation")   # plan shapes of the generic table
@@ -48,8 +52,13 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
             written += one_generation(name, sweep, by_key, others, task, root, out)
         else:   # a simulation: its report is its own
             written += task.write_report(name, sweep, by_key, [], {}, root, out)
+        written += write_timing(name, sweep, by_key, out)
     written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
-    return with_pdfs(written)
+    written = with_pdfs(written)
+    # last, from all of the above: digest.txt (how each sweep ended) and index.html (the whole report as one
+    # page that opens offline): collapse/report/digest.py, collapse/report/page.py
+    found = outcomes(root)
+    return written + write_digest(root, found) + write_page(root, written, found, records)
 
 
 def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], task, root: Path,
