@@ -17,7 +17,7 @@ import torch
 
 from collapse import progress, storage
 from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
-from collapse.tasks.base import distills
+from collapse.tasks.base import distills, loss_form
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Tests only: seconds to sleep after each step, so that an outside requeue lands mid-run however
@@ -219,6 +219,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
         f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
+    log(f"loss: {loss_form(task.DISTILL_TERMS, cfg.distill) if distilling else 'L = L_M'}")
     curves = curve_writer(out_dir) if rank == 0 else None
     shown = progress_writer(out_dir, cfg, state, total_steps) if rank == 0 else None
     started, first_step = time.time(), state.step

@@ -54,3 +54,24 @@ def test_a_config_stored_before_the_redesign_still_loads():
         assert to_dict(from_stored(stored)) == now
         with pytest.raises(ConfigError, match="unknown key '(gaussian|synth.binarize)'"):
             from_dict(stored)
+
+
+def test_each_task_states_its_distillation_terms_once_and_the_rest_derives_from_them():
+    """The loss's terms, which row is M1 and the report's coefficient columns: one declaration per task."""
+    import dataclasses
+    from collapse.tasks.base import distills, loss_form, report_columns
+    for name in tasks.names():
+        module = tasks.get(name)
+        if not isinstance(module, Task):
+            continue
+        terms = module.DISTILL_TERMS
+        assert terms and len({t.coefficient for t in terms}) == len(terms), name
+        assert module.REPORT_COLUMNS == report_columns(terms), name
+        coeffs = module.CONFIG_SECTIONS["distill"]()   # the task's distill section at its defaults
+        fields = {f.name for f in dataclasses.fields(coeffs)}
+        assert {t.coefficient for t in terms} <= fields, (name, fields)
+        plain = dataclasses.replace(coeffs, **{t.coefficient: 0.0 for t in terms})
+        assert not distills(module, plain) and loss_form(terms, plain) == "L = L_M"
+        for t in terms:   # each weight alone makes a distilled student, named in the printed loss
+            one = dataclasses.replace(plain, **{t.coefficient: 0.5})
+            assert distills(module, one) and loss_form(terms, one) == f"L = L_M + 0.5 * {t.name}", (name, t)

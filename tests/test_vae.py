@@ -7,7 +7,7 @@ import torch
 
 from collapse import train
 from collapse.experiment import from_dict
-from collapse.tasks.base import distills
+from collapse.tasks.base import add_terms, distills, loss_form
 from collapse.device import StepNoise
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
 from collapse.models.vae import VAE
@@ -60,9 +60,19 @@ def test_vae_loss_matches_hand_computation():
 def test_encoder_terms_match_hand_computation():
     student = {"mean": torch.tensor([[1.0, 2.0]]), "logvar": torch.tensor([[0.0, 0.0]])}
     teacher = {"mean": torch.tensor([[0.0, 0.0]]), "logvar": torch.tensor([[1.0, 3.0]])}
-    total = vae.encoder_loss(student, teacher, coeffs(lam=2.0, beta=3.0, gamma=0.5))
-    assert total.item() == pytest.approx(3.0 * (1 + 4) / 2 + 0.5 * (1 + 9) / 2, rel=1e-6)
-    assert vae.encoder_loss({}, {}, coeffs(lam=1.0)).item() == 0.0   # empty outputs: a computed term would raise
+    c = coeffs(lam=2.0, beta=3.0, gamma=0.5)
+    total = add_terms(torch.zeros(()), vae.DISTILL_TERMS, c, student, teacher, cfg_with(c))
+    assert total.item() == pytest.approx(3.0 * (1 + 4) / 2 + 0.5 * (1 + 9) / 2, rel=1e-6)   # lam: in the loss
+    c = coeffs(lam=1.0)   # empty outputs: a computed encoder term would raise
+    assert add_terms(torch.zeros(()), vae.DISTILL_TERMS, c, {}, {}, cfg_with(c)).item() == 0.0
+
+
+def test_one_declaration_of_the_terms_gives_the_loss_m1_and_the_report_columns():
+    assert vae.REPORT_COLUMNS == {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}
+    assert loss_form(vae.DISTILL_TERMS, coeffs(lam=0.5, beta=1.0, gamma=0.25)) == \
+        "L = L_M + 0.5 * distill + 1 * mse_means + 0.25 * mse_variances"
+    assert loss_form(vae.DISTILL_TERMS, coeffs()) == "L = L_M"   # M1
+    assert not distills(vae, coeffs()) and distills(vae, coeffs(beta=0.5))
 
 
 def test_student_loss_is_eq1_term_by_term():

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
+from collapse.tasks.base import Term, add_terms, report_columns
 from collapse.tasks.common import concat, from_tensors, held_out_loss, to_tensors  # noqa: F401
 
 
@@ -49,7 +50,6 @@ DISTILL_MODES = ("none", "teacher", "previous")
 TEACHER_OUTPUTS_DETERMINISTIC = True
 CPU_SECONDS_PER_UNIT = {}
 PRIMARY = ("test_loss", "NLL", "lower")
-REPORT_COLUMNS = {"distill.lam": "lambda"}
 SMOKE = {"data.train_size": 128, "data.test_size": 64, "train.epochs": 1}   # profile=smoke
 
 
@@ -77,8 +77,13 @@ def full_sizes(data: dict) -> tuple[int, int]:
     return 512, 128
 
 
-def distill_terms(coeffs) -> dict:
-    return {"lam": coeffs.lam}
+def pull(student, teacher, cfg):
+    """The squared distance of the student's fitted mean from the teacher's, per item."""
+    return (student["mean"] - teacher["mean"]).pow(2).sum(1).mean()
+
+
+DISTILL_TERMS = (Term("pull", "lam", "lambda", pull),)
+REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 def build_model(cfg):
@@ -99,9 +104,9 @@ def batch(data, index):
 def loss(model, x, noise, cfg, teacher=None):
     out = model(x)
     nll = (out["log_std"] + 0.5 * ((x - out["mean"]) / out["log_std"].exp()) ** 2).sum(1).mean()
-    if teacher is not None and cfg.distill.lam:
-        nll = nll + cfg.distill.lam * (out["mean"] - teacher["mean"]).pow(2).sum(1).mean()
-    return nll, out
+    if teacher is None:
+        return nll, out
+    return add_terms(nll, DISTILL_TERMS, cfg.distill, out, teacher, cfg), out
 
 
 def teacher_outputs(teacher, x, noise=None, cfg=None):

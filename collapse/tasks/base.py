@@ -10,6 +10,7 @@ Image tasks share their storage and example code (collapse/tasks/images.py) by i
 their own namespace, so every member is still the task's own attribute: nothing is guessed with
 hasattr.
 """
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -60,13 +61,12 @@ class Common(Protocol):
 class Task(Common, Protocol):
     """A modality that trains models: teacher, synthetic data, students, evals (or chains)."""
 
-    # ---- distillation: its named, weighted terms of L_SD (eq. 1) from the distill section, e.g.
-    # {"lam": 0.5, "beta": 1.0, "gamma": 1.0}; a student with every weight 0 is the plain M1
+    # ---- distillation: the named, weighted terms of its L_SD (Term, below), each weighed by a field of
+    # the distill section; a student with every weight 0 is the plain M1
+    DISTILL_TERMS: tuple["Term", ...]
     DISTILL_MODES: tuple[str, ...]   # generations.distill values a chain may use
 
-    def distill_terms(self, coeffs) -> dict[str, float]: ...
-
-    # ---- its rows in the generic report table: each coefficient's column ("distill.lam" -> "lambda"),
+    # ---- its rows in the generic report table: each coefficient's column (report_columns(DISTILL_TERMS)),
     # and what the table's heading ends with and its line on units (or None)
     REPORT_COLUMNS: dict[str, str]
 
@@ -127,6 +127,48 @@ class Simulation(Common, Protocol):
     simulation_work: Callable   # a stage's config (dict) -> its units of work, for the dry run
 
 
+# ---------------------------------------------------------------- L_SD as data
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted term of a task's L_SD (eqs. 1-3), declared once in its DISTILL_TERMS: whether a
+    student distills, which row is M1 (every weight 0), the report's coefficient columns and the printed
+    loss all come from these declarations.
+
+    name: the term in the printed loss ("L = L_M + 0.5 * distill + 1 * mse_means"); coefficient: the
+    distill.* field that weighs it; column: that weight's column in the report's table; of: (the
+    student's outputs, the teacher's, cfg) -> the unweighted term, or None where the task's loss
+    computes the term together with L_M (the VAE's lam term shares L_VAE's reconstruction pass)."""
+    name: str
+    coefficient: str
+    column: str
+    of: Callable | None = None
+
+
+def weights(terms: tuple[Term, ...], coeffs) -> dict[str, float]:
+    """{coefficient: its weight} of `terms` under the distill section `coeffs`."""
+    return {t.coefficient: getattr(coeffs, t.coefficient) for t in terms}
+
+
+def report_columns(terms: tuple[Term, ...]) -> dict[str, str]:
+    """The report's coefficient columns: {"distill.lam": "lambda", ...}, in declaration order."""
+    return {f"distill.{t.coefficient}": t.column for t in terms}
+
+
+def add_terms(total, terms: tuple[Term, ...], coeffs, student, teacher, cfg):
+    """L_M plus the sum of the weighted terms that have a function and a weight other than 0 (a zero weight
+    skips its term: its outputs may not even exist)."""
+    weighted = [getattr(coeffs, t.coefficient) * t.of(student, teacher, cfg)
+                for t in terms if t.of is not None and getattr(coeffs, t.coefficient)]
+    return total + sum(weighted) if weighted else total
+
+
+def loss_form(terms: tuple[Term, ...], coeffs) -> str:
+    """The loss a student of `coeffs` trains on, as text: "L = L_M + 0.5 * distill + 1 * mse_means"."""
+    return "L = L_M" + "".join(f" + {getattr(coeffs, t.coefficient):g} * {t.name}" for t in terms
+                               if getattr(coeffs, t.coefficient))
+
+
 def distills(task: Task, coeffs) -> bool:
     """A student of these coefficients is distilled (not the plain M1)."""
-    return any(weight for weight in task.distill_terms(coeffs).values())
+    return any(weights(task.DISTILL_TERMS, coeffs).values())

@@ -24,8 +24,9 @@ from collapse.metrics.fid import reference_features
 from collapse.report.stats import Z95
 from collapse.tasks import vae
 from collapse.models.unet import UNet
+from collapse.tasks.base import Term, add_terms, report_columns
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
-from collapse.tasks.ddpm_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
+from collapse.tasks.ddpm_report import PRIMARY, table_notes, write_report  # noqa: F401
 from collapse.tasks.gpu_rates import ddpm_seconds as gpu_seconds  # noqa: F401
 
 EVAL_SEED = 12345
@@ -235,12 +236,7 @@ def loss(model, x0, noise: StepNoise, cfg, teacher=None):
     total = F.smooth_l1_loss(eps_s, eps)
     if teacher is None:
         return total, out
-    coeffs = cfg.distill
-    if coeffs.lam:
-        total = total + coeffs.lam * F.smooth_l1_loss(eps_s, teacher["eps"])
-    if coeffs.encoder_mse:
-        total = total + coeffs.encoder_mse * F.mse_loss(out["encoded"].float(), teacher["encoded"])
-    return total, out
+    return add_terms(total, DISTILL_TERMS, cfg.distill, out, teacher, cfg), out
 
 
 @torch.no_grad()
@@ -252,9 +248,19 @@ def teacher_outputs(teacher, x0, noise: StepNoise, cfg):
     return {"eps": out["eps"].float(), "encoded": out["encoded"].float()}
 
 
-def distill_terms(coeffs) -> dict[str, float]:
-    """Eq. 2's weighted terms: lam on the predicted noise, encoder_mse on the encoders' outputs."""
-    return {"lam": coeffs.lam, "encoder_mse": coeffs.encoder_mse}
+def distill(student, teacher, cfg) -> torch.Tensor:
+    """Smooth L1 between the student's and the teacher's predicted noise on the same x_t and t."""
+    return F.smooth_l1_loss(student["eps"].float(), teacher["eps"])
+
+
+def mse_encoded(student, teacher, cfg) -> torch.Tensor:
+    """MSE between the UNets' encoder outputs (Table 2's "+ MSE" row)."""
+    return F.mse_loss(student["encoded"].float(), teacher["encoded"])
+
+
+# Eq. 2's weighted terms: lam on the predicted noise, encoder_mse on the encoders' outputs.
+DISTILL_TERMS = (Term("distill", "lam", "lambda", distill), Term("mse_encoded", "encoder_mse", "encoder_mse", mse_encoded))
+REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 

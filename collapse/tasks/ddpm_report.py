@@ -19,7 +19,6 @@ from collapse.report.scorecard import Claim, Claims, Part, pct, write_scorecard
 from collapse.report.tables import md_table, optional, write_csv, write_text
 
 PRIMARY = ("fid", "FID", "lower")   # the metric of the generic table, its label, which way is better
-REPORT_COLUMNS = {"distill.lam": "lambda", "distill.encoder_mse": "encoder_mse"}   # coefficient -> column
 
 # dataset -> what the report's heading calls it
 DATASETS = {"mnist": "MNIST 32x32, the offline stand-in for CelebA 64x64",

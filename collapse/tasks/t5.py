@@ -32,9 +32,10 @@ from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 from collapse.tasks import gpu_rates, t5_pretrain
+from collapse.tasks.base import Term, add_terms, report_columns
 from collapse.tasks.t5_config import CONFIG_SECTIONS, SMOKE, _is_pretrained_dir  # noqa: F401
 from collapse.tasks.t5_pretrain import PRETRAIN_KEY, pretrain_config, pretrains  # noqa: F401  (task hooks)
-from collapse.tasks.t5_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
+from collapse.tasks.t5_report import PRIMARY, table_notes, write_report  # noqa: F401
 
 EVAL_BATCH_TOKENS = 2 ** 16
 transformers.logging.disable_progress_bar()   # a stage's log is read by people: no progress bars
@@ -232,9 +233,10 @@ def loss(model, batch: dict, noise: StepNoise | None, cfg, teacher: dict | None 
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     decoder_input_ids=net._shift_right(labels), output_hidden_states=teacher is not None)
     total = F.cross_entropy(out.logits.float()[keep], labels[keep])
-    if teacher is None or not cfg.distill.lam:
+    if teacher is None:
         return total, out
-    return total + cfg.distill.lam * cosine_distance(out.decoder_hidden_states[-1], teacher["states"], keep), out
+    student = {"states": out.decoder_hidden_states[-1], "keep": keep}
+    return add_terms(total, DISTILL_TERMS, cfg.distill, student, teacher, cfg), out
 
 
 @torch.no_grad()
@@ -245,9 +247,14 @@ def teacher_outputs(teacher, batch: dict, noise, cfg) -> dict:
     return {"states": states.float()}
 
 
-def distill_terms(coeffs) -> dict[str, float]:
-    """Eq. 3's one weighted term: lam on the cosine distance of the decoders' last hidden states."""
-    return {"lam": coeffs.lam}
+def distill(student, teacher, cfg) -> torch.Tensor:
+    """The cosine distance of the decoders' last hidden states, over the target's tokens (not padding)."""
+    return cosine_distance(student["states"], teacher["states"], student["keep"])
+
+
+# Eq. 3's one weighted term: lam on the decoders' last hidden states.
+DISTILL_TERMS = (Term("distill", "lam", "lambda", distill),)
+REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 

@@ -21,7 +21,6 @@ from collapse.report.scorecard import Claim, Claims, Part, write_scorecard
 from collapse.report.tables import fmt, md_table, write_csv, write_text
 
 PRIMARY = ("rouge1", "ROUGE-1 %", "higher")   # the metric of the generic table, its label, which way is better
-REPORT_COLUMNS = {"distill.lam": "lambda"}   # coefficient -> column of the generic table
 
 METRICS = (("rouge1", "ROUGE-1 %"), ("rouge2", "ROUGE-2 %"), ("rougeL", "ROUGE-L %"), ("ppl_mean", "mean perplexity"))
 LAM = "distill.lam"

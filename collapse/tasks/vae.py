@@ -33,9 +33,10 @@ from collapse.config import ConfigError, bad
 from collapse.data.mnist import IDX_FILES, PACKAGE_SIZES, DatasetError, find_idx, idx_header, load_mnist
 from collapse.device import StepNoise, device_of, dtype_of, generator
 from collapse.models.vae import VAE
+from collapse.tasks.base import Term, add_terms, report_columns
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.vae_config import CONFIG_SECTIONS, SMOKE  # noqa: F401
-from collapse.tasks.vae_report import PRIMARY, REPORT_COLUMNS, table_notes, write_report  # noqa: F401
+from collapse.tasks.vae_report import PRIMARY, table_notes, write_report  # noqa: F401
 
 EVAL_SEED = 12345
 # Config fields naming data or weights on disk: a stage key holds their content's fingerprint (collapse/plan.py).
@@ -151,7 +152,7 @@ def loss(model, x, noise: StepNoise, cfg, teacher=None):
         total = (1 + lam) * l_vae((x + lam * teacher["probs"]) / (1 + lam) if lam else x)
     else:
         total = l_vae(x) + lam * l_vae(teacher["probs"]) if lam else l_vae(x)
-    return total + encoder_loss(out, teacher, coeffs), out
+    return add_terms(total, DISTILL_TERMS, coeffs, out, teacher, cfg), out
 
 
 def data_span(cfg) -> tuple:
@@ -191,9 +192,6 @@ def teacher_outputs(teacher, x, noise=None, cfg=None):
             "logvar": out["logvar"].float()}
 
 
-def distill_terms(coeffs) -> dict[str, float]:
-    """The weighted terms of eq. 1: lam on the outputs, beta on the encoder means, gamma on the variances."""
-    return {"lam": coeffs.lam, "beta": coeffs.beta, "gamma": coeffs.gamma}
 
 
 def curve_metrics(model, test_data, cfg) -> dict:
@@ -201,18 +199,24 @@ def curve_metrics(model, test_data, cfg) -> dict:
     return {}
 
 
-def encoder_loss(student, teacher, coeffs) -> torch.Tensor:
-    """beta * MSE(Es, Et) + gamma * MSE(Vs, Vt); a zero coefficient skips its term. V: the predicted
-    log-variances, or their exp under distill.variance_term = var."""
-    terms = []
-    if coeffs.beta:
-        terms.append(coeffs.beta * F.mse_loss(student["mean"].float(), teacher["mean"]))
-    if coeffs.gamma:
-        vs, vt = student["logvar"].float(), teacher["logvar"]
-        if getattr(coeffs, "variance_term", "logvar") == "var":   # a namespace without it: the default
-            vs, vt = vs.exp(), vt.exp()
-        terms.append(coeffs.gamma * F.mse_loss(vs, vt))
-    return sum(terms) if terms else torch.zeros(())   # a 0-dim CPU zero adds to a loss on any device
+def mse_means(student, teacher, cfg) -> torch.Tensor:
+    """MSE(Es, Et): the encoders' posterior means."""
+    return F.mse_loss(student["mean"].float(), teacher["mean"])
+
+
+def mse_variances(student, teacher, cfg) -> torch.Tensor:
+    """MSE(Vs, Vt). V: the predicted log-variances, or their exp under distill.variance_term = var."""
+    vs, vt = student["logvar"].float(), teacher["logvar"]
+    if getattr(cfg.distill, "variance_term", "logvar") == "var":   # a namespace without it: the default
+        vs, vt = vs.exp(), vt.exp()
+    return F.mse_loss(vs, vt)
+
+
+# Eq. 1's weighted terms: lam on the outputs (computed with L_VAE in `loss`: it shares its pass), beta on
+# the encoder means, gamma on the variances.
+DISTILL_TERMS = (Term("distill", "lam", "lambda"), Term("mse_means", "beta", "beta", mse_means),
+                 Term("mse_variances", "gamma", "gamma", mse_variances))
+REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:

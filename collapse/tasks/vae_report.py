@@ -8,7 +8,6 @@ from collapse.report.scorecard import write_scorecard
 from collapse.tasks.vae_claims import CLAIMS
 
 PRIMARY = ("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
-REPORT_COLUMNS = {"distill.lam": "lambda", "distill.beta": "beta", "distill.gamma": "gamma"}   # coefficient -> column
 UNITS = {   # train.reduction -> what one L_M(Test) value is
     "pixel": "nats per pixel (L_VAE / 1,024 pixels; train.reduction = pixel), the paper's per-element "
              "kind of value, though not its level (our M0 is above its M1): compare ranks, signs and %",
