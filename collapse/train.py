@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import progress, storage
+from collapse import progress, storage, tensorboard_names
 from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
 from collapse.tasks.base import distills, loss_form
 
@@ -272,6 +272,7 @@ def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=pri
                 log(f"step {state.step}/{total_steps}: checkpoint saved; {per_step:.2f} s a step, "
                     f"~{(total_steps - state.step) * per_step / 60:.0f} min to go")
     if curves is not None:
+        tensorboard_names.add_hparams(curves, out_dir, state.best_loss, state.best_step)
         curves.close()
     if shown is not None:
         shown.update(state.step, force=True)   # the end, whatever the stage does next
@@ -290,6 +291,7 @@ def progress_writer(out_dir: Path, cfg, state: TrainState, total_steps: int) -> 
 def curve_writer(out_dir: Path):
     """A TensorBoard writer for this stage's loss curves, in out_dir/tensorboard."""
     from torch.utils.tensorboard import SummaryWriter   # heavy: tensorboard only for rank 0 of a training stage
+    tensorboard_names.link(out_dir)   # <root>/tensorboard/<grid>/<stage name> -> out_dir/tensorboard
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
