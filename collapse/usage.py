@@ -52,6 +52,8 @@ def launch_help() -> str:
               "  dry_run=true       print the plan, the sbatch calls, the estimate and warnings; write nothing",
               "  redo=KIND|PATTERN  rerun those stages although done, and what reads them ('redo=student[lam=0.5*')",
               "  rates=FILE         estimate GPU stages from the rates bench/gpu_check.sh measured (default: stated)",
+              "  canary=false       SLURM: no canary job first (default true: a 10-minute check of imports, GPUs, paths)",
+              "  notify=ADDRESS     SLURM: mail ADDRESS when the report job ends (the sweep's end) and when a stage fails",
               "  show=config        print the composed config (profile, cluster, grid and command-line overrides),",
               "                     each row's keys and the seeds, as YAML; reads no data, runs nothing",
               "", MORE]
