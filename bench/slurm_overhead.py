@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from collapse import manifest, plan as planning  # noqa: E402
-from collapse.executors import slurm, slurm_index, slurm_reachable  # noqa: E402
+from collapse.cluster import slurm_reachable  # noqa: E402
+from collapse import slurm_index  # noqa: E402
+from collapse.executors import slurm  # noqa: E402
 from collapse.executors.slurm_groups import make_groups  # noqa: E402
 from collapse.grid import load_sweep  # noqa: E402
 from collapse.stages import write_spec  # noqa: E402

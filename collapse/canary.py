@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from collapse import storage
-from collapse.executors.slurm_index import canary_record as record_path
+from collapse.slurm_index import canary_record as record_path
 
 TIME_MIN = 10   # the canary's wall-clock limit: it takes seconds
 

@@ -17,9 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from collapse import lease, manifest, stages
-from collapse.executors import slurm_command, slurm_index
-from collapse.executors.slurm_index import SubmissionError, base_id
+from collapse import lease, manifest, slurm_index, stages
+from collapse.cluster import slurm_command
+from collapse.slurm_index import SubmissionError, base_id
 from collapse.status import launched_root, read_records
 
 GONE_TIMEOUT_S = 60     # scancel's SIGTERM, then SIGKILL after the cluster's KillWait (30 s by default)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from collapse import tasks
 from collapse.config import TREE, ConfigError, ExperimentConfig, bad, load_yaml, merge, named_yaml, parse_dotlist
-from collapse.executors import cluster_file
+from collapse.cluster import cluster_file
 from collapse.experiment import from_dict
 
 GRID_DIR = TREE / "sweeps" / "grids"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from collapse import dryrun, limits, manifest, plan as planning, preflight, showconfig, snapshot, storage, tasks
 from collapse.config import ConfigError, bad
-from collapse.executors import choose_backend, local, slurm, slurm_reachable
+from collapse.cluster import choose_backend, slurm_reachable
+from collapse.executors import local, slurm
 from collapse.grid import load_sweep
 from collapse.run import artifact
 from collapse.tasks import gpu_rates

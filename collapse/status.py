@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collapse import lease, manifest, progress, snapshot, stages
-from collapse.executors import slurm_command
-from collapse.executors.slurm_index import ACTIVE, SubmissionError, base_id, read_canary, job_stdout, read_index, slurm_run, squeue_states
+from collapse.cluster import slurm_command
+from collapse.slurm_index import ACTIVE, SubmissionError, base_id, read_canary, job_stdout, read_index, slurm_run, squeue_states
 
 
 TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",

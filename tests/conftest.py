@@ -1,23 +1,10 @@
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# Tiny but real: real MNIST rows, real DeepSpeed, real subprocesses.
-TINY = ["profile=smoke", "cluster=local", "data.train_size=256", "data.test_size=128", "train.epochs=1",
-        "eval.grid_samples=4"]
-
-
-def launch(*args, check=True, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, str(REPO / "sweeps" / "launch.py"), *args], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"launch {args} exited {out.returncode}\n{out.stdout}\n{out.stderr[-4000:]}")
-    return out
+from helpers import TINY  # noqa: E402  (the tiny VAE config on the local executor: tests/helpers.py)
 
 
 @pytest.fixture
@@ -33,7 +20,7 @@ OWN_CLUSTER_MARKER = "# Written by collapse slurm/start.sh"
 def foreign_slurm() -> str | None:
     """Why the SLURM that answers here is not the project's own local cluster (slurm/start.sh), or None
     (it is ours, or none answers). Ours: the slurm.conf the controller runs with carries start.sh's marker."""
-    from collapse.executors import OFF_ENV, slurm_reachable
+    from collapse.cluster import OFF_ENV, slurm_reachable
     if os.environ.get(OFF_ENV, "").lower() == "off" or not slurm_reachable():
         return None
     out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20).stdout
@@ -53,7 +40,7 @@ def pytest_sessionstart(session):
     """On a cluster login node: SLURM off for the tests and every process they start (auto -> local)."""
     why = foreign_slurm()
     if why:
-        from collapse.executors import OFF_ENV
+        from collapse.cluster import OFF_ENV
         os.environ[OFF_ENV] = "off"
         session.config._collapse_no_slurm = why
 
@@ -78,9 +65,12 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """--dist loadgroup: the tests using the one local SLURM cluster run on one worker, one after the
-    other (some count its queue); the other tests of a file stay together, so its shared fixtures run once."""
+    other (some count its queue); the other tests of a file stay together, so its shared fixtures run once.
+    Every SLURM test is also `slow` (real jobs through a real scheduler): make check (-m "not slow") skips them."""
     why = getattr(config, "_collapse_no_slurm", None)
     for item in items:
+        if item.get_closest_marker("slurm") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
         if why and item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.skip(reason=why))
         group = "slurm" if item.get_closest_marker("slurm") else item.path.name

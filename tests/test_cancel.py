@@ -24,12 +24,12 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from collapse import cancel, lease  # noqa: E402
 from collapse.executors import local  # noqa: E402
-from test_slurm import cluster, launch, launch_jobs, records, show, wait_done  # noqa: E402,F401
-from collapse.executors import slurm_index  # noqa: E402
+from helpers import (TINY_VAE, cluster, launch, launch_jobs, records, show, squeued, status_table,  # noqa: E402,F401
+                     wait_done, wait_for)
+from collapse import slurm_index  # noqa: E402
 
 GRID = "experiment: vae_mnist\nrows:\n  - {distill.lam: 0.5}\n"
-ARGS = ["grid=cancel_one", "profile=smoke", "data.train_size=256", "data.test_size=128", "train.epochs=1",
-        "eval.grid_samples=4", "train.threads=1", "train.batch_size=32", "train.checkpoint_every=2"]
+ARGS = ["grid=cancel_one", *TINY_VAE, "train.threads=1", "train.batch_size=32", "train.checkpoint_every=2"]
 DELAY = "COLLAPSE_TEST_STEP_DELAY_S"
 
 
@@ -62,26 +62,9 @@ def strip(value):
     return value
 
 
-def status_table(root) -> str:
-    out = subprocess.run([sys.executable, str(REPO / "sweeps" / "status.py"), f"results_root={root}"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 def cancel_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "sweeps" / "cancel.py"), *args], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
-
-
-def wait_for(what, cond, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def stage_processes(root) -> list[int]:
@@ -200,11 +183,6 @@ def test_sigterm_to_local_launch_exits_143(grid_env, tmp_path):
 
 
 # ---------------------------------------------------------------- on the cluster
-
-def squeued() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout
-    return {line.strip().split("_")[0] for line in out.splitlines() if line.strip()}
-
 
 @pytest.mark.slurm
 def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identically(

@@ -15,21 +15,15 @@ import time
 import pytest
 
 from collapse import plan as planning, train
-from collapse.executors import slurm, slurm_index
+from collapse import slurm_index
+from collapse.executors import slurm
 from collapse.grid import load_sweep
 from collapse.stages import write_spec
-from test_slurm import REPO, cluster_answers, launch_jobs, records, wait_done
+from helpers import REPO, cluster, launch_jobs, records, wait_done, wait_for  # noqa: F401
 
 # Two ranks sum their gradients in another order than one process, so agreement is promised to
 # this relative tolerance; measured on CPU (fp32, gloo): identical to the last bit over 48 steps.
 REL_TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    why = cluster_answers()
-    if why:
-        pytest.skip(why)
 
 
 @pytest.mark.slurm
@@ -55,22 +49,18 @@ def test_two_task_job_trains_like_one_process_and_resumes_after_a_requeue(cluste
     log = root / "logs" / f"teacher-{teacher.key}.log"
     pointer = root / "stages" / teacher.key / "checkpoints" / "latest.json"
 
-    def wait_for(what, cond, timeout=240):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.2)
-        pytest.fail(f"timed out waiting for {what}; log:\n{log.read_text()[-3000:] if log.exists() else ''}")
+    def waited(what, cond):
+        wait_for(what, cond, timeout=240, poll=0.2,
+                 detail=lambda: f"log:\n{log.read_text()[-3000:] if log.exists() else ''}")
 
     out = io.StringIO()
     assert slurm.submit(sweep, planning.build(sweep), [teacher], root, out=out) == 0, out.getvalue()
     launch_ = slurm_index.read_index(root)["launches"][-1]
     job = launch_["arrays"][0]["job"]
     try:
-        wait_for("a first checkpoint", pointer.exists)
+        waited("a first checkpoint", pointer.exists)
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=20)
-        wait_for("the 2-rank job to resume", lambda: "resumed at" in log.read_text())
+        waited("the 2-rank job to resume", lambda: "resumed at" in log.read_text())
         rows = wait_done(launch_jobs(launch_), timeout=240)
     finally:
         if sys.exc_info()[0] is not None:

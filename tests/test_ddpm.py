@@ -10,6 +10,7 @@ from collapse.config import TrainConfig
 from collapse.device import StepNoise
 from collapse.models.unet import UNet
 from collapse.tasks import ddpm
+from helpers import TINY_DDPM, cluster_answers, launch, launch_jobs, show, ts, wait_done
 
 
 def tiny_cfg(lam=0.0, encoder_mse=0.0, steps=60, sampler="ddim", sample_steps=5):
@@ -141,16 +142,13 @@ def test_a_tiny_ddpm_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkey
     subprocesses through the same plan, runner and executor as the VAE."""
     import json
 
-    from conftest import launch
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "ddpm_two.yaml").write_text(
         "experiment: ddpm_mnist\nrows:\n  - {distill.lam: 0.0}\n  - {distill.lam: 0.5, distill.encoder_mse: 0.5}\n")
     monkeypatch.setenv("COLLAPSE_GRID_DIR", str(grids))
     root = tmp_path / "r"
-    out = launch("grid=ddpm_two", "cluster=local", f"results_root={root}", "data.train_size=32", "data.test_size=16",
-                 "train.steps=2", "train.eval_every_steps=1", "train.batch_size=16", "model.block_channels=[8,16,16]",
-                 "model.layers_per_block=1", "diffusion.timesteps=20", "synth.steps=2", "eval.grid_samples=4", "eval.fid_samples=4")
+    out = launch("grid=ddpm_two", "cluster=local", f"results_root={root}", *TINY_DDPM)
     assert "8 stages" in out.stdout and "done: 8 stages ran, 0 failed" in out.stdout, out.stdout
     records = [json.loads(p.read_text()) for p in (root / "manifest").glob("*.json")]
     stages = [r for r in records if r["kind"] != "sweep"]
@@ -190,37 +188,31 @@ def test_the_cpu_profile_sizes_the_stand_in_grid():
     ddpm.check_data(cfg)
 
 
-TINY_DDPM = ["data.train_size=32", "data.test_size=16", "train.steps=2", "train.eval_every_steps=1", "train.batch_size=16",
-             "model.block_channels=[8,16,16]", "model.layers_per_block=1", "diffusion.timesteps=20", "synth.steps=2",
-             "eval.grid_samples=4", "eval.fid_samples=4"]
-
-
 @pytest.mark.slurm
 def test_a_tiny_ddpm_grid_runs_on_slurm_shards_after_the_teacher_evals_after_their_students(tmp_path):
     """The same spine on the real local SLURM: D_M0 in two shards (one array after the teacher, joined
     after both), each eval after its own student, the report after everything; Table 2 written."""
-    import test_slurm
-    if why := test_slurm.cluster_answers():
+    if why := cluster_answers():
         pytest.skip(why)
     from collapse import manifest
-    from collapse.executors import slurm_index
+    from collapse import slurm_index
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "ddpm_two.yaml").write_text("experiment: ddpm_mnist\nrows:\n  - {distill.lam: 0.0}\n  - {distill.lam: 0.5}\n")
     root = tmp_path / "r"
-    out = test_slurm.launch("grid=ddpm_two", "cluster=slurm", f"results_root={root}", "synth.shards=2", *TINY_DDPM,
-                            env={"COLLAPSE_GRID_DIR": str(grids)})
-    assert out.returncode == 0, test_slurm.show(out)
+    out = launch("grid=ddpm_two", "cluster=slurm", f"results_root={root}", "synth.shards=2", *TINY_DDPM,
+                 env={"COLLAPSE_GRID_DIR": str(grids)})
+    assert out.returncode == 0, show(out)
     launch_ = slurm_index.read_index(root)["launches"][-1]
     assert [(a["level"], a["kind"], a["size"]) for a in launch_["arrays"]] == [
         (0, "teacher", 1), (1, "synth_shard", 2), (1, "eval", 1), (2, "synth", 1), (3, "student", 2), (4, "eval", 2),
         (5, "report", 1)]
-    rows = test_slurm.wait_done(test_slurm.launch_jobs(launch_), timeout=600)
+    rows = wait_done(launch_jobs(launch_), timeout=600)
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
     job = {k: e["job"] for k, e in slurm_index.read_index(root)["stages"].items()}
     recs = {r["key"]: r for r in manifest.read_all(root) if r["kind"] != "sweep"}
     assert all(r["status"] == "done" for r in recs.values()), recs
-    start, end = (lambda k: test_slurm.ts(rows[job[k]]["Start"])), (lambda k: test_slurm.ts(rows[job[k]]["End"]))
+    start, end = (lambda k: ts(rows[job[k]]["Start"])), (lambda k: ts(rows[job[k]]["End"]))
     (teacher,) = [k for k, r in recs.items() if r["kind"] == "teacher"]
     shards = [k for k, r in recs.items() if r["kind"] == "synth_shard"]
     assert len(shards) == 2 and all(start(k) >= end(teacher) for k in shards)

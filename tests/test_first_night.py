@@ -22,11 +22,10 @@ TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
 
 from collapse import lease, snapshot  # noqa: E402
-from collapse.executors import slurm_index  # noqa: E402
-from collapse.executors.slurm_index import SubmissionError, TransientSlurmError, with_retries  # noqa: E402
+from collapse import slurm_index  # noqa: E402
+from collapse.slurm_index import SubmissionError, TransientSlurmError, with_retries  # noqa: E402
 
-TOY_ENV = {"COLLAPSE_TASKS": "toy=toy_task", "COLLAPSE_CONFIG_DIR": str(TESTS / "toy"),
-           "COLLAPSE_GRID_DIR": str(TESTS / "toy" / "grids"), "OMP_NUM_THREADS": "1"}
+from helpers import TOY_ENV, wait_for  # noqa: E402
 BROKEN = 'raise ImportError("collapse/train.py was edited after the launch")\n'
 
 
@@ -72,15 +71,6 @@ def records(root: Path) -> dict:
         if r.get("kind") != "sweep":
             out[r["name"]] = r
     return out
-
-
-def wait_for(what: str, cond, timeout: float = 240, poll: float = 0.2, detail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(poll)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{detail()}")
 
 
 # ---------------------------------------------------------------- the snapshot, no cluster

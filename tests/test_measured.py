@@ -17,20 +17,12 @@ sys.path.insert(0, str(REPO))
 from collapse import limits, manifest  # noqa: E402
 from collapse.config import ClusterConfig, ConfigError  # noqa: E402
 
-TOY_ENV = {"COLLAPSE_TASKS": "toy=toy_task", "COLLAPSE_CONFIG_DIR": str(TESTS / "toy"),
-           "COLLAPSE_GRID_DIR": str(TESTS / "toy" / "grids"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}
-
-
-def launch(*args, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "sweeps" / "launch.py"), "grid=toy_lambda", "train.threads=1",
-                           *args], capture_output=True, text=True, env={**os.environ, **TOY_ENV}, cwd=REPO,
-                          timeout=timeout)
+from helpers import launch_toy as launch, toy_env  # noqa: E402,F401
 
 
 @pytest.fixture
 def cluster():
-    from collapse.executors import slurm_reachable
+    from collapse.cluster import slurm_reachable
     if not slurm_reachable():
         pytest.skip("no SLURM cluster answers (start one with `bash slurm/start.sh`)")
 

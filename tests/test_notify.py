@@ -15,22 +15,14 @@ sys.path.insert(0, str(REPO))
 from collapse import launch as launching  # noqa: E402
 from collapse.config import ClusterConfig, build  # noqa: E402
 from collapse.executors.slurm import sbatch_parameters, with_mail  # noqa: E402
-from collapse.executors.slurm_index import read_index  # noqa: E402
+from collapse.slurm_index import read_index  # noqa: E402
 
-TOY_ENV = {"COLLAPSE_TASKS": "toy=toy_task", "COLLAPSE_CONFIG_DIR": str(TESTS / "toy"),
-           "COLLAPSE_GRID_DIR": str(TESTS / "toy" / "grids"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}
-
-
-def launch(*args, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "sweeps" / "launch.py"), "grid=toy_lambda", "train.threads=1",
-                           *args], capture_output=True, text=True, env={**os.environ, **TOY_ENV}, cwd=REPO,
-                          timeout=timeout)
+from helpers import launch_toy as launch, toy_env  # noqa: E402,F401
 
 
 @pytest.fixture
 def cluster():
-    from collapse.executors import slurm_reachable
+    from collapse.cluster import slurm_reachable
     if not slurm_reachable():
         pytest.skip("no SLURM cluster answers (start one with `bash slurm/start.sh`)")
 
@@ -98,4 +90,4 @@ def test_a_submitted_sweep_carries_the_mail_options_to_slurm(cluster, tmp_path):
             assert shown.get("MailType") == ("END,FAIL" if kind == "report" else "FAIL"), (kind, shown)
     finally:
         subprocess.run([sys.executable, str(REPO / "sweeps" / "cancel.py"), f"results_root={root}"],
-                       capture_output=True, text=True, timeout=120, env={**os.environ, **TOY_ENV}, cwd=REPO)
+                       capture_output=True, text=True, timeout=120, env=toy_env(), cwd=REPO)

@@ -18,17 +18,16 @@ from pathlib import Path
 import pytest
 
 from collapse import lease, manifest, plan as planning, status
-from collapse.executors import local, slurm_index
+from collapse import slurm_index
+from collapse.executors import local
 from collapse.executors.slurm_job import StageJob
 from collapse.grid import load_sweep
-from test_faults import (child_env, data_root, final, plan_stages, pointer_step, reference,  # noqa: F401
-                         resumed_step, teacher_of)
-from test_slurm import cluster, cluster_answers, launch_jobs, wait_done  # noqa: F401
+from helpers import (TINY_VAE, child_env, cluster, cluster_answers, data_root, final, launch_jobs,  # noqa: F401
+                     override, plan_stages, pointer_step, reference, resumed_step, teacher_of, wait_done, wait_for)
 
 REPO = Path(__file__).resolve().parent.parent
 # threads fixed: which launch runs a stage must not change its thread count, hence its numbers
-SMALL = ["grid=vae_smoke3", "profile=smoke", "data.train_size=256", "data.test_size=128", "train.epochs=2",
-         "eval.grid_samples=4", "train.threads=1"]
+SMALL = ["grid=vae_smoke3", *override(TINY_VAE, "train.epochs=2"), "train.threads=1"]
 STARTS = re.compile(r"^\[[\d:]+\] .+: starting on ", re.M)
 
 
@@ -56,16 +55,6 @@ def runs_per_stage(root) -> dict:
 
 def stage_records(root) -> dict:
     return {r["key"]: r for r in manifest.read_all(root) if r.get("kind") != "sweep"}
-
-
-def wait_for(what, cond, timeout=300, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 # ---------------------------------------------------------------- the lease itself (no training)
@@ -113,7 +102,8 @@ def test_a_runner_that_stalls_past_the_stale_interval_loses_its_lease_and_stops(
                               stderr=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "acquired"
-        time.sleep(0.6)
+        beat = lease.path(tmp_path, "k").stat().st_mtime_ns   # a heartbeat seen, not a time slept
+        wait_for("a heartbeat", lambda: lease.path(tmp_path, "k").stat().st_mtime_ns > beat, timeout=10, poll=0.02)
         with pytest.raises(lease.Held):      # alive and beating
             lease.acquire(tmp_path, "k")
         holder.send_signal(signal.SIGSTOP)   # frozen (its pid is alive): only the missing heartbeat tells

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 
 from collapse import lease, preflight, tasks
-from collapse.executors import slurm_index
+from collapse import slurm_index
 from collapse.grid import load_sweep
 from collapse.plan import build
 from collapse.tasks import gpu_rates
-from conftest import REPO, TINY, launch
-from test_slurm import cluster  # noqa: F401
+from helpers import REPO, TINY, TINY_VAE, cluster, launch  # noqa: F401
 
-KEY_ARGS = ["grid=vae_coeffs_key", "seeds=[0]", "profile=smoke", "data.train_size=256", "data.test_size=128"]
+KEY_ARGS = ["grid=vae_coeffs_key", "seeds=[0]", *TINY_VAE[:3]]
 
 
 def dry(*args, env=None):

@@ -11,11 +11,9 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -26,105 +24,16 @@ sys.path.insert(0, str(REPO))
 from collapse import plan as planning  # noqa: E402
 from collapse.config import ConfigError, to_dict  # noqa: E402
 from collapse.experiment import from_dict  # noqa: E402
-from collapse.executors import slurm, slurm_index  # noqa: E402
+from collapse import slurm_index  # noqa: E402
+from collapse.executors import slurm  # noqa: E402
 from collapse.executors.slurm_groups import make_groups  # noqa: E402
 from collapse.grid import load_sweep  # noqa: E402
 from collapse.plan import Stage  # noqa: E402
 from collapse import status, train  # noqa: E402
 
-TINY = ["profile=smoke", "cluster=slurm", "data.train_size=256", "data.test_size=128", "train.epochs=1",
-        "eval.grid_samples=4"]
-GRID_TIMEOUT_S = 240     # a whole tiny grid: ~70 s on 2 busy cores
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-            "BOOT_FAIL", "DEADLINE"}
-
-
-# ---------------------------------------------------------------- helpers
-
-def cluster_answers() -> str | None:
-    """None when a SLURM cluster with accounting answers, else why not."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "no SLURM cluster: sinfo/sbatch not on PATH (start one with `bash slurm/start.sh`)"
-    for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now-1minute"]):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError) as e:
-            return f"no SLURM cluster: {cmd[0]} does not answer ({e}); start one with `bash slurm/start.sh`"
-        if out.returncode != 0:
-            return (f"no SLURM cluster: {cmd[0]} failed ({out.stderr.strip()[:200]}); "
-                    "start one with `bash slurm/start.sh`")
-    return None
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    why = cluster_answers()
-    if why:
-        pytest.skip(why)
-
-
-def launch(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "sweeps" / "launch.py"), *args], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=timeout)
-
-
-def show(out: subprocess.CompletedProcess) -> str:
-    return f"exit {out.returncode}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr[-3000:]}"
-
-
-def sacct(job_ids) -> dict[str, dict]:
-    ids = ",".join(sorted({str(j).split("_")[0] for j in job_ids}))
-    fields = ["JobID", "JobName", "State", "Start", "End"]
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ids, "-o", ",".join(fields)], capture_output=True,
-                         text=True, timeout=20).stdout
-    rows = {}
-    for line in out.splitlines():
-        row = dict(zip(fields, line.split("|")))
-        row["State"] = row["State"].split()[0] if row.get("State") else ""
-        rows[row["JobID"]] = row
-    return rows
-
-
-def wait_done(job_ids, timeout=GRID_TIMEOUT_S) -> dict[str, dict]:
-    """Poll sacct until every job (and array task) of `job_ids` has ended; cancel them on timeout."""
-    deadline = time.monotonic() + timeout
-    rows = {}
-    while time.monotonic() < deadline:
-        rows = sacct(job_ids)
-        bases = {str(j).split("_")[0] for j in job_ids}
-        seen = {r.split("_")[0] for r in rows}
-        if bases <= seen and all(r["State"] in TERMINAL for r in rows.values()):
-            return rows
-        time.sleep(1)
-    subprocess.run(["scancel", *sorted({str(j).split("_")[0] for j in job_ids})], timeout=20)
-    pytest.fail(f"jobs {sorted(job_ids)} not finished after {timeout}s; sacct: {rows}")
-
-
-def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def launch_jobs(launch: dict) -> list[str]:
-    """The jobs one launch submitted: its arrays and its canary."""
-    return [a["job"] for a in launch["arrays"]] + ([launch["canary"]["job"]] if launch.get("canary") else [])
-
-
-def records(root) -> dict:
-    return {r["key"]: r for r in status.read_records(root) if r.get("kind") != "sweep"}
-
-
-def status_table(root, *extra) -> str:
-    out = subprocess.run([sys.executable, str(REPO / "sweeps" / "status.py"), f"results_root={root}", *extra],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def row_of(table: str, name: str) -> str:
-    lines = [line for line in table.splitlines() if line.startswith(name + " ")]
-    assert len(lines) == 1, f"{name} not once in\n{table}"
-    return lines[0]
+from helpers import (GRID_TIMEOUT_S, TERMINAL, TINY_SLURM as TINY, cluster, cluster_answers, launch,  # noqa: E402,F401
+                     launch_jobs, records, sacct, show, squeued, status_table, table_row as row_of, ts, wait_done,
+                     wait_for)
 
 
 # ---------------------------------------------------------------- no cluster needed
@@ -305,8 +214,7 @@ def launched(cluster, tmp_path_factory):
     assert second.returncode == 0, show(second)
     index2 = slurm_index.read_index(root)
     # this root's jobs (their batch script lives under it): other tests' jobs may be queued meanwhile
-    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j|%o"], capture_output=True, text=True, timeout=20).stdout
-    queued = {line.split("|")[0].split("_")[0] for line in queue.splitlines()
+    queued = {line.split("|")[0].split("_")[0] for line in squeued("%i|%j|%o")
               if "|vae_smoke3." in line and str(root) in line}
     diverging = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
     assert diverging.returncode == 0, show(diverging)
@@ -357,13 +265,8 @@ def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics
     def text():
         return log.read_text() if log.exists() else ""
 
-    def wait_for(what, cond, timeout=300):   # generous: CI machines are small and shared
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.1)
-        pytest.fail(f"timed out after {timeout}s waiting for {what}; log:\n{text()[-3000:]}")
+    def waited(what, cond):   # generous: CI machines are small and shared
+        wait_for(what, cond, timeout=300, detail=lambda: f"log:\n{text()[-3000:]}")
 
     def step():
         try:
@@ -376,14 +279,14 @@ def test_training_job_requeued_resumes_from_its_checkpoint_with_the_same_metrics
         assert slurm.submit(sweep, plan, [teacher], root, out=out) == 0, out.getvalue()   # the real path
         launch_ = slurm_index.read_index(root)["launches"][-1]
         job = launch_["arrays"][0]["job"]
-        wait_for("a first checkpoint", lambda: step() > 0)
+        waited("a first checkpoint", lambda: step() > 0)
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=20)
-        wait_for("the requeued job to resume", lambda: text().count("resumed at") >= 1)
+        waited("the requeued job to resume", lambda: text().count("resumed at") >= 1)
         resumed = step()
-        wait_for("a checkpoint after the resume", lambda: step() > resumed)
+        waited("a checkpoint after the resume", lambda: step() > resumed)
         import submitit
         submitit.SlurmJob(folder=slurm_index.submitit_folder(root), job_id=job)._interrupt()   # SIGTERM, then USR2
-        wait_for("the preempted job to resume", lambda: text().count("resumed at") >= 2)
+        waited("the preempted job to resume", lambda: text().count("resumed at") >= 2)
         rows = wait_done(launch_jobs(launch_), timeout=180)
         assert rows[job]["State"] == "COMPLETED", rows
         assert ref.wait(timeout=180) == 0
@@ -527,7 +430,8 @@ def test_failed_grid_point_others_finish_status_shows_it_relaunch_reruns_only_it
 @pytest.mark.slurm
 def test_sbatch_rejection_mid_sweep_cancels_what_was_submitted(cluster, tmp_path):
     root = tmp_path / "r"
-    out = launch("grid=vae_smoke3", f"results_root={root}", *TINY, "cluster.stages.eval.partition=no_such_partition")
+    out = launch("grid=vae_smoke3", f"results_root={root}", *TINY, "cluster.stages.eval.partition=no_such_partition",
+                 check=False)
     assert out.returncode == 1, show(out)
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith("error: sbatch rejected the eval group (level 1, 1 stage): ") and "partition" in err, err

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from collapse import stages
-from conftest import REPO
+from helpers import REPO
 
 
 def test_downstream_follows_readers_through_any_depth_and_only_through_what_it_is_given():
@@ -45,7 +45,7 @@ def test_stage_paths_refuse_a_key_that_leaves_the_results_root(tmp_path):
 
 
 def test_status_and_cancel_import_neither_torch_nor_submitit():
-    code = ("import sys; import collapse.status, collapse.cancel, collapse.stages, collapse.executors.slurm_index; "
+    code = ("import sys; import collapse.status, collapse.cancel, collapse.stages, collapse.slurm_index; "
             "print(sorted(m for m in ('torch', 'submitit', 'collapse.plan', 'collapse.run') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr

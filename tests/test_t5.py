@@ -14,6 +14,7 @@ from collapse.device import StepNoise
 from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
 from collapse.tasks import t5, t5_report
+from helpers import cluster_answers, launch, launch_jobs, show, wait_done
 
 # Real CNN/DailyMail-shaped rows (the tests write them as files in the release's formats)
 ARTICLES = [
@@ -355,7 +356,6 @@ def _check_grid_results(root):
 def test_a_tiny_t5_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkeypatch):
     """Teacher, synth (greedy summaries in 2 shards), M1 and a distilled student, three evals and the
     report with Table 3, as real subprocesses through the same plan, runner and executor as the VAE."""
-    from conftest import launch
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "t5_two.yaml").write_text(TWO_ROWS)
@@ -369,16 +369,15 @@ def test_a_tiny_t5_grid_runs_end_to_end_on_the_local_executor(tmp_path, monkeypa
 
 @pytest.mark.slurm
 def test_a_tiny_t5_grid_runs_end_to_end_on_slurm(tmp_path, monkeypatch):
-    import test_slurm
-    if why := test_slurm.cluster_answers():
+    if why := cluster_answers():
         pytest.skip(why)
-    from collapse.executors import slurm_index
+    from collapse import slurm_index
     grids = tmp_path / "grids"
     grids.mkdir()
     (grids / "t5_two.yaml").write_text(TWO_ROWS)
     root = tmp_path / "r"
-    out = test_slurm.launch("grid=t5_two", "profile=t5_smoke", "cluster=slurm", f"results_root={root}",
-                            env={"COLLAPSE_GRID_DIR": str(grids)})
-    assert out.returncode == 0, test_slurm.show(out)
-    test_slurm.wait_done(test_slurm.launch_jobs(slurm_index.read_index(root)["launches"][-1]), timeout=600)
+    out = launch("grid=t5_two", "profile=t5_smoke", "cluster=slurm", f"results_root={root}",
+                 env={"COLLAPSE_GRID_DIR": str(grids)})
+    assert out.returncode == 0, show(out)
+    wait_done(launch_jobs(slurm_index.read_index(root)["launches"][-1]), timeout=600)
     _check_grid_results(root)

@@ -7,7 +7,7 @@ afterok, afterany for the report); each task runs one stage inside StageJob (slu
 carries `--kill-on-invalid-dep=yes`: a job whose input failed is removed instead of pending forever.
 
 <results_root>/slurm/ holds the submitit folder (submitit/: sbatch scripts, pickles, job stdout)
-and jobs.json (slurm_index.py): the latest job of each stage key and one entry per launch. It is
+and jobs.json (collapse/slurm_index.py): the latest job of each stage key and one entry per launch. It is
 updated under the launch lease after every sbatch; a relaunch checks those jobs with one squeue call and
 does not submit a stage whose job is still queued or running. If sbatch rejects a group mid-launch, the
 jobs this launch already submitted are cancelled (no half chain waits forever) and launch fails.
@@ -24,7 +24,7 @@ import submitit
 
 from collapse import canary, lease, stages
 from collapse.executors.slurm_groups import make_groups
-from collapse.executors.slurm_index import (SubmissionError, TransientSlurmError, base_id, cancel, is_active, locked,
+from collapse.slurm_index import (SubmissionError, TransientSlurmError, base_id, cancel, is_active, locked,
                                             read_index, squeue_states, submitit_folder, transient, with_retries,
                                             write_index)
 from collapse.executors.slurm_job import StageJob   # queued jobs pickled before slurm_job.py name slurm.StageJob

@@ -16,7 +16,7 @@ every job of the launch and on those it found queued, so it runs whatever failed
 """
 from dataclasses import dataclass, field
 
-from collapse.executors.slurm_index import SubmissionError, base_id
+from collapse.slurm_index import SubmissionError, base_id
 from collapse.stages import ANY_OUTCOME
 
 
