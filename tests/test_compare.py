@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import collapse
+from helpers import toy_env
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -21,8 +22,7 @@ pytestmark = pytest.mark.slow   # two launches of the toy grid: about a minute a
 
 
 def env(grid_dir) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "COLLAPSE_TASKS": "toy=toy_task",
-            "COLLAPSE_CONFIG_DIR": str(TESTS / "toy"), "COLLAPSE_GRID_DIR": str(grid_dir), "OMP_NUM_THREADS": "1"}
+    return toy_env(grid_dir)
 
 
 def run(script: str, *args, grid_dir=TESTS / "toy" / "grids", timeout=600):

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, launch
-from test_slurm import cluster, launch_jobs, wait_done  # noqa: F401
+from helpers import TINY, cluster, launch, launch_jobs, wait_done  # noqa: F401
 
 SMALL = [*TINY, "train.threads=1"]
 KEY_ROWS = ["grid=vae_coeffs_key", "seeds=[0]", "model.kl_weight=1.0"]   # vae_smoke3's reading, so stages are shared

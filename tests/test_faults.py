@@ -24,73 +24,11 @@ import pytest
 
 from collapse import grid, manifest, plan as planning, run, storage
 
-REPO = Path(__file__).resolve().parent.parent
-EPOCHS, BATCH, EVERY, N_TRAIN = 3, 16, 5, 256        # 16 steps an epoch, 48 in all; checkpoints every 5
-STEPS_PER_EPOCH = N_TRAIN // BATCH
-KILL = storage.KILL_IN_WRITE_ENV
+from helpers import (BATCH, EPOCHS, EVERY, KILL, N_TRAIN, REPO, STEPS_PER_EPOCH, child_env,  # noqa: F401
+                     data_root, final, killed, plan_stages, pointer_step, reference, resumed_step, run_stage,
+                     teacher_of, tiny_args, write_idx)
+
 KILL_WINDOW_S = (0.0, 0.3)   # after a run's first new checkpoint: a kill lands anywhere in the next few
-
-
-def write_idx(folder: Path, name: str, images: np.ndarray) -> None:
-    header = np.array([2051, len(images), 28, 28], dtype=">i4").tobytes()
-    (folder / name).write_bytes(header + images.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """A torchvision-layout MNIST stand-in: blurred random blobs, 256 train and 128 test images."""
-    folder = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    images = (rng.random((N_TRAIN + 128, 28, 28)) > 0.85).astype(np.float32)
-    images = (images + np.roll(images, 1, 1) + np.roll(images, 1, 2)).clip(0, 1) * 255
-    write_idx(folder, "train-images-idx3-ubyte", images[:N_TRAIN])
-    write_idx(folder, "t10k-images-idx3-ubyte", images[N_TRAIN:])
-    return folder
-
-
-def tiny_args(data_root, *extra) -> list[str]:
-    return ["profile=smoke", "cluster=local", f"data.root={data_root}", f"data.train_size={N_TRAIN}",
-            "data.test_size=128", f"train.epochs={EPOCHS}", f"train.batch_size={BATCH}",
-            f"train.checkpoint_every={EVERY}", "eval.grid_samples=4", *extra]
-
-
-def plan_stages(root: Path, data_root, *extra, grid_name="vae_smoke3"):
-    sweep = grid.load_sweep([f"grid={grid_name}", f"results_root={root}", *tiny_args(data_root, *extra)])
-    plan = planning.build(sweep)
-    for stage in plan.stages.values():
-        run.write_spec(root, stage)
-    return plan
-
-
-def teacher_of(plan):
-    return next(s for s in plan.stages.values() if s.kind == "teacher")
-
-
-def child_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", KILL)}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
-    return env
-
-
-def run_stage(root, key, kill_in_write=None, prefix=(), timeout=300) -> subprocess.CompletedProcess:
-    env = child_env(**({KILL: kill_in_write} if kill_in_write else {}))
-    return subprocess.run([*prefix, sys.executable, "-m", "collapse.run", str(root), key], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def killed(proc) -> bool:
-    return proc.returncode == -signal.SIGKILL
-
-
-def pointer_step(root, key) -> int | None:
-    pointer = run.stage_dir(root, key) / "checkpoints" / "latest.json"
-    return int(json.loads(pointer.read_text())["tag"].split("-")[1]) if pointer.exists() else None
-
-
-def resumed_step(stdout: str) -> int | None:
-    m = re.search(r"resumed at epoch \d+ batch \d+ step (\d+)", stdout)
-    return int(m.group(1)) if m else None
 
 
 def last_checkpoint_before(step: int) -> int:
@@ -98,29 +36,9 @@ def last_checkpoint_before(step: int) -> int:
     return max(s for s in range(1, step) if s % EVERY == 0 or s % STEPS_PER_EPOCH == 0)
 
 
-def final(record) -> dict:
-    """What must be identical between an interrupted and an uninterrupted run (not the timings)."""
-    m = record["metrics"]
-    return {"best_test_loss": m["best_test_loss"], "best_epoch": m["best_epoch"], "steps": m["steps"],
-            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]],
-            "weights_sha256": record["artifacts"]["weights"]["sha256"]}
-
-
 def assert_no_torn_records(root):
     records = manifest.read_all(root)
     assert not [r for r in records if r["status"] == "unreadable"], records
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_root):
-    """The teacher stage run once, uninterrupted."""
-    root = tmp_path_factory.mktemp("reference")
-    teacher = teacher_of(plan_stages(root, data_root))
-    proc = run_stage(root, teacher.key)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    record = manifest.read(root, teacher.key)
-    assert record["metrics"]["steps"] == EPOCHS * STEPS_PER_EPOCH
-    return final(record)
 
 
 # ---------------------------------------------------------------- kills

@@ -16,7 +16,7 @@ from collapse.generations import REAL, sources, training_set
 from collapse.grid import load_sweep
 from collapse.report import chains
 from collapse.tasks.vae_report import PRIMARY as VAE_PRIMARY
-from conftest import launch
+from helpers import launch
 
 N = 10
 

@@ -1,6 +1,8 @@
 """The house rules, read from the source: no import cycles (imports through importlib strings count),
+neither between modules nor between floors (each folder of collapse/ one node, each top-level module one),
 no module over 400 lines, a core that names no modality, and imports inside functions only where they
-keep torch (or another heavy library) out of a torch-free command, said so in a comment on that line.
+keep torch (or another heavy library) out of a torch-free command, said so in a comment on that line;
+and no test module importing another (or conftest): what tests share lives in tests/helpers.py.
 
 Run alone: python tests/test_house.py (prints every finding)."""
 import ast
@@ -52,9 +54,26 @@ def imported(tree: ast.AST, name: str, known: dict) -> set[str]:
     return found
 
 
-def cycles() -> list[list[str]]:
+def import_graph() -> dict[str, set[str]]:
     known = modules()
-    graph = {n: imported(ast.parse(p.read_text()), n, known) for n, p in known.items()}
+    return {n: imported(ast.parse(p.read_text()), n, known) for n, p in known.items()}
+
+
+def folder_of(name: str) -> str:
+    """The node a module is in the folder-level graph: collapse.report.tables -> collapse.report."""
+    return ".".join(name.split(".")[:2])
+
+
+def folder_graph() -> dict[str, set[str]]:
+    """Each folder of collapse/ (executors, report, tasks, ...) one node, each top-level module one."""
+    graph = {}
+    for n, targets in import_graph().items():
+        graph.setdefault(folder_of(n), set()).update(folder_of(m) for m in targets if folder_of(m) != folder_of(n))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]] | None = None) -> list[list[str]]:
+    graph = import_graph() if graph is None else graph
     found, state = [], {}
 
     def visit(n, path):
@@ -121,8 +140,25 @@ def lazy_imports() -> list[str]:
     return sorted(set(out))
 
 
+def cross_test_imports() -> list[str]:
+    """Test modules importing another test module (or conftest): what tests share lives in tests/helpers.py."""
+    out = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            out += [f"tests/{path.name}:{node.lineno}: {n}" for n in names
+                    if n.split(".")[0].startswith("test_") or n.split(".")[0] == "conftest"]
+    return out
+
+
 def test_no_import_cycles():
     assert cycles() == []
+
+
+def test_folders_layer_one_way():
+    """With each folder one node the graph has no cycle: the floors of docs/architecture.md."""
+    assert cycles(folder_graph()) == []
 
 
 def test_no_module_over_400_lines():
@@ -137,9 +173,14 @@ def test_imports_inside_functions_say_why():
     assert lazy_imports() == []
 
 
+def test_tests_share_through_helpers_only():
+    assert cross_test_imports() == []
+
+
 if __name__ == "__main__":
-    for title, found in (("cycles", cycles()), ("long modules", long_modules()),
-                         ("modality names in the core", modality_names()), ("lazy imports", lazy_imports())):
+    for title, found in (("cycles", cycles()), ("folder cycles", cycles(folder_graph())), ("long modules", long_modules()),
+                         ("modality names in the core", modality_names()), ("lazy imports", lazy_imports()),
+                         ("test modules importing test modules", cross_test_imports())):
         print(f"{title}: {len(found)}")
         for f in found:
             print("  ", f)

@@ -22,14 +22,10 @@ TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
 
 from collapse import manifest  # noqa: E402
+from helpers import toy_env  # noqa: E402
 
 GRID = "experiment: toy\nrows:\n  - {distill.lam: 0.0}\n  - {distill.lam: 1.0}\n  - {distill.lam: 1.0e+39}\n"
 # lam 1e39: beyond float32, the distilled loss is inf at the first step (DivergedError), its eval blocked
-
-
-def toy_env(grids: Path) -> dict:
-    return {**os.environ, "COLLAPSE_TASKS": "toy=toy_task", "COLLAPSE_CONFIG_DIR": str(TESTS / "toy"),
-            "COLLAPSE_GRID_DIR": str(grids), "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}
 
 
 def launch(env: dict, *args) -> subprocess.CompletedProcess:

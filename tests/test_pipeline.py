@@ -6,7 +6,7 @@ import os
 import pytest
 
 from collapse import manifest
-from conftest import launch
+from helpers import launch
 
 
 def records(root):

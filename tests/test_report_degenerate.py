@@ -13,54 +13,11 @@ import pytest
 from collapse import manifest
 from collapse.config import to_dict
 from collapse.experiment import from_dict
-from collapse.report.write import write_reports
+from collapse.reporting import write_reports
+from helpers import BEST, M1, MISSING, key, report, write_grid  # noqa: F401
 
-M1 = {"distill.lam": 0.0, "distill.beta": 0.0, "distill.gamma": 0.0}
-BEST = {"distill.lam": 0.5, "distill.beta": 1.0, "distill.gamma": 1.0}
 LAM0 = {**BEST, "distill.lam": 0.0}
 OTHER = {"distill.lam": 1.0, "distill.beta": 1.0, "distill.gamma": 1.0}
-MISSING = object()   # a grid point or teacher whose eval has no record yet
-
-
-def key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_grid(root, name: str, rows: list[tuple[dict, dict]], teacher: dict, task: str = "vae",
-               metric: str = "test_loss") -> None:
-    """A finished one-generation sweep: rows [(coefficients, {seed: metrics dict, a bare value of `metric`,
-    or MISSING})], teacher {seed: the same}; an eval MISSING has no record (the point is not run yet)."""
-    points = []
-    for coeffs, by_seed in rows:
-        for seed, scored in by_seed.items():
-            cfg = to_dict(from_dict({"task": task}))
-            cfg["distill"].update({k.split(".")[1]: v for k, v in coeffs.items()})
-            cfg["train"].update(seed=seed, reduction="pixel")
-            ev, st = key("eval", coeffs, seed, task), key("student", coeffs, seed, task)
-            te, t = key("teval", seed, task), key("teacher", seed, task)   # one teacher a seed
-            manifest.write(root, {"kind": "student", "key": st, "name": "s", "status": "done", "config": cfg})
-            manifest.write(root, {"kind": "teacher", "key": t, "name": "t", "status": "done", "config": cfg})
-            for k, value in ((ev, scored), (te, teacher[seed])):
-                if value is not MISSING:
-                    metrics = value if isinstance(value, dict) else {metric: value}
-                    manifest.write(root, {"kind": "eval", "key": k, "name": "eval", "status": "done",
-                                          "metrics": metrics, "artifacts": {}, "config": cfg})
-            points.append({"label": {**coeffs, "train.seed": seed}, "student": st, "eval": ev, "teacher": t,
-                           "teacher_eval": te})
-    manifest.write(root, {"kind": "sweep", "key": f"sweep-{name}", "name": name, "status": "done", "ended": 1.0,
-                          "config": {"grid": name, "task": task, "plan": "one_generation", "points": points}})
-
-
-def report(root, name: str, capsys, part: str = "") -> tuple[list[dict], str]:
-    """The report written with every warning an error; (the csv's rows, the markdown)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        write_reports(root)
-    assert capsys.readouterr().err == ""
-    with open(root / "report" / f"{name}{part}.csv") as f:
-        return list(csv.DictReader(f)), (root / "report" / f"{name}{part}.md").read_text()
-
-
 def row(rows: list[dict], coeffs: dict) -> dict:
     return next(r for r in rows if r["model"] != "M0 (teacher)" and
                 (float(r["lambda"]), float(r["beta"]), float(r["gamma"])) == tuple(coeffs.values()))

@@ -11,7 +11,7 @@ import pytest
 
 from collapse.metrics import fid as metrics
 from collapse.report import chains
-from test_report_degenerate import BEST, M1, report, write_grid
+from helpers import BEST, M1, report, write_grid
 
 
 def features(rng, n: int, shift: float = 0.0) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from collapse.report import paper
-from test_report_stats import M1, read_report, row_of, write_sweep
+from helpers import M1_COEFFS as M1, read_report, row_of, write_sweep
 
 BEST, LAM0, BETA0 = (0.5, 1.0, 1.0), (0.0, 1.0, 1.0), (0.5, 0.0, 1.0)
 ROWS = {   # per pixel; the paper's gamma = 0 row is not run

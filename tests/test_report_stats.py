@@ -19,10 +19,11 @@ from collapse import manifest, plan
 from collapse.config import REPO, load_yaml, to_dict
 from collapse.experiment import from_dict
 from collapse.report import paper, stats as report_stats
-from collapse.report.write import write_reports
+from collapse.reporting import write_reports
 from collapse.tasks import vae_report
+from helpers import M1_COEFFS, TEACHER, read_report, row_of, write_sweep  # noqa: F401
 
-M1 = (0.0, 0.0, 0.0)
+M1 = M1_COEFFS
 ROWS = {   # (lam, beta, gamma) -> {seed: L_M(Test)}: M1, a clear gain, a wash, a lone seed, a loss, unpaired
     M1: {0: 110.0, 1: 111.5, 2: 109.0, 3: 112.0, 4: 110.5},
     (1.0, 0.0, 0.0): {0: 100.0, 1: 101.0, 2: 99.5, 3: 100.5, 4: 101.5},
@@ -31,58 +32,6 @@ ROWS = {   # (lam, beta, gamma) -> {seed: L_M(Test)}: M1, a clear gain, a wash, 
     (1.0, 1.0, 1.0): {0: 113.0, 1: 114.0, 2: 112.5, 3: 115.0, 4: 113.2},
     (2.0, 0.0, 0.0): {5: 106.0, 6: 108.5, 7: 105.0},    # seeds M1 does not have: Welch
 }
-TEACHER = {0: 95.0, 1: 96.0, 2: 94.5, 3: 95.5, 4: 96.5, 5: 95.2, 6: 95.8, 7: 96.1}
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-
-
-def config_of(coeffs, seed, overrides) -> dict:
-    cfg = to_dict(from_dict({"task": "vae"}))
-    cfg["distill"].update(zip(("lam", "beta", "gamma"), coeffs))
-    cfg["train"]["seed"] = seed
-    for dotted, value in overrides.items():
-        section, field = dotted.split(".")
-        cfg[section][field] = value
-    return cfg
-
-
-def write_sweep(root, name, rows, teacher=TEACHER, overrides=None, ended=1.0, with_config=True):
-    """A finished one-generation sweep `name`: rows (lam, beta, gamma) -> {seed: L_M(Test)}, teacher {seed: M0}.
-    Stage keys depend on the row, seed and overrides only, so sweeps that repeat a point share its records."""
-    overrides = overrides or {}
-    points = []
-    for coeffs, by_seed in rows.items():
-        for seed, value in by_seed.items():
-            cfg = config_of(coeffs, seed, overrides) if with_config else None
-            ev, st = _key("eval", coeffs, seed, overrides), _key("student", coeffs, seed, overrides)
-            te, t = _key("teval", seed, overrides), _key("teacher", seed, overrides)
-            manifest.write(root, {"kind": "eval", "key": ev, "name": f"eval:{coeffs}{seed}", "status": "done",
-                                  "metrics": {"test_loss": value}, "artifacts": {}, "config": cfg})
-            manifest.write(root, {"kind": "student", "key": st, "name": "s", "status": "done", "config": cfg})
-            manifest.write(root, {"kind": "eval", "key": te, "name": "eval:teacher", "status": "done",
-                                  "metrics": {"test_loss": teacher[seed]}, "artifacts": {}, "config": cfg})
-            manifest.write(root, {"kind": "teacher", "key": t, "name": "t", "status": "done"})
-            points.append({"label": {"distill.lam": coeffs[0], "distill.beta": coeffs[1],
-                                     "distill.gamma": coeffs[2], "train.seed": seed},
-                           "student": st, "eval": ev, "teacher": t, "teacher_eval": te})
-    manifest.write(root, {"kind": "sweep", "key": f"sweep-{name}", "name": name, "status": "done", "ended": ended,
-                          "config": {"grid": name, "task": "vae", "plan": "one_generation", "points": points}})
-
-
-def read_report(root, name):
-    write_reports(root)
-    with open(root / "report" / f"{name}.csv") as f:
-        rows = list(csv.DictReader(f))
-    return rows, (root / "report" / f"{name}.md").read_text()
-
-
-def row_of(rows, coeffs):
-    return next(r for r in rows if r["model"] != "M0 (teacher)" and
-                (float(r["lambda"]), float(r["beta"]), float(r["gamma"])) == coeffs)
-
-
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")

@@ -9,7 +9,7 @@ import pytest
 
 import collapse
 from collapse import manifest
-from conftest import REPO, TINY, launch
+from helpers import REPO, TINY, launch
 
 
 @pytest.fixture(scope="module")

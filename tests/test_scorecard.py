@@ -10,7 +10,8 @@ from collapse.config import ConfigError
 from collapse.report.metric import parse
 from collapse.report.paper import paper_values
 from collapse.tasks import ddpm_report, t5_report, vae_claims
-from test_report_degenerate import report, write_grid
+import helpers
+from helpers import report, write_grid
 
 SEEDS = (0, 1, 2)
 
@@ -102,9 +103,8 @@ T5 = paper_table("t5", t5_report.CLAIMS, ("rouge1", "ppl_mean"))
 
 
 def test_table3_rows_as_the_papers_hold_and_lambda_10_above_m1_fails(tmp_path, capsys, monkeypatch):
-    import test_report_degenerate
     from collapse.experiment import from_dict   # the stand-in's data set: no CNN/DailyMail folder needed
-    monkeypatch.setattr(test_report_degenerate, "from_dict", lambda d: from_dict({**d, "data": {"dataset": "aclsum"}}))
+    monkeypatch.setattr(helpers, "from_dict", lambda d: from_dict({**d, "data": {"dataset": "aclsum"}}))
     m0 = {"rouge1": 43.0, "ppl_mean": 30.0}   # the paper draws M0 above every student
     cells, md = grid(tmp_path / "a", capsys, "t5", t5_report.CLAIMS, T5, m0, rel=1e-6)
     assert set(verdicts(cells).values()) == {"holds"}, verdicts(cells)
@@ -116,7 +116,7 @@ def test_table3_rows_as_the_papers_hold_and_lambda_10_above_m1_fails(tmp_path, c
 
 def test_report_metric_scores_a_grid_on_a_weighted_sum_of_recorded_parts(tmp_path, capsys):
     """Rows whose test_loss says nothing (all equal) but whose reconstruction holds Table 1's claims."""
-    from collapse.report.write import write_reports
+    from collapse.reporting import write_reports
     rng = np.random.default_rng(1)
     rows = [({f"distill.{k}": v for k, v in vae_claims.CLAIMS.rows[n].items()},
              {s: {"test_loss": 0.07, "test_recon": noisy(x["test_loss"] - 0.01, rng), "test_kl": 0.1} for s in SEEDS})

@@ -5,15 +5,13 @@ import json
 
 import pytest
 
-import test_stage_keys
 from collapse import launch, plan as planning, tasks
 from collapse.config import to_dict
 from collapse.grid import GRID_DIR, load_grid, load_sweep
 from collapse.tasks.base import Simulation
-from conftest import launch as launch_process
+from helpers import NEEDS, PATHS, TESTS, folders, launch as launch_process
 
 SHIPPED = sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
-TESTS = test_stage_keys.REPO / "tests"
 
 
 def dotted_get(config: dict, key: str):
@@ -37,9 +35,9 @@ def shipped_only(monkeypatch, tmp_path):
 @pytest.mark.parametrize("grid", SHIPPED)
 def test_every_shipped_grid_passes_the_launch_checks_at_the_tasks_smoke_sizes(grid, tmp_path, capsys):
     argv = [f"grid={grid}", "profile=smoke", "cluster=local", f"results_root={tmp_path / 'r'}"]
-    if grid in test_stage_keys.NEEDS:   # data and weights not on this machine: stand-in folders, planned only
-        made = test_stage_keys.folders(tmp_path / "paths")
-        argv += [f"{test_stage_keys.PATHS[n]}={made[n]}" for n in test_stage_keys.NEEDS[grid]]
+    if grid in NEEDS:   # data and weights not on this machine: stand-in folders, planned only
+        made = folders(tmp_path / "paths")
+        argv += [f"{PATHS[n]}={made[n]}" for n in NEEDS[grid]]
         plan = planning.build(load_sweep(argv))
     else:
         assert launch.launch([*argv, "dry_run=true"]) == 0, capsys.readouterr().err

@@ -15,21 +15,9 @@ sys.path.insert(0, str(REPO))
 from collapse import fingerprint  # noqa: E402
 from collapse.grid import grid_names, load_sweep  # noqa: E402
 from collapse.plan import build  # noqa: E402
+from helpers import NEEDS, PATHS, folders  # noqa: E402
 
 RECORDED = Path(__file__).with_name("stage_keys.json")
-PATHS = {"celeba": "data.root", "t5-small": "model.path", "gpt2": "eval.ppl_model.path", "cnn": "data.root"}
-NEEDS = {"ddpm_lambda_celeba": ["celeba"], "t5_lambda_cnndm": ["t5-small", "gpt2", "cnn"]}
-
-
-def folders(base: Path) -> dict:
-    out = {}
-    for name in PATHS:
-        folder = base / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "FINGERPRINT").write_text(f"{name}-v1\n")
-        (folder / "config.json").write_text("{}")
-        out[name] = folder
-    return out
 
 
 def planned_keys(base: Path) -> dict:

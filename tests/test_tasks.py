@@ -9,6 +9,7 @@ from pathlib import Path
 
 from collapse import tasks
 from collapse.tasks.base import Simulation, Task
+from helpers import toy_env
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -22,9 +23,7 @@ def test_every_task_defines_the_whole_interface():
 
 
 def test_a_modality_from_outside_the_package_runs_a_grid_end_to_end(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "COLLAPSE_TASKS": "toy=toy_task",
-           "COLLAPSE_CONFIG_DIR": str(TESTS / "toy"), "COLLAPSE_GRID_DIR": str(TESTS / "toy" / "grids"),
-           "OMP_NUM_THREADS": "1"}
+    env = toy_env()
     root = tmp_path / "r"
     out = subprocess.run([sys.executable, str(REPO / "sweeps" / "launch.py"), "grid=toy_lambda", "cluster=local",
                           "train.threads=1", f"results_root={root}"], capture_output=True, text=True, env=env,
