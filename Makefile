@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 RESULTS ?= results/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test check bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ demo: setup
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --durations=15
+
+# The fast part of make test: every test not marked slow (end-to-end runs of a minute or more, and every
+# SLURM test: tests/conftest.py marks them), a few minutes on 2 cores; make test stays the whole suite
+check: setup
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup -m "not slow" --durations=15
 
 bench: setup
 	OMP_NUM_THREADS=1 $(PY) bench/train_step.py
