@@ -257,7 +257,7 @@ def run_report(ctx: StageContext):
     outcome (stages.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
     (killed, out of memory) are recorded failed, so the report shows them as such."""
     from collapse import status   # heavy: SLURM's accounting is read only by the report stage
-    from collapse.report.write import write_reports   # heavy: scipy and matplotlib only for the report stage
+    from collapse.reporting import write_reports   # heavy: scipy and matplotlib only for the report stage
     root, inputs = ctx.root, ctx.inputs
     for key, why in status.record_dead_jobs(root).items():
         ctx.log(f"stage {key}: recorded failed ({why})")

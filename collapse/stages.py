@@ -8,6 +8,7 @@ A stage lives in <results_root>/stages/<key>/ (its spec, stage.json, written at 
 makes), logs to <results_root>/logs/<kind>-<key>.log and records its run in manifest/<key>.json.
 """
 import re
+import sys
 from pathlib import Path
 
 from collapse import storage
@@ -98,3 +99,12 @@ def latest_sweeps(records: list[dict], grid: str | None = None) -> dict:
             if r["name"] not in sweeps or r.get("ended", 0) >= sweeps[r["name"]].get("ended", 0):
                 sweeps[r["name"]] = r
     return sweeps
+
+
+def well_formed(sweep: dict) -> bool:
+    return isinstance(sweep.get("config"), dict) and isinstance(sweep["config"].get("points"), list)
+
+
+def warn_malformed(name: str, sweep: dict) -> None:
+    print(f"warning: report: sweep record {sweep.get('key')} ({name}) is malformed (no config.points); "
+          "skipped", file=sys.stderr)

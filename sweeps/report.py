@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     from collapse.config import ConfigError
-    from collapse.report.write import write_reports   # heavy: the tasks' report parts load torch; --help does not
+    from collapse.reporting import write_reports   # heavy: the tasks' report parts load torch; --help does not
     try:
         written = write_reports(root, args.get("report.metric"))
     except ConfigError as e:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from collapse import launch as launch_module, manifest
-from collapse.report.write import write_reports
+from collapse.reporting import write_reports
 from collapse.executors import local
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import torch
 
 from collapse import manifest
 from collapse.report import chains
-from collapse.report.write import write_reports
+from collapse.reporting import write_reports
 from collapse.tasks.common import save_grid
 
 POLICIES, MODES, GENERATIONS = ("replace", "accumulate"), ("none", "teacher"), 3   # generations 0, 1, 2

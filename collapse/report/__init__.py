@@ -1,6 +1,6 @@
-"""The report: tables and figures of every grid in a results root, in <results_root>/report/.
+"""The report's library: tables, figures, statistics, the paper's values, the digest and the page.
 
-Entry point: collapse.report.write.write_reports(root). Imports go one way: write -> rows, tables,
-plots, chains, paper, stats and collapse.tasks (each task's report part, collapse/tasks/<name>_report.py,
-uses the low modules); no low module imports write.
+Below collapse/tasks: each task's report part (collapse/tasks/<name>_report.py) uses these modules, and
+none of them asks a task. What asks each sweep's task and writes every grid's report is one floor up,
+collapse/reporting.py (write_reports(root)).
 """

@@ -4,7 +4,7 @@ Per grid (its latest sweep): how many stages are done, failed, blocked (not run 
 or otherwise not done; each failure with its last error line and its log; the hours the stages measured
 against the launch's estimate (collapse/report/timing.py); the exact command that comes next. The states
 come from collapse/status.py (the table `sweeps/status.py` prints), so the digest and the status table never
-disagree. The report stage writes it last (collapse/report/write.py) and the local executor prints it when
+disagree. The report stage writes it last (collapse/reporting.py) and the local executor prints it when
 its run ends (collapse/launch.py); collapse/report/page.py shows the same facts in index.html.
 """
 import shlex
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collapse import stages, status
-from collapse.report.rows import well_formed
+from collapse.stages import well_formed
 from collapse.report.tables import write_text
 from collapse.report.timing import HEADER, kind_rows
 
@@ -69,7 +69,7 @@ def outcomes(root) -> list[Outcome]:
     by_key = {r["key"]: r for r in records}
     found = []
     for grid, sweep in sorted(stages.latest_sweeps(records).items()):
-        if not well_formed(sweep):   # the report skips it, and says so (collapse/report/write.py)
+        if not well_formed(sweep):   # the report skips it, and says so (collapse/reporting.py)
             continue
         rows, _ = status.collect(root, grid)
         rows = [r for r in rows if r.kind != "canary"]

@@ -37,7 +37,7 @@ class Common(Protocol):
     # ---- launch-time checks of data and weights: a one-line ConfigError, before any job
     def check_data(self, cfg) -> None: ...
 
-    # ---- the report (collapse/report/write.py): the primary metric (field of an eval's metrics, its
+    # ---- the report (collapse/reporting.py): the primary metric (field of an eval's metrics, its
     # label, "lower" or "higher" is better), and its own tables and figures (paths written), beside the
     # generic ones
     PRIMARY: tuple[str, str, str]
