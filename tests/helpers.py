@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 from collapse import grid, manifest, plan as planning, run, status, storage  # noqa: E402
 from collapse.config import to_dict  # noqa: E402
 from collapse.experiment import from_dict  # noqa: E402
-from collapse.report.write import write_reports  # noqa: E402
+from collapse.reporting import write_reports  # noqa: E402
 
 
 # ---------------------------------------------------------------- waiting
