@@ -17,14 +17,7 @@ sys.path.insert(0, str(REPO))
 from collapse import limits, manifest  # noqa: E402
 from collapse.config import ClusterConfig, ConfigError  # noqa: E402
 
-from helpers import launch_toy as launch, toy_env  # noqa: E402,F401
-
-
-@pytest.fixture
-def cluster():
-    from collapse.cluster import slurm_reachable
-    if not slurm_reachable():
-        pytest.skip("no SLURM cluster answers (start one with `bash slurm/start.sh`)")
+from helpers import cluster, launch_toy as launch, toy_env  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

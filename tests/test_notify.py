@@ -17,14 +17,7 @@ from collapse.config import ClusterConfig, build  # noqa: E402
 from collapse.executors.slurm import sbatch_parameters, with_mail  # noqa: E402
 from collapse.slurm_index import read_index  # noqa: E402
 
-from helpers import launch_toy as launch, toy_env  # noqa: E402,F401
-
-
-@pytest.fixture
-def cluster():
-    from collapse.cluster import slurm_reachable
-    if not slurm_reachable():
-        pytest.skip("no SLURM cluster answers (start one with `bash slurm/start.sh`)")
+from helpers import cluster, launch_toy as launch, toy_env  # noqa: E402,F401
 
 
 @pytest.mark.parametrize("value", ["", "me@lab.org,you@lab.org", "me@lab.org; rm -rf ~", "me @lab.org", "@lab.org"])
