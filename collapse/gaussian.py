@@ -239,35 +239,50 @@ def expected_sigma2(cfg: GaussianConfig) -> np.ndarray:
       (1 - K/P) B / ((P-1) K), so with V_t = (K_t-1) B_t / ((P_t-1) c_t) = E sigma2_t/sigma0^2:
         B_{t+1} = B_t + (n-1) V_t + P_t n/P_{t+1} (V_t/n + (1 - K_t/P_t) B_t/((P_t-1) K_t)).
     """
-    G, n = cfg.generations, cfg.n
     N = train_sizes(cfg)
     c = np.array([_divisor(cfg, int(k)) for k in N], dtype=float)
-    out = np.empty(G + 1)
-    if cfg.policy == "replace":
-        out[:] = ((n - 1) / c[0]) ** np.arange(1, G + 2)
-    elif cfg.policy == "mix":
-        m = cfg.n_generated_mix
-        A, D = float(n - 1), 0.0
-        for t in range(G + 1):
-            out[t] = A / c[t]
-            if m == 0:
-                A, D = float(n - 1), 0.0
-            else:
-                A, D = (
-                    (n - 1) + (m - 1 + n / (n + m)) * A / c[t] + n * m / (n + m) * D,
-                    (m / (n + m)) ** 2 * (A / (c[t] * m) + D),
-                )
-    elif cfg.policy == "accumulate":
-        A = float(n - 1)
-        for t in range(G + 1):
-            out[t] = A / c[t]
-            P = n * (t + 1)
-            A *= 1.0 + (n - 1 + P / (P + n)) / c[t]
-    else:
-        B = float(n - 1)
-        for t in range(G + 1):
-            P, K = n * (t + 1), int(N[t])
-            V = (K - 1) * B / ((P - 1) * c[t])
-            out[t] = V
-            B += (n - 1) * V + P * n / (P + n) * (V / n + (1 - K / P) * B / ((P - 1) * K))
-    return cfg.sigma0**2 * out
+    recursion = {"replace": _replace, "mix": _mix, "accumulate": _accumulate}.get(cfg.policy, _accumulate_subsample)
+    return cfg.sigma0**2 * recursion(cfg, N, c)
+
+
+# E[sigma2_t] / sigma0^2 for t = 0..G under each policy (the recursions of expected_sigma2's docstring);
+# N: the training-set sizes, c: the estimator's divisors.
+
+def _replace(cfg: GaussianConfig, N: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return ((cfg.n - 1) / c[0]) ** np.arange(1, cfg.generations + 2)
+
+
+def _mix(cfg: GaussianConfig, N: np.ndarray, c: np.ndarray) -> np.ndarray:
+    n, m, out = cfg.n, cfg.n_generated_mix, np.empty(cfg.generations + 1)
+    A, D = float(n - 1), 0.0
+    for t in range(cfg.generations + 1):
+        out[t] = A / c[t]
+        if m == 0:
+            A, D = float(n - 1), 0.0
+        else:
+            A, D = (
+                (n - 1) + (m - 1 + n / (n + m)) * A / c[t] + n * m / (n + m) * D,
+                (m / (n + m)) ** 2 * (A / (c[t] * m) + D),
+            )
+    return out
+
+
+def _accumulate(cfg: GaussianConfig, N: np.ndarray, c: np.ndarray) -> np.ndarray:
+    n, out = cfg.n, np.empty(cfg.generations + 1)
+    A = float(n - 1)
+    for t in range(cfg.generations + 1):
+        out[t] = A / c[t]
+        P = n * (t + 1)
+        A *= 1.0 + (n - 1 + P / (P + n)) / c[t]
+    return out
+
+
+def _accumulate_subsample(cfg: GaussianConfig, N: np.ndarray, c: np.ndarray) -> np.ndarray:
+    n, out = cfg.n, np.empty(cfg.generations + 1)
+    B = float(n - 1)
+    for t in range(cfg.generations + 1):
+        P, K = n * (t + 1), int(N[t])
+        V = (K - 1) * B / ((P - 1) * c[t])
+        out[t] = V
+        B += (n - 1) * V + P * n / (P + n) * (V / n + (1 - K / P) * B / ((P - 1) * K))
+    return out

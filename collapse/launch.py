@@ -136,26 +136,16 @@ def launch(argv: list[str], out=sys.stdout) -> int:
             print(showconfig.show(argv), file=out, end="")
             return 0
         sweep, plan, root, backend = prepare(argv)
-        redo = set()
-        if options["redo"] is not None:
-            named = planning.matching(plan, options["redo"])
-            if not named:
-                raise bad("redo", options["redo"], "a stage kind (" + ", ".join(sorted({s.kind for s in plan.stages.values()}))
-                          + ") or a pattern (* and ?) matching stage names of this sweep, e.g. 'student[lam=0.5*'")
-            redo = planning.downstream(plan, named)
+        redo = redone(plan, options["redo"])
+        todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
+        costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
+                                dryrun.stage_gpus(todo, sweep.base.cluster, backend))
+        set_limits = []
+        if backend == "slurm":
+            sweep, set_limits = limits.resolve(sweep, todo, costs, preflight.partition_limits())
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    todo = [s for s in plan.stages.values() if s.key in redo or not reusable(root, s)]
-    costs = dryrun.estimate(todo, manifest.read_all(root) if root.exists() else [],
-                            dryrun.stage_gpus(todo, sweep.base.cluster, backend))
-    set_limits = []
-    if backend == "slurm":
-        try:
-            sweep, set_limits = limits.resolve(sweep, todo, costs, preflight.partition_limits())
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
     if options["notify"] and backend == "slurm":   # SLURM mails: a stage's job failed, the report's job ended
         sweep = slurm.notifying(sweep, options["notify"])
     elif options["notify"]:
@@ -169,14 +159,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
         for note in preflight.warnings(sweep, todo, root, backend, {k: v[0] for k, v in costs.items()}):
             print(f"warning: {note}", file=sys.stderr, flush=True)
     try:
-        code = snapshot.take(root)
-        for stage in todo:
-            previous = manifest.read(root, stage.key) if stage.key in redo else None
-            write_spec(root, stage, redo_of=previous if previous and previous["status"] == "done" else None)
-        record = planning.sweep_record(sweep, plan)
-        if options["notify"]:   # the digest's relaunch command (collapse/report/digest.py) says it again
-            record["notify"] = options["notify"]
-        record = manifest.write(root, with_estimate(root, record, costs))
+        code, record = write_launch(root, sweep, plan, todo, redo, options["notify"], costs)
     except snapshot.SnapshotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -189,20 +172,50 @@ def launch(argv: list[str], out=sys.stdout) -> int:
           + f"; results in {root}", file=out, flush=True)
     print(f"{code.describe()}: the stages run {code.path}" + older_code(root, plan, todo, code), file=out, flush=True)
     if backend == "local":
-        try:
-            result = local.run(todo, root, sweep.base.cluster.max_parallel, code=code)
-        except local.Cancelled as e:
-            names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
-            print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
-                  f"recorded cancelled; {len(e.not_started)} not started. Resume from their checkpoints: "
-                  f"python sweeps/launch.py {shlex.join(argv)}", file=sys.stderr, flush=True)
-            return e.exit_code
-        failed = sorted(k for k, v in result.items() if v != "done")
-        print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
-              f"report: {report_files(root, plan)}", file=out)
-        print(digest(root, plan), file=out, end="")
-        return 1 if failed else 0
-    return slurm.submit(sweep, plan, todo, root, code, out=out, canary=options["canary"])
+        return run_local(sweep, plan, todo, root, code, out)
+    return slurm.submit(sweep, plan, todo, root, slurm.SubmitOptions(code, canary=options["canary"]), out=out)
+
+
+def redone(plan, pattern: str | None) -> set:
+    """redo=PATTERN: the stages it names and every stage that reads them (set() when not given)."""
+    if pattern is None:
+        return set()
+    named = planning.matching(plan, pattern)
+    if not named:
+        raise bad("redo", pattern, "a stage kind (" + ", ".join(sorted({s.kind for s in plan.stages.values()}))
+                  + ") or a pattern (* and ?) matching stage names of this sweep, e.g. 'student[lam=0.5*'")
+    return planning.downstream(plan, named)
+
+
+def write_launch(root: Path, sweep, plan, todo: list, redo: set, notify: str | None, costs: dict):
+    """What a launch writes before any stage runs: the code snapshot, each stage's spec (a redone done
+    stage's spec names the record it replaces), the sweep record with its estimate. (code, record)."""
+    code = snapshot.take(root)
+    for stage in todo:
+        previous = manifest.read(root, stage.key) if stage.key in redo else None
+        write_spec(root, stage, redo_of=previous if previous and previous["status"] == "done" else None)
+    record = planning.sweep_record(sweep, plan)
+    if notify:   # the digest's relaunch command (collapse/report/digest.py) says it again
+        record["notify"] = notify
+    return code, manifest.write(root, with_estimate(root, record, costs))
+
+
+def run_local(sweep, plan, todo: list, root: Path, code, out) -> int:
+    """The stages on the local executor, in dependency order; then the report's files and digest.
+    Ctrl-C (or SIGTERM) stops the running stages, records them cancelled and says how to resume."""
+    try:
+        result = local.run(todo, root, sweep.base.cluster.max_parallel, code=code)
+    except local.Cancelled as e:
+        names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
+        print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
+              f"recorded cancelled; {len(e.not_started)} not started. Resume from their checkpoints: "
+              f"python sweeps/launch.py {shlex.join(sweep.argv)}", file=sys.stderr, flush=True)
+        return e.exit_code
+    failed = sorted(k for k, v in result.items() if v != "done")
+    print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
+          f"report: {report_files(root, plan)}", file=out)
+    print(digest(root, plan), file=out, end="")
+    return 1 if failed else 0
 
 
 def with_estimate(root: Path, record: dict, costs: dict) -> dict:

@@ -2,7 +2,9 @@
 
 jobs.json holds the latest job of each stage key and one entry per launch; a launch updates it under
 the launch lease (`locked`) after every sbatch, and cancel reads it under the same lease. Jobs are
-checked with one squeue call for all of them (`squeue_states`), never one per stage.
+checked with one squeue call and one sacct call for all of them (`squeue`, `sacct`), never one per stage.
+Which stages' jobs died without recording an end is decided here too, from what those two calls said
+(`dead_jobs`, pure); `record_dead_jobs` writes that into the manifest. collapse/status.py only renders.
 
 No torch and no submitit here: status and cancel read the index through this module and must answer fast.
 """
@@ -13,12 +15,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from collapse import lease, storage
+from collapse import lease, manifest, storage
+from collapse.cluster import slurm_command
 
 INDEX_VERSION = 1
 # squeue states of a job that will still run (or is running) its stage.
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+# sacct states of a job that ended without finishing its stage, and of one that is running it.
+TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED")
+RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
+QUERY_RETRY_S = 20.0   # squeue and sacct for status ask a busy SLURM again for this long, then give up
 LOCK_TIMEOUT_S = 60
 LAUNCH_LEASE = "launch"   # <results_root>/leases/launch.json while a launch submits (or cancel cancels)
 
@@ -201,3 +209,98 @@ def scancel(ids: list[str]) -> str | None:
 def cancel(job_ids) -> str | None:
     """scancel the jobs (arrays whole); None, or why it failed."""
     return scancel(sorted({base_id(j) for j in job_ids if j}))
+
+
+# ---------------------------------------------------------------- what the queue and the accounting say
+
+def squeue(job_ids) -> dict:
+    """squeue_states, or {} where SLURM is absent or stays busy (status then shows what the manifest says)."""
+    try:
+        return squeue_states(job_ids) if slurm_command("squeue") else {}
+    except SubmissionError:
+        return {}
+
+
+def sacct(job_ids) -> dict:
+    """{job id: (state, elapsed)}; pending array ranges expanded; a never-started array under its base id.
+    {} where SLURM is absent, fails, or stays busy for QUERY_RETRY_S."""
+    bases = sorted({base_id(j) for j in job_ids if j}, key=int)
+    if not bases or not slurm_command("sacct"):
+        return {}
+    try:
+        out = slurm_run(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "-o", "JobID,State,Elapsed"],
+                        20, budget_s=QUERY_RETRY_S)
+    except SubmissionError:
+        return {}
+    if out.returncode != 0 or not out.stdout:
+        return {}
+    from submitit.slurm.slurm import read_job_id   # slow import (submitit: 60 ms), only where sacct answered
+    info = {}
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or not parts[0]:
+            continue
+        job, state, elapsed = parts[0], parts[1].split()[0] if parts[1] else "", parts[2]
+        info[job] = (state, elapsed)
+        try:
+            for tup in read_job_id(job):
+                if len(tup) == 3:
+                    for i in range(int(tup[1]), int(tup[2]) + 1):
+                        info.setdefault(f"{tup[0]}_{i}", (state, elapsed))
+                elif len(tup) == 2:
+                    info.setdefault(f"{tup[0]}_{tup[1]}", (state, elapsed))
+        except (ValueError, IndexError):
+            pass
+    return info
+
+
+def job_info(job: str, accounting: dict):
+    """sacct's (state, elapsed) of `job`, or of its array when the task never started."""
+    return accounting.get(job) or accounting.get(base_id(job))
+
+
+def queued(state: tuple | None) -> bool:
+    """squeue holds the job and it has not ended: it runs or will run its stage."""
+    return state is not None and state[0] not in ("COMPLETED",) + TERMINAL_BAD
+
+
+def silent_end(status: str | None, queue_state: tuple | None, accounted: tuple | None) -> str | None:
+    """'job OUT_OF_MEMORY, no end recorded' when a stage's record says running but its job is not in the
+    queue and its accounting says it is neither running nor pending (killed, timed out, out of memory)."""
+    if status != "running" or queued(queue_state) or accounted is None or accounted[0] in RUNNING + ("PENDING",):
+        return None
+    return f"job {accounted[0]}, no end recorded"
+
+
+def dead_jobs(records: dict, jobs: dict, queue: dict, accounting: dict, alive=frozenset()) -> dict[str, str]:
+    """{key: why} of the stages (records by key; jobs: key -> job id) whose job ended without recording an
+    end, by `silent_end`; a stage whose lease is `alive` (its runner heartbeats) is not dead."""
+    dead = {}
+    for key, record in records.items():
+        job = jobs.get(key)
+        why = silent_end(record.get("status"), queue.get(job), job_info(job, accounting)) if job else None
+        if why and key not in alive:
+            dead[key] = why
+    return dead
+
+
+def record_dead_jobs(root, squeue_fn=squeue, sacct_fn=sacct) -> dict[str, str]:
+    """Record as failed the stages whose record says running but whose job ended (killed, timed out):
+    the report stage calls this first, so the report shows them as failed. Returns {key: why}."""
+    try:
+        jobs = {k: v["job"] for k, v in read_index(root)["stages"].items() if v.get("job")}
+    except Exception:   # no index (a local launch) or a damaged one: no job to ask about
+        return {}
+    running = {}
+    for key in jobs:
+        record = manifest.read(root, key)
+        if record is not None and record.get("status") == "running":
+            running[key] = record
+    if not running:
+        return {}
+    ids = [jobs[k] for k in running]
+    alive = {k for k in running if lease.live_holder(root, k) is not None}
+    marked = dead_jobs(running, jobs, squeue_fn(ids), sacct_fn(ids), alive)
+    for key, why in marked.items():
+        manifest.write(root, {**running[key], "status": "failed", "error": f"SLURM {why}", "ended": manifest.now()})
+    return marked

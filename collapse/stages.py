@@ -70,6 +70,18 @@ def read_spec(root, key: str) -> dict:
 
 # ---------------------------------------------------------------- the graph
 
+def reachable(keys, edges: dict) -> set:
+    """`keys` and every key reached from them along `edges` (key -> the keys it points to)."""
+    found = set(keys)
+    frontier = list(found)
+    while frontier:
+        for nxt in edges.get(frontier.pop(), ()):
+            if nxt not in found:
+                found.add(nxt)
+                frontier.append(nxt)
+    return found
+
+
 def downstream(keys, reads: dict) -> set:
     """`keys` and every stage of `reads` that reads one of them, directly or not.
 
@@ -79,14 +91,12 @@ def downstream(keys, reads: dict) -> set:
     for key, deps in reads.items():
         for dep in set(deps):
             readers.setdefault(dep, []).append(key)
-    found = set(keys)
-    frontier = list(found)
-    while frontier:
-        for reader in readers.get(frontier.pop(), ()):
-            if reader not in found:
-                found.add(reader)
-                frontier.append(reader)
-    return found
+    return reachable(keys, readers)
+
+
+def upstream(keys, reads: dict) -> set:
+    """`keys` and every stage they read, directly or not (`reads` as for downstream)."""
+    return reachable(keys, reads)
 
 
 def latest_sweeps(records: list[dict], grid: str | None = None) -> dict:

@@ -21,14 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collapse import lease, manifest, progress, snapshot, stages
-from collapse.cluster import slurm_command
-from collapse.slurm_index import ACTIVE, SubmissionError, base_id, read_canary, job_stdout, read_index, slurm_run, squeue_states
+from collapse.slurm_index import (ACTIVE, RUNNING, TERMINAL_BAD, job_info, job_stdout, queued, read_canary, read_index,
+                                   sacct, silent_end, squeue)
 
 
-TERMINAL_BAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-                "PREEMPTED")
-STATUS_RETRY_S = 20.0   # status asks a busy SLURM again for this long, then shows what the manifest says
-RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING")
 STATES = ("done", "running", "pending", "failed", "missing", "cancelled", "partial")
 
 
@@ -48,61 +44,9 @@ class Row:
     code: str = ""      # the code snapshot its record names (collapse/snapshot.py)
 
 
-# ---------------------------------------------------------------- SLURM, one call each
-
-def _slurm(cmd: list[str], timeout: float = 20) -> str | None:
-    """The command's output; None where SLURM is absent, fails, or stays busy for STATUS_RETRY_S."""
-    if not slurm_command(cmd[0]):
-        return None
-    try:
-        out = slurm_run(cmd, timeout, budget_s=STATUS_RETRY_S)
-    except SubmissionError:
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def squeue(job_ids) -> dict:
-    try:
-        return squeue_states(job_ids) if slurm_command("squeue") else {}
-    except SubmissionError:
-        return {}
-
-
-def sacct(job_ids) -> dict:
-    """{job id: (state, elapsed)}; pending array ranges expanded; a never-started array under its base id."""
-    bases = sorted({base_id(j) for j in job_ids if j}, key=int)
-    if not bases:
-        return {}
-    text = _slurm(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "-o", "JobID,State,Elapsed"])
-    if not text:
-        return {}
-    from submitit.slurm.slurm import read_job_id   # slow import (submitit: 60 ms), only where sacct answered
-    info = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) != 3 or not parts[0]:
-            continue
-        job, state, elapsed = parts[0], parts[1].split()[0] if parts[1] else "", parts[2]
-        info[job] = (state, elapsed)
-        try:
-            for tup in read_job_id(job):
-                if len(tup) == 3:
-                    for i in range(int(tup[1]), int(tup[2]) + 1):
-                        info.setdefault(f"{tup[0]}_{i}", (state, elapsed))
-                elif len(tup) == 2:
-                    info.setdefault(f"{tup[0]}_{tup[1]}", (state, elapsed))
-        except (ValueError, IndexError):
-            pass
-    return info
-
-
 def read_records(root) -> list[dict]:
     """Every record, malformed ones as 'unreadable' (manifest.read_all)."""
     return manifest.read_all(root)
-
-
-def _job_info(job: str, info: dict):
-    return info.get(job) or info.get(base_id(job))
 
 
 # ---------------------------------------------------------------- the table
@@ -133,68 +77,15 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
     queue = squeue_fn([*jobs.values(), *filter(None, [canary_job])])
     acct = sacct_fn([*jobs.values(), *filter(None, [canary_job])])
     leased = set(os.listdir(lease.folder(root))) if lease.folder(root).is_dir() else set()
-
     rows = []
     for key in keys:
+        row = _named_row(root, key, by_key.get(key) or index["stages"].get(key, {}), jobs.get(key, ""))
         rec = by_key.get(key)
-        entry = index["stages"].get(key, {})
-        name, kind = (rec or entry).get("name"), (rec or entry).get("kind")
-        if name is None:
-            try:
-                spec = stages.read_spec(root, key)
-                name, kind = spec["name"], spec["kind"]
-            except (OSError, ValueError, KeyError):
-                name, kind = key, "?"
-        row = Row(key, name, kind or "?", "missing", jobs.get(key, ""))
-        status = rec["status"] if rec else None
         q = queue.get(row.job) if row.job else None
-        a = _job_info(row.job, acct) if row.job else None
-        recorded = (_seconds(rec["ended"] - rec["started"])
-                    if rec and isinstance(rec.get("ended"), (int, float)) and isinstance(rec.get("started"), (int, float))
-                    else "")
-        sacct_state = a[0] if a else None
-        if status == "done":
-            row.state, row.elapsed = "done", recorded or (a[1] if a else "")
-        elif q is not None and q[0] not in ("COMPLETED",) + TERMINAL_BAD:
-            row.state = "running" if q[0] in RUNNING else "pending"
-            row.elapsed = q[1] if row.state == "running" else ""
-            row.note = q[2] if q[2] not in ("None", "(null)") else ""
-            if status == "failed":
-                row.note = (row.note + "; " if row.note else "") + "rerun of a failed stage"
-        elif status == "cancelled":   # sweeps/cancel.py or a stopped local launch; the next launch resumes it
-            row.state, row.elapsed, row.note = "cancelled", recorded, str(rec.get("error") or "")[:100]
-        elif status == "partial":     # a report written while some input was not done: the next launch redoes it
-            m = rec.get("metrics") or {}
-            row.state, row.elapsed = "partial", recorded
-            row.note = f"from {m.get('inputs_done', '?')} of {m.get('inputs', '?')} inputs done; the next launch writes it again"
-        elif status == "failed":
-            row.state, row.elapsed = "failed", recorded or (a[1] if a else "")
-            row.note = f"{root / rec['log']}" if rec.get("log") else ""
-            if rec.get("error"):
-                row.note += f"  ({str(rec['error']).splitlines()[0][:100]})"
-        elif status == "running" and (sacct_state is None or sacct_state in RUNNING + ("PENDING",)):
-            row.state, row.elapsed = "running", (a[1] if a else "")
-        elif status in ("running", "unreadable") or sacct_state in TERMINAL_BAD and sacct_state != "CANCELLED":
-            row.state, row.elapsed = "failed", (a[1] if a else "")
-            log = root / rec["log"] if rec and rec.get("log") else None
-            logs = ", ".join(str(p) for p in (log, job_stdout(root, row.job) if row.job else None) if p)
-            if status == "running":
-                row.note = f"{logs}  (job {sacct_state}, no end recorded)"
-            elif status == "unreadable":
-                row.note = f"{logs}  ({rec.get('error')})"
-            else:
-                row.note = f"{logs}  (job {sacct_state} before the stage started)"
-        elif sacct_state == "PENDING":
-            row.state = "pending"
-        elif sacct_state == "CANCELLED":
-            row.note = f"job {row.job} cancelled before it ran (an input failed, or scancel)"
-        elif row.job:
-            row.note = f"job {row.job} {sacct_state or 'unknown to SLURM'}, nothing recorded"
-        else:
-            row.note = "not submitted"
+        _judge(row, root, rec, q, job_info(row.job, acct) if row.job else None)
         holder = lease.read(root, key) if f"{key}.json" in leased else None
         if holder is not None:
-            _show_holder(row, holder, status, q)
+            _show_holder(row, holder, rec["status"] if rec else None, q)
         row.log = str(root / rec["log"]) if rec and rec.get("log") else str(stages.log_path(root, row.__dict__))
         row.code = str(rec.get("code") or "") if rec else ""
         if row.state == "running":
@@ -204,6 +95,64 @@ def collect(root, grid: str | None = None, squeue_fn=squeue, sacct_fn=sacct) -> 
     if canary_job:
         rows.insert(0, _canary_row(root, launch, queue, acct))
     return rows, sweeps
+
+
+def _named_row(root: Path, key: str, known: dict, job: str) -> Row:
+    """A stage's row, 'missing' until judged: its name and kind from its record or job entry, else its spec."""
+    name, kind = known.get("name"), known.get("kind")
+    if name is None:
+        try:
+            spec = stages.read_spec(root, key)
+            name, kind = spec["name"], spec["kind"]
+        except (OSError, ValueError, KeyError):
+            name, kind = key, "?"
+    return Row(key, name, kind or "?", "missing", job)
+
+
+def _judge(row: Row, root: Path, rec: dict | None, q: tuple | None, a: tuple | None) -> None:
+    """The row's state, elapsed time and note from its record (the manifest decides done and failed),
+    its queue state `q` (squeue) and its accounting `a` (sacct)."""
+    status = rec["status"] if rec else None
+    recorded = (_seconds(rec["ended"] - rec["started"])
+                if rec and isinstance(rec.get("ended"), (int, float)) and isinstance(rec.get("started"), (int, float))
+                else "")
+    sacct_state, sacct_elapsed = a if a else (None, "")
+    dead = silent_end(status, q, a)
+    if status == "done":
+        row.state, row.elapsed = "done", recorded or sacct_elapsed
+    elif queued(q):
+        row.state = "running" if q[0] in RUNNING else "pending"
+        row.elapsed = q[1] if row.state == "running" else ""
+        row.note = q[2] if q[2] not in ("None", "(null)") else ""
+        if status == "failed":
+            row.note = (row.note + "; " if row.note else "") + "rerun of a failed stage"
+    elif status == "cancelled":   # sweeps/cancel.py or a stopped local launch; the next launch resumes it
+        row.state, row.elapsed, row.note = "cancelled", recorded, str(rec.get("error") or "")[:100]
+    elif status == "partial":     # a report written while some input was not done: the next launch redoes it
+        m = rec.get("metrics") or {}
+        row.state, row.elapsed = "partial", recorded
+        row.note = f"from {m.get('inputs_done', '?')} of {m.get('inputs', '?')} inputs done; the next launch writes it again"
+    elif status == "failed":
+        row.state, row.elapsed = "failed", recorded or sacct_elapsed
+        row.note = f"{root / rec['log']}" if rec.get("log") else ""
+        if rec.get("error"):
+            row.note += f"  ({str(rec['error']).splitlines()[0][:100]})"
+    elif status == "running" and not dead:
+        row.state, row.elapsed = "running", sacct_elapsed
+    elif dead or status == "unreadable" or sacct_state in TERMINAL_BAD and sacct_state != "CANCELLED":
+        row.state, row.elapsed = "failed", sacct_elapsed
+        log = root / rec["log"] if rec and rec.get("log") else None
+        logs = ", ".join(str(p) for p in (log, job_stdout(root, row.job) if row.job else None) if p)
+        why = dead or (rec.get("error") if status == "unreadable" else f"job {sacct_state} before the stage started")
+        row.note = f"{logs}  ({why})"
+    elif sacct_state == "PENDING":
+        row.state = "pending"
+    elif sacct_state == "CANCELLED":
+        row.note = f"job {row.job} cancelled before it ran (an input failed, or scancel)"
+    elif row.job:
+        row.note = f"job {row.job} {sacct_state or 'unknown to SLURM'}, nothing recorded"
+    else:
+        row.note = "not submitted"
 
 
 def _latest_launch(index: dict, sweeps: list[dict], grid: str | None) -> dict:
@@ -218,7 +167,7 @@ def _canary_row(root: Path, launch: dict, queue: dict, acct: dict) -> Row:
     job = launch["canary"]["job"]
     row = Row(f"canary-{launch['id']}", "canary", "canary", "pending", job, log=str(job_stdout(root, job)))
     record = read_canary(root, launch["id"])
-    q, a = queue.get(job), _job_info(job, acct)
+    q, a = queue.get(job), job_info(job, acct)
     if record is not None:
         row.state = "done" if record.get("status") == "done" else "failed"
         row.elapsed = _seconds(record.get("seconds"))
@@ -299,22 +248,6 @@ def code_summary(root: Path, rows: list[Row]) -> str:
             what = f"{digest} (snapshot missing)"
         parts.append(f"{what} for {n} stage{'s' if n > 1 else ''}")
     return ("code: " + "; ".join(parts) + f"  (snapshots in {snapshot.code_dir(root)})") if parts else ""
-
-
-def record_dead_jobs(root, squeue_fn=squeue, sacct_fn=sacct) -> dict:
-    """Record as failed the stages whose record says running but whose job ended (killed, timed out)."""
-    rows, _ = collect(root, None, squeue_fn, sacct_fn)
-    marked = {}
-    for row in rows:
-        if row.state != "failed" or "no end recorded" not in row.note:
-            continue
-        rec = manifest.read(root, row.key)
-        if rec is None or rec["status"] != "running":
-            continue
-        why = row.note.split("(", 1)[-1].rstrip(")")
-        manifest.write(root, {**rec, "status": "failed", "error": f"SLURM {why}", "ended": manifest.now()})
-        marked[row.key] = why
-    return marked
 
 
 def launched_root(value: str) -> Path | None:

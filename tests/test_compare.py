@@ -41,7 +41,7 @@ def roots(tmp_path_factory):
     top = tmp_path_factory.mktemp("compare")
     a, b, grids = top / "a", top / "b", top / "grids"
     launched(f"results_root={a}")
-    shutil.copytree(a, b)
+    shutil.copytree(a, b, symlinks=True)   # A's tensorboard/ tree stays links (into B's own stages/: relative)
     grids.mkdir()
     (grids / "toy_lambda.yaml").write_text("experiment: toy\nrows:\n  - {distill.lam: 0.0}\n  - {distill.lam: 2.0}\n")
     launched(f"results_root={b}", "synth.size=256", grid_dir=grids)
@@ -150,9 +150,12 @@ def test_tensorboard_names_runs_by_grid_and_stage_with_their_hparams(roots):
     a, b = roots
     top = b.parent / "b_tensorboard"
     shutil.copytree(b, top, symlinks=True)   # the other tests read b as the launches left it
+    stale = top / "tensorboard" / "toy_lambda" / "student[lam=1,seed=0]"   # A's student, not in B's latest sweep
+    assert stale.is_symlink()   # A's launch linked it as it trained
     tensorboard_names.link_all(top)
+    assert not stale.exists() and not stale.is_symlink()   # removed: no latest sweep lists it
     tensorboard_names.link_all(top)   # again: the same tree, no second hparams
-    (top / "tensorboard" / "toy_lambda" / "student[lam=1,seed=0]").symlink_to(top / "stages")   # stale: removed
+    stale.symlink_to(top / "stages")   # stale again: removed again
     tensorboard_names.link_all(top)
     trained = {r["name"]: r for r in records(top).values() if r["kind"] in ("teacher", "student")}
     assert sorted(trained) == ["student[lam=0,seed=0]", "student[lam=0,seed=1]", "student[lam=2,seed=0]",

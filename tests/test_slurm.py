@@ -178,7 +178,7 @@ def test_report_job_records_stages_whose_job_died_silently(tmp_path):
     (tmp_path / "slurm" / "jobs.json").write_text(json.dumps({"version": 1, "stages": {
         "a" * 16: {"job": "7_0"}, "b" * 16: {"job": "7_1"}, "c" * 16: {"job": "7_2"}}}))
     acct = {"7_0": ("OUT_OF_MEMORY", "00:00:09"), "7_1": ("RUNNING", "00:00:09"), "7_2": ("COMPLETED", "0")}
-    marked = status.record_dead_jobs(tmp_path, lambda ids: {}, lambda ids: acct)
+    marked = slurm_index.record_dead_jobs(tmp_path, lambda ids: {}, lambda ids: acct)
     assert marked == {"a" * 16: "job OUT_OF_MEMORY, no end recorded"}
     recs = records(tmp_path)
     assert recs["a" * 16]["status"] == "failed" and recs["a" * 16]["error"] == "SLURM job OUT_OF_MEMORY, no end recorded"

@@ -87,7 +87,7 @@ def outcomes(root) -> list[Outcome]:
             if r.state in NOT_DONE:
                 out.failures.append(Failure(r.name, r.kind, r.state, last_error(r, by_key.get(r.key)), r.log))
             elif r.state == "missing" and r.kind != "report" and r.key in held_up:
-                inputs = sorted(upstream(r.key, reads) & stopped)
+                inputs = sorted(stages.upstream({r.key}, reads) & stopped)
                 names = ", ".join(next(x.name for x in rows if x.key == k) for k in inputs)
                 out.blocked.append(Failure(r.name, r.kind, "blocked", f"not run: an input failed ({names})", r.log))
         blocked = {f.name for f in out.blocked}
@@ -99,17 +99,6 @@ def outcomes(root) -> list[Outcome]:
         out.next_command = relaunch(root, sweep)
         found.append(out)
     return found
-
-
-def upstream(key: str, reads: dict) -> set:
-    """Every stage `key` reads, directly or not."""
-    seen, frontier = set(), [key]
-    while frontier:
-        for dep in reads.get(frontier.pop(), ()):
-            if dep not in seen:
-                seen.add(dep)
-                frontier.append(dep)
-    return seen
 
 
 def hours(timing: list) -> dict:
