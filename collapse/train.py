@@ -10,6 +10,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,92 +192,165 @@ def teacher_targets(task, teacher, data, cfg, chunk: int = 4096) -> dict | None:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def train(task, cfg, train_data, test_data, out_dir: Path, teacher=None, log=print,
-          init: Path | None = None) -> TrainState:
+@dataclass
+class Run:
+    """What a training run is given: `teacher` (with non-zero `cfg.distill` coefficients the loss is L_SD,
+    eq. 1 of the paper), `log`, and `init`, the weights it starts from (a pretraining stage's; else seeded)."""
+    task: object
+    cfg: object
+    train_data: object
+    test_data: object
+    out_dir: Path
+    teacher: torch.nn.Module | None = None
+    log: Callable[[str], None] = print
+    init: Path | None = None
+
+
+def train(task, cfg, train_data, test_data, out_dir: Path, **options) -> TrainState:
     """Train `task`'s model on `train_data`; keep the best weights by `task.test_loss` on `test_data`.
 
-    With a `teacher` and non-zero `cfg.distill` coefficients the loss is L_SD (eq. 1 of the paper).
-    `init`: weights the model starts from (a pretraining stage's), else its seeded initialisation.
-    Writes out_dir/best.safetensors and returns the final TrainState.
-    """
-    tc = cfg.train
-    if tc.threads:   # else OMP_NUM_THREADS, which the executor sets to this stage's share of the cores
-        torch.set_num_threads(tc.threads)
-    checkpoints = storage.CheckpointDir(out_dir / "checkpoints")
-    keep = {"best.safetensors": out_dir / "best.safetensors"}   # restored with the state it belongs to
-    n, b = len(train_data), tc.batch_size
-    batches_per_epoch = math.ceil(n / b)
-    total_steps = tc.steps or tc.epochs * batches_per_epoch
-    engine, state = resume(task, cfg, checkpoints, keep, total_steps, log, init)
-    if state.step:
-        log(f"resumed at epoch {state.epoch} batch {state.batch} step {state.step}")
-    distilling = teacher is not None and distills(task, cfg.distill)
-    device = engine.device
-    if distilling:   # the frozen teacher computes in the student's dtype: bf16 under mixed precision
-        teacher = teacher.to(device, dtype_of(engine.module))
-    cached_targets = teacher_targets(task, teacher, train_data, cfg) if distilling else None
-    # Data parallel: every rank draws the same global batch and trains on its own slice of it.
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    log(f"device {device}, world {world}, batch {b} = {world} x {engine.train_micro_batch_size_per_gpu()}, "
-        f"{'bf16 (fp32 master weights)' if engine.bfloat16_enabled() else 'fp32'}")
-    log(f"loss: {loss_form(task.DISTILL_TERMS, cfg.distill) if distilling else 'L = L_M'}")
-    curves = curve_writer(out_dir) if rank == 0 else None
-    shown = progress_writer(out_dir, cfg, state, total_steps) if rank == 0 else None
-    started, first_step = time.time(), state.step
-    state.run_from_step = state.step
-    step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
-    order = epoch_order(tc.seed, state.epoch, n)
-    engine.train()
-    while state.step < total_steps:
-        global_index = order[state.batch * b:(state.batch + 1) * b]
-        index = global_index[rank::world]
-        batch = to_device(task.batch(train_data, index), device)
-        def step_noise():   # the teacher and the student draw the same t and noise from fresh copies
-            return StepNoise(step_generator(tc.seed, state.step, device), len(global_index), rank, world)
-        targets = None
-        if cached_targets is not None:
-            targets = {k: v[index.to(v.device)] for k, v in cached_targets.items()}
-        elif distilling:
-            with torch.no_grad():
-                targets = task.teacher_outputs(teacher, batch, step_noise(), cfg)
-        loss, _ = task.loss(engine, batch, step_noise(), cfg, targets)
+    `options`: Run's teacher, log and init. Writes out_dir/best.safetensors and returns the final TrainState."""
+    run = Run(task, cfg, train_data, test_data, out_dir, **options)
+    if cfg.train.threads:   # else OMP_NUM_THREADS, which the executor sets to this stage's share of the cores
+        torch.set_num_threads(cfg.train.threads)
+    loop = Loop(run)
+    loop.engine.train()
+    while loop.state.step < loop.total_steps:
+        loss, epoch_ended = loop.step()
+        evaluated = loop.maybe_evaluate(loss, epoch_ended)
+        loop.maybe_checkpoint(epoch_ended, evaluated)
+    loop.finish()
+    return loop.state
+
+
+class Loop:
+    """The training loop between steps: the engine, the TrainState its checkpoints carry, and what each
+    step reuses (the epoch's order, the teacher or its cached targets, rank 0's writers)."""
+
+    def __init__(self, run: Run):
+        self.run, self.tc = run, run.cfg.train
+        self.checkpoints = storage.CheckpointDir(run.out_dir / "checkpoints")
+        self.keep = {"best.safetensors": run.out_dir / "best.safetensors"}   # restored with the state it belongs to
+        self.batches_per_epoch = math.ceil(len(run.train_data) / self.tc.batch_size)
+        self.total_steps = self.tc.steps or self.tc.epochs * self.batches_per_epoch
+        self.engine, self.state = resume(run, self.checkpoints, self.keep, self.total_steps)
+        if self.state.step:
+            run.log(f"resumed at epoch {self.state.epoch} batch {self.state.batch} step {self.state.step}")
+        self.teacher = self.cached_targets = None   # set when distilling
+        if run.teacher is not None and distills(run.task, run.cfg.distill):
+            # the frozen teacher computes in the student's dtype: bf16 under mixed precision
+            self.teacher = run.teacher.to(self.engine.device, dtype_of(self.engine.module))
+            self.cached_targets = teacher_targets(run.task, self.teacher, run.train_data, run.cfg)
+        # Data parallel: every rank draws the same global batch and trains on its own slice of it.
+        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        run.log(f"device {self.engine.device}, world {self.world}, batch {self.tc.batch_size} = {self.world} x "
+                f"{self.engine.train_micro_batch_size_per_gpu()}, "
+                f"{'bf16 (fp32 master weights)' if self.engine.bfloat16_enabled() else 'fp32'}")
+        run.log(f"loss: {'L = L_M' if self.teacher is None else loss_form(run.task.DISTILL_TERMS, run.cfg.distill)}")
+        self.curves = curve_writer(run.out_dir) if self.rank == 0 else None
+        self.shown = progress_writer(run.out_dir, run.cfg, self.state, self.total_steps) if self.rank == 0 else None
+        self.started = time.time()
+        self.state.run_from_step = self.state.step
+        self.step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
+        self.order = epoch_order(self.tc.seed, self.state.epoch, len(run.train_data))
+
+    def step(self) -> tuple[torch.Tensor, bool]:
+        """One optimizer step on the next batch: its loss (this rank's share) and whether it ended an epoch."""
+        run, state, b = self.run, self.state, self.tc.batch_size
+        global_index = self.order[state.batch * b:(state.batch + 1) * b]
+        index = global_index[self.rank::self.world]
+        batch = to_device(run.task.batch(run.train_data, index), self.engine.device)
+        targets = self.teacher_outputs(batch, index, len(global_index))
+        loss, _ = run.task.loss(self.engine, batch, self.step_noise(len(global_index)), run.cfg, targets)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch})")
-        if len(index) * world != len(global_index):   # an epoch's uneven last batch
-            loss = loss * (len(index) * world / len(global_index))   # ranks' mean = the global batch's
-        engine.backward(loss)
-        engine.step()
-        if step_delay:
-            time.sleep(step_delay)
+        if len(index) * self.world != len(global_index):   # an epoch's uneven last batch
+            loss = loss * (len(index) * self.world / len(global_index))   # ranks' mean = the global batch's
+        self.engine.backward(loss)
+        self.engine.step()
+        if self.step_delay:
+            time.sleep(self.step_delay)
         state.step += 1
         state.batch += 1
-        epoch_ended = state.batch == batches_per_epoch
+        epoch_ended = state.batch == self.batches_per_epoch
         if epoch_ended:
             state.epoch, state.batch = state.epoch + 1, 0
-            order = epoch_order(tc.seed, state.epoch, n)
-        if shown is not None:
-            shown.update(state.step, epoch=state.epoch)
-        if evaluation_due(tc, state, epoch_ended, total_steps):
-            engine.eval()
-            evaluate(task, engine, test_data, cfg, state, loss.item(), started, out_dir, total_steps, log)
-            if curves is not None:
-                add_curves(curves, state.history[-1])
-            if shown is not None:
-                shown.update(state.step, value=state.history[-1]["test_loss"])
-            engine.train()
-            checkpoints.save(engine, vars(state), state.step, keep)
-        elif epoch_ended or state.step % tc.checkpoint_every == 0:
-            checkpoints.save(engine, vars(state), state.step, keep)
-            if not epoch_ended:   # step budgets evaluate rarely: a line of progress between evaluations
-                per_step = (time.time() - started) / (state.step - first_step)
-                log(f"step {state.step}/{total_steps}: checkpoint saved; {per_step:.2f} s a step, "
-                    f"~{(total_steps - state.step) * per_step / 60:.0f} min to go")
-    if curves is not None:
-        tensorboard_names.add_hparams(curves, out_dir, state.best_loss, state.best_step)
-        curves.close()
-    if shown is not None:
-        shown.update(state.step, force=True)   # the end, whatever the stage does next
-    return state
+            self.order = epoch_order(self.tc.seed, state.epoch, len(run.train_data))
+        if self.shown is not None:
+            self.shown.update(state.step, epoch=state.epoch)
+        return loss, epoch_ended
+
+    def step_noise(self, global_size: int) -> StepNoise:
+        """This step's draws from a fresh generator: the teacher and the student draw the same t and noise."""
+        generator = step_generator(self.tc.seed, self.state.step, self.engine.device)
+        return StepNoise(generator, global_size, self.rank, self.world)
+
+    def teacher_outputs(self, batch, index: torch.Tensor, global_size: int) -> dict | None:
+        """The teacher's outputs for this rank's items (None when not distilling): cached, or on this step's noise."""
+        if self.cached_targets is not None:
+            return {k: v[index.to(v.device)] for k, v in self.cached_targets.items()}
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            return self.run.task.teacher_outputs(self.teacher, batch, self.step_noise(global_size), self.run.cfg)
+
+    def maybe_evaluate(self, loss: torch.Tensor, epoch_ended: bool) -> bool:
+        """Evaluate every train.eval_every_steps steps if set, else every train.eval_every epochs; after the last."""
+        tc, step = self.tc, self.state.step
+        due = step == self.total_steps or (step % tc.eval_every_steps == 0 if tc.eval_every_steps
+                                           else epoch_ended and self.state.epoch % tc.eval_every == 0)
+        if due:
+            self.engine.eval()
+            self.evaluate(loss.item())
+            self.engine.train()
+        return due
+
+    def evaluate(self, train_loss: float) -> None:
+        """L_M(Test) now, into the history, the curves and the progress file; the best weights so far (fp32)
+        go to out_dir/best.safetensors."""
+        run, state = self.run, self.state
+        test_loss = run.task.test_loss(self.engine.module, run.test_data, run.cfg)
+        if not math.isfinite(test_loss):
+            raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
+        # a task may add metrics to each evaluation (T5: ROUGE of a few validation articles, for ROUGE-vs-step curves)
+        extra = run.task.curve_metrics(self.engine.module, run.test_data, run.cfg)
+        state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
+                              "test_loss": test_loss, "lr": self.engine.get_lr()[0],
+                              "seconds": round(time.time() - self.started, 2), **extra})
+        if test_loss < state.best_loss:
+            state.best_loss, state.best_epoch, state.best_step = test_loss, state.epoch, state.step
+            weights = full_state_dict(self.engine)   # collective under ZeRO: every rank calls it
+            if torch.distributed.get_rank() == 0:
+                storage.save_tensors(run.out_dir / "best.safetensors", weights)
+        where = (f"step {state.step}/{self.total_steps} (epoch {state.epoch})" if self.tc.steps
+                 else f"epoch {state.epoch}/{self.tc.epochs} step {state.step}")
+        run.log(f"{where} train {train_loss:.3f} test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
+        if self.curves is not None:   # a resumed run's new event file: only the evaluations after its checkpoint
+            self.curves.add_scalar("loss/test", test_loss, state.step)
+            self.curves.add_scalar("loss/train", train_loss, state.step)
+            self.curves.flush()   # evaluations are rare: a killed run keeps every point it logged
+        if self.shown is not None:
+            self.shown.update(state.step, value=test_loss)
+
+    def maybe_checkpoint(self, epoch_ended: bool, evaluated: bool) -> None:
+        """A checkpoint after each evaluation (with the best weights it kept), at each epoch's end and every
+        train.checkpoint_every steps."""
+        state = self.state
+        if not (evaluated or epoch_ended or state.step % self.tc.checkpoint_every == 0):
+            return
+        self.checkpoints.save(self.engine, vars(state), state.step, self.keep)
+        if not (evaluated or epoch_ended):   # step budgets evaluate rarely: a line of progress between evaluations
+            per_step = (time.time() - self.started) / (state.step - state.run_from_step)
+            self.run.log(f"step {state.step}/{self.total_steps}: checkpoint saved; {per_step:.2f} s a step, "
+                         f"~{(self.total_steps - state.step) * per_step / 60:.0f} min to go")
+
+    def finish(self) -> None:
+        """The run's hyperparameters beside its curves; the progress file's last update."""
+        if self.curves is not None:
+            tensorboard_names.add_hparams(self.curves, self.run.out_dir, self.state.best_loss, self.state.best_step)
+            self.curves.close()
+        if self.shown is not None:
+            self.shown.update(self.state.step, force=True)   # the end, whatever the stage does next
 
 
 def progress_writer(out_dir: Path, cfg, state: TrainState, total_steps: int) -> progress.Writer:
@@ -295,46 +369,6 @@ def curve_writer(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def add_curves(writer, entry: dict) -> None:
-    """One evaluation's train and test loss at its step. A resumed run opens a new event file and adds
-    only the evaluations after its checkpoint (a step evaluated again after a kill between evaluation
-    and checkpoint appears twice, with the same value)."""
-    writer.add_scalar("loss/test", entry["test_loss"], entry["step"])
-    writer.add_scalar("loss/train", entry["train_loss"], entry["step"])
-    writer.flush()   # evaluations are rare: a killed run keeps every point it logged
-
-
-def evaluation_due(tc, state: TrainState, epoch_ended: bool, total_steps: int) -> bool:
-    """After every train.eval_every_steps steps when set, else after every train.eval_every epochs;
-    always after the last step."""
-    if state.step == total_steps:
-        return True
-    if tc.eval_every_steps:
-        return state.step % tc.eval_every_steps == 0
-    return epoch_ended and state.epoch % tc.eval_every == 0
-
-
-def evaluate(task, engine, test_data, cfg, state: TrainState, train_loss: float, started: float, out_dir: Path,
-             total_steps: int, log) -> None:
-    """L_M(Test) now; the best weights so far (fp32) go to out_dir/best.safetensors."""
-    test_loss = task.test_loss(engine.module, test_data, cfg)
-    if not math.isfinite(test_loss):
-        raise DivergedError(f"test loss is {test_loss} after epoch {state.epoch} (step {state.step})")
-    # a task may add metrics to each evaluation (T5: ROUGE of a few validation articles, for ROUGE-vs-step curves)
-    extra = task.curve_metrics(engine.module, test_data, cfg)
-    state.history.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
-                          "test_loss": test_loss, "lr": engine.get_lr()[0], "seconds": round(time.time() - started, 2),
-                          **extra})
-    if test_loss < state.best_loss:
-        state.best_loss, state.best_epoch, state.best_step = test_loss, state.epoch, state.step
-        weights = full_state_dict(engine)   # collective under ZeRO: every rank calls it
-        if torch.distributed.get_rank() == 0:
-            storage.save_tensors(out_dir / "best.safetensors", weights)
-    where = (f"step {state.step}/{total_steps} (epoch {state.epoch})" if cfg.train.steps
-             else f"epoch {state.epoch}/{cfg.train.epochs} step {state.step}")
-    log(f"{where} train {train_loss:.3f} test {test_loss:.3f} best {state.best_loss:.3f}@{state.best_epoch}")
-
-
 def initial_model(task, cfg, init: Path | None):
     """The task's model, seeded by train.seed, with the weights at `init` when given."""
     torch.manual_seed(cfg.train.seed)
@@ -342,20 +376,20 @@ def initial_model(task, cfg, init: Path | None):
     return storage.load_weights(init, model) if init is not None else model
 
 
-def resume(task, cfg, checkpoints, keep: dict, total_steps: int, log=print, init: Path | None = None):
+def resume(run: Run, checkpoints, keep: dict, total_steps: int):
     """A new engine, restored from the latest checkpoint when there is a good one.
 
     A torn, altered or unloadable checkpoint is discarded with a warning naming the file, and
     training starts over from the seed (never a crash on every rerun, never training on garbage).
     """
-    engine = make_engine(initial_model(task, cfg, init), cfg.train, total_steps)
+    engine = make_engine(initial_model(run.task, run.cfg, run.init), run.cfg.train, total_steps)
     if not checkpoints.exists():
         return engine, TrainState()
     try:
         return engine, TrainState(**checkpoints.restore(engine, keep))
     except (storage.CorruptFileError, TypeError) as e:
-        log(f"WARNING: discarding the checkpoints in {checkpoints.root} and training from the start: {e}")
+        run.log(f"WARNING: discarding the checkpoints in {checkpoints.root} and training from the start: {e}")
     checkpoints.discard()
     for path in keep.values():
         Path(path).unlink(missing_ok=True)   # they belonged to the discarded run
-    return make_engine(initial_model(task, cfg, init), cfg.train, total_steps), TrainState()
+    return make_engine(initial_model(run.task, run.cfg, run.init), run.cfg.train, total_steps), TrainState()
