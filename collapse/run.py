@@ -296,13 +296,13 @@ def run_stage(root, key: str) -> dict:
         return {"kind": spec["kind"], "key": key, "name": spec["name"], "status": "held", "error": str(e),
                 "log": str(log_file.relative_to(root))}
     try:
-        return _run_held(root, key, spec, log_file, primary, held, log)
+        return _run_held(root, key, spec, primary, held, log)
     finally:
         if held is not None:
             held.release()
 
 
-def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, held, log) -> dict:
+def _run_held(root: Path, key: str, spec: dict, primary: bool, held, log) -> dict:
     """run_stage's work, once this process holds the stage's lease (or, rank > 0, its rank 0 does)."""
     previous = manifest.read(root, key)
     redoing = _redoing(spec, previous)
@@ -316,10 +316,9 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
             pass   # its artifacts are damaged: this run redoes it
     if held is not None:
         log(f"starting on {held.who}" + (f"; took over the lease of {held.taken_from}" if held.taken_from else ""))
-    started = manifest.now()
     base = {"kind": spec["kind"], "key": key, "name": spec["name"], "deps": spec["deps"],
             "config": spec["config"], **({"fingerprints": spec["fingerprints"]} if spec.get("fingerprints") else {}),
-            "log": str(log_file.relative_to(root)), "started": started,
+            "log": str(log_path(root, spec).relative_to(root)), "started": manifest.now(),
             **manifest.provenance()}
     # A redo works in a folder of its own and leaves the done record in force until it is done too.
     out = stage_dir(root, key) / f"redo-{round(spec['redo_of']['started'] * 1000)}" if redoing else stage_dir(root, key)
@@ -329,7 +328,12 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
         storage.remove_temps(root / "manifest", f".{key}.json.*.tmp")
         if not redoing:
             manifest.write(root, {**base, "status": "running"})
+    replacing = previous if redoing else None   # the done record this run redoes
+    return _record_end(root, _outcome(root, spec, base, out, replacing, log), replacing, primary, log)
 
+
+def _outcome(root: Path, spec: dict, base: dict, out: Path, replacing: dict | None, log) -> dict:
+    """The stage's runner on its inputs, writing in `out`: the record it ends with (done, partial or failed)."""
     try:
         cfg = experiment.from_stored(spec["config"])
         task = tasks.get(cfg.task)
@@ -350,23 +354,27 @@ def _run_held(root: Path, key: str, spec: dict, log_file: Path, primary: bool, h
         record = {**base, "status": "done" if complete else "partial", "metrics": metrics, "ended": manifest.now(),
                   "artifacts": {name: _artifact_entry(root, p) for name, p in artifacts.items()},
                   **({"measured": measured.record(ctx.work, seconds)} if spec["kind"] in measured.KINDS else {})}
-        if redoing:
-            record["replaced"] = _replaced(previous)
+        if replacing is not None:
+            record["replaced"] = _replaced(replacing)
+        return record
     except Exception as e:
         traceback.print_exc()
-        record = {**base, "status": "failed", "error": f"{type(e).__name__}: {e}", "ended": manifest.now()}
+        return {**base, "status": "failed", "error": f"{type(e).__name__}: {e}", "ended": manifest.now()}
+
+
+def _record_end(root: Path, record: dict, replacing: dict | None, primary: bool, log) -> dict:
+    """The stage's end, into the manifest; a failed redo is written beside the done record it leaves in force."""
     written = record
-    if redoing and record["status"] != "done":   # the earlier run stays in force; the failed redo beside it
+    if replacing is not None and record["status"] != "done":
         log("redo failed; the earlier run stays in force")
-        written = {**previous, "redo_failed": {"error": record["error"], "ended": record["ended"],
-                                               "log": record["log"]}}
+        written = {**replacing, "redo_failed": {k: record[k] for k in ("error", "ended", "log")}}
     try:
         if primary:
             manifest.write(root, written)
     except OSError as e:   # disk full, read-only: the record stays 'running'; the executor records the exit
         log(f"error: cannot record the stage's end ({record['status']}): {e}")
         return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}"}
-    log(f"{record['status']} in {record['ended'] - started:.1f}s")
+    log(f"{record['status']} in {record['ended'] - record['started']:.1f}s")
     return record
 
 
