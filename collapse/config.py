@@ -49,12 +49,45 @@ def _check(cond: bool, key: str, value, allowed: str) -> None:
         raise bad(key, value, allowed)
 
 
+# Which fields enter a stage key is marked on the field itself (as Luigi's significant=False); by default
+# a field does, in the sections its stage kind reads (collapse/plan.py KEY_SECTIONS). plan.py reads the marks.
+
+def execution(default):
+    """A field that says how a stage runs, not what it computes (threads, items per call, where the
+    data lives): never in a stage key."""
+    return field(default=default, metadata={"in_key": False})
+
+
+def added_later(default):
+    """A field added after results existed: out of the stage key while it holds `default`, the value
+    those results computed with, so they keep their keys (changing `default` changes their keys)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"added_later": default})
+    return field(default=default, metadata={"added_later": default})
+
+
+def key_marks(cls) -> tuple[frozenset, dict]:
+    """The marks of config class `cls`'s section fields: ({(section, field) never in a key},
+    {(section, field): the added-later default that stays out of a key})."""
+    hints = typing.get_type_hints(cls)
+    never, later = set(), {}
+    for section in dataclasses.fields(cls):
+        if not dataclasses.is_dataclass(hints[section.name]):
+            continue
+        for f in dataclasses.fields(hints[section.name]):
+            if f.metadata.get("in_key") is False:
+                never.add((section.name, f.name))
+            if "added_later" in f.metadata:
+                later[(section.name, f.name)] = f.metadata["added_later"]
+    return frozenset(never), later
+
+
 @dataclass
 class DataConfig:
     """The real data; a task's own data section subclasses it with its DATASETS and default dataset."""
     DATASETS = ()                    # not a field: each task's data section names its datasets
     dataset: str = ""
-    root: str | None = None          # None: the copy shipped in a package; else a directory
+    root: str | None = execution(None)   # None: the copy shipped in a package; else a directory (its fingerprint keys)
     train_size: int | None = None    # use the first N real training items (None: all)
     test_size: int | None = None
 
@@ -74,21 +107,21 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 70
-    steps: int | None = None        # a step budget instead of epochs (null: epochs x batches per epoch)
+    steps: int | None = added_later(None)   # a step budget instead of epochs (null: epochs x batches per epoch)
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.01
     seed: int = 0
     eval_every: int = 1             # epochs between test-loss evaluations
-    eval_every_steps: int | None = None   # steps between them instead (null: every eval_every epochs)
-    checkpoint_every: int = 2000    # steps between resumable checkpoints (also at each epoch end)
-    zero_stage: int = 0             # configs/deepspeed/zero<N>.json
+    eval_every_steps: int | None = added_later(None)   # steps between them instead (null: every eval_every epochs)
+    checkpoint_every: int = execution(2000)   # steps between resumable checkpoints (also at each epoch end)
+    zero_stage: int = execution(0)  # configs/deepspeed/zero<N>.json
     bf16: bool | None = None        # mixed precision; null: bf16 on GPU, fp32 on CPU; true: bf16 on CPU too
-    threads: int = 0                # torch threads per stage process; 0: the executor's share of the cores
-    reduction: str = "sum"          # VAE: how L_VAE sums a sample's elements (collapse/tasks/vae.py REDUCTIONS)
-    lr_schedule: str = "constant"   # constant | cosine (linear warm-up, then cosine decay: LR_SCHEDULES)
-    warmup_steps: int = 0           # steps of linear warm-up from 0 to lr
-    lr_waves: float = 0.5           # cosine: waves over the steps after warm-up (0.5: lr down to 0 once)
+    threads: int = execution(0)     # torch threads per stage process; 0: the executor's share of the cores
+    reduction: str = added_later("sum")   # VAE: how L_VAE sums a sample's elements (collapse/tasks/vae.py REDUCTIONS)
+    lr_schedule: str = added_later("constant")   # constant | cosine (linear warm-up, then cosine decay: LR_SCHEDULES)
+    warmup_steps: int = added_later(0)   # steps of linear warm-up from 0 to lr
+    lr_waves: float = added_later(0.5)   # cosine: waves over the steps after warm-up (0.5: lr down to 0 once)
 
     def check(self, p):
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
@@ -115,7 +148,7 @@ class TrainConfig:
 class SynthConfig:
     size: int | None = None   # None: as many as the real training set
     seed: int = 0
-    shards: int = 1           # > 1: sampled by that many stages (one SLURM array), shard i with its own seed
+    shards: int = added_later(1)   # > 1: sampled by that many stages (one SLURM array), shard i with its own seed
 
     def check(self, p):
         _check(self.size is None or 1 <= self.size <= MAX_COUNT, p + "size", self.size,
@@ -140,7 +173,7 @@ class InferConfig:
     """What synth and eval stages compute the model under study in (collapse/infer.py): auto is bf16
     autocast on a GPU and fp32 on a CPU, resolved by the stage's device; the metric networks
     (Inception, GPT-2) always run in fp32."""
-    precision: str = "auto"
+    precision: str = added_later("auto")
 
     def check(self, p):
         _check(self.precision in PRECISIONS, p + "precision", self.precision, "one of: " + ", ".join(PRECISIONS))

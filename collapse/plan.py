@@ -6,13 +6,14 @@ reads. Grid points that share a teacher config share the teacher's key, so the t
 and sampled once; a relaunch finds finished keys in the manifest and skips them.
 """
 import copy
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 
 from collapse import fingerprint as content, generations, manifest, stages, tasks
-from collapse.config import ConfigError, ExperimentConfig, bad, to_dict
+from collapse.config import ConfigError, ExperimentConfig, bad, key_marks, schema, to_dict
 from collapse.grid import Sweep
 from collapse.stages import KINDS
 from collapse.tasks.base import Pretrains, Simulation
@@ -27,7 +28,7 @@ KEY_SECTIONS = {
     # generations read it as their initial weights.
     "pretrain": ("task", "model", "train"),
     "teacher": ("task", "data", "model", "train"),
-    # infer.precision: what synth and eval compute in (collapse/infer.py); auto stays out (ADDED_LATER)
+    # infer.precision: what synth and eval compute in (collapse/infer.py); auto stays out (added_later)
     "synth": ("task", "synth", "infer.precision"),
     "synth_shard": ("task", "synth", "infer.precision"),      # shard i of synth.shards (its `args`)
     "student": ("task", "data", "model", "train", "distill"),   # data: the test set picks the best epoch
@@ -42,14 +43,9 @@ KEY_SECTIONS = {
 }
 TRAINING = ("teacher", "student", "generation")
 assert set(KEY_SECTIONS) == set(KINDS)
-# data.root is left out as a path; when set, its content's fingerprint goes in (see with_fingerprints).
-NOT_IN_KEY = {("data", "root"), ("train", "zero_stage"), ("train", "threads"), ("train", "checkpoint_every"),
-              ("synth", "batch_size"), ("eval", "batch_size"), ("eval", "processes")}   # items per call, scoring workers
-# Fields added after results existed: left out of the key at their default, so those results keep their keys.
-ADDED_LATER = {("train", "reduction"): "sum", ("train", "steps"): None,
-               ("train", "eval_every_steps"): None, ("train", "lr_schedule"): "constant",
-               ("train", "warmup_steps"): 0, ("train", "lr_waves"): 0.5,
-               ("synth", "shards"): 1, ("infer", "precision"): "auto"}
+# Within those sections, a field marked execution() is never in a key and one marked added_later() is out
+# at its default (collapse/config.py, on the fields themselves). data.root is left out as a path; when
+# set, its content's fingerprint goes in (see with_fingerprints).
 # Fields whose values were respelled: the key keeps the old spelling of the same meaning. train.bf16
 # was a bool meaning "bf16 on GPU"; that is now null (auto), and true now means bf16 on CPU too.
 RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
@@ -62,6 +58,13 @@ def key_sections(kind: str, task) -> tuple:
     if kind == "pretrain":
         return KEY_SECTIONS[kind] + task.PRETRAIN_KEY
     return KEY_SECTIONS[kind] + (task.KEY_SECTIONS if kind in TRAINING else ())
+
+
+@functools.cache
+def key_rules(task_name: str) -> tuple[frozenset, dict]:
+    """The key marks of every field of `task_name`'s config (collapse/config.py key_marks): (the fields never
+    in a key, {field: the added-later default that stays out})."""
+    return key_marks(schema(task_name, tasks.get(task_name).CONFIG_SECTIONS))
 
 
 def pretrain_config(config: dict) -> dict | None:
@@ -136,7 +139,7 @@ def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
     """What decides a stage's output; `prints`: the fingerprints of its set path fields (without them
     a path stays as written, as when reading a record's config)."""
     task = tasks.get(config["task"])
-    not_in_key, added_later = NOT_IN_KEY | task.NOT_IN_KEY, {**ADDED_LATER, **task.ADDED_LATER}
+    not_in_key, added_later = key_rules(config["task"])
     out = {}
     for item in key_sections(kind, task):  # a section, or one field of it ("section.field")
         section, _, name = item.partition(".")

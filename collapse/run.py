@@ -17,6 +17,7 @@ import torch
 
 from collapse import experiment, generations, infer, lease, manifest, measured, partial, storage, tasks, train
 from collapse.device import device_of, generator, this_device
+from collapse.slurm_index import record_dead_jobs
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path, read_spec, stage_dir, write_spec  # noqa: F401
 from collapse.tasks.base import Simulation, distills
 
@@ -256,10 +257,9 @@ def run_report(ctx: StageContext):
     """The sweep's tables and plots, over every record in the root. It runs whatever its inputs'
     outcome (stages.ANY_OUTCOME); first, stages whose SLURM job died without recording an end
     (killed, out of memory) are recorded failed, so the report shows them as such."""
-    from collapse import status   # heavy: SLURM's accounting is read only by the report stage
     from collapse.reporting import write_reports   # heavy: scipy and matplotlib only for the report stage
     root, inputs = ctx.root, ctx.inputs
-    for key, why in status.record_dead_jobs(root).items():
+    for key, why in record_dead_jobs(root).items():
         ctx.log(f"stage {key}: recorded failed ({why})")
     files = [str(Path(p).relative_to(root)) for p in write_reports(root)]
     done = sum(1 for record in inputs.values() if record is not None and record["status"] == "done")

@@ -206,11 +206,12 @@ class Run:
     init: Path | None = None
 
 
-def train(task, cfg, train_data, test_data, out_dir: Path, **options) -> TrainState:
+def train(task, cfg, train_data, test_data, out_dir: Path, *, teacher: torch.nn.Module | None = None,
+          log: Callable[[str], None] = print, init: Path | None = None) -> TrainState:
     """Train `task`'s model on `train_data`; keep the best weights by `task.test_loss` on `test_data`.
 
-    `options`: Run's teacher, log and init. Writes out_dir/best.safetensors and returns the final TrainState."""
-    run = Run(task, cfg, train_data, test_data, out_dir, **options)
+    teacher, log, init: as Run's. Writes out_dir/best.safetensors and returns the final TrainState."""
+    run = Run(task, cfg, train_data, test_data, out_dir, teacher, log, init)
     if cfg.train.threads:   # else OMP_NUM_THREADS, which the executor sets to this stage's share of the cores
         torch.set_num_threads(cfg.train.threads)
     loop = Loop(run)

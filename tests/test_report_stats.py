@@ -178,7 +178,7 @@ def test_the_unit_follows_train_reduction(tmp_path, reduction, unit):
 
 
 def test_records_older_than_train_reduction_read_as_the_stage_key_reads_them():
-    assert vae_report.OLDER_REDUCTION == plan.ADDED_LATER[("train", "reduction")]
+    assert vae_report.OLDER_REDUCTION == plan.key_rules("vae")[1][("train", "reduction")]
 
 def test_paper_values_hold_the_papers_numbers():
     vae = paper.paper_values("vae")

@@ -45,7 +45,7 @@ class DiagonalGaussian(torch.nn.Module):
 
 CONFIG_SECTIONS = {"data": PointsConfig, "model": FitConfig, "distill": ToyDistillConfig, "synth": SynthConfig,
                    "eval": EvalConfig}
-KEY_SECTIONS, NOT_IN_KEY, ADDED_LATER, PATH_FIELDS = (), frozenset(), {}, ()
+KEY_SECTIONS, PATH_FIELDS = (), ()
 DISTILL_MODES = ("none", "teacher", "previous")
 TEACHER_OUTPUTS_DETERMINISTIC = True
 CPU_SECONDS_PER_UNIT = {}

@@ -30,8 +30,6 @@ class Common(Protocol):
     # (left out of the key at their default), and config fields that name files or folders (they
     # enter the key as a fingerprint of their content, collapse/fingerprint.py)
     KEY_SECTIONS: tuple[str, ...]
-    NOT_IN_KEY: frozenset
-    ADDED_LATER: dict
     PATH_FIELDS: tuple[str, ...]
 
     # ---- launch-time checks of data and weights: a one-line ConfigError, before any job

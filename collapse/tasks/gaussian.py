@@ -16,8 +16,6 @@ from collapse.tasks.gaussian_report import PRIMARY, write_report  # noqa: F401
 
 PATH_FIELDS = ()   # no data or weights on disk
 KEY_SECTIONS = ()
-NOT_IN_KEY = frozenset()
-ADDED_LATER = {}
 SIMULATION_KIND = "gaussian"
 # One stage simulates every chain of a grid point: its key is the toy model, the chain and the seed.
 SIMULATION_KEY = ("task", "gaussian", "generations.count", "generations.data", "generations.mix_ratio",

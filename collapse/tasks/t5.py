@@ -46,8 +46,6 @@ DISTILL_MODES = ("none",)
 PATH_FIELDS = ("data.root", "model.path", "model.tokenizer", "eval.ppl_model.path",
                "pretrain.corpus")   # fingerprinted in keys
 KEY_SECTIONS = ()
-NOT_IN_KEY = frozenset()
-ADDED_LATER = {("data", "version"): "3.0.0"}   # data.version came after results existed: those keep their keys
 CPU_SECONDS_PER_UNIT = {}   # no CPU rate stated: the dry run uses finished stages of this results root
 FULL_SIZES = {"aclsum": (450, 300), "cnn_dailymail": (287_113, 13_368)}   # train, test pairs
 

@@ -2,7 +2,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check
+from collapse.config import MAX_COUNT, MAX_SEED, DataConfig, EvalConfig, SynthConfig, _check, added_later, execution
 from collapse.data import summaries
 
 
@@ -19,7 +19,7 @@ class TextDataConfig(DataConfig):
     source_field: str = "article"
     target_field: str = "highlights"
     test_split: str = "validation"    # the data set's split the paper evaluates on
-    version: str | None = "3.0.0"     # the version folder read where data.root holds several (the hub's
+    version: str | None = added_later("3.0.0")   # the version folder read where data.root holds several (the hub's
                                       # 1.0.0/ 2.0.0/ 3.0.0/); null: data.root must hold at most one
 
     def check(self, p):
@@ -73,7 +73,7 @@ class T5DistillConfig:
 @dataclass
 class T5SynthConfig(SynthConfig):
     """D_M0: the teacher's greedy summary of each training article (the first synth.size of them)."""
-    batch_size: int = 32              # articles per generate() call
+    batch_size: int = execution(32)   # articles per generate() call
 
     def check(self, p):
         super().check(p)
@@ -107,9 +107,9 @@ class PplModelConfig:
 @dataclass
 class T5EvalConfig(EvalConfig):
     articles: int | None = None       # validation articles summarised for ROUGE and perplexity (null: all)
-    batch_size: int = 32              # articles per generate() call
+    batch_size: int = execution(32)   # articles per generate() call
     bootstrap: int = 1000             # resamples for the ROUGE intervals (0: none)
-    processes: int = 0                # ROUGE scoring processes (0: one per available core)
+    processes: int = execution(0)     # ROUGE scoring processes (0: one per available core)
     examples: int = 4                 # validation articles whose summaries are shown side by side
     curve_articles: int = 0           # ROUGE of this many at every evaluation during training (0: none)
     ppl_model: PplModelConfig = field(default_factory=PplModelConfig)

@@ -42,11 +42,6 @@ EVAL_SEED = 12345
 # Config fields naming data or weights on disk: a stage key holds their content's fingerprint (collapse/plan.py).
 PATH_FIELDS = ("data.root",)
 KEY_SECTIONS = ()          # its sections beyond data, model, train, distill, synth that decide a model: none
-NOT_IN_KEY = frozenset()
-# Fields added after results existed, left out of the stage key at these values: the readings of issue 20.
-ADDED_LATER = {("synth", "binarize"): False, ("model", "likelihood"): "bernoulli", ("model", "kl_weight"): 1.0,
-               ("distill", "variance_term"): "logvar",
-               ("distill", "kl_weight"): "model", ("data", "range"): [0.0, 1.0]}   # issue 28: R1, R3
 
 
 # The dry run's stated rates: seconds per unit of work on one CPU core, measured here (23 ms a

@@ -2,7 +2,7 @@
 the paper leaves open, the coefficients of eq. 1, and Bernoulli-drawn synthetic data."""
 from dataclasses import dataclass, field
 
-from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
+from collapse.config import DataConfig, EvalConfig, SynthConfig, _check, added_later
 
 LIKELIHOODS = ("bernoulli", "gaussian")   # the decoder's likelihood (model.likelihood)
 VARIANCE_TERMS = ("logvar", "var")         # what the gamma term compares (distill.variance_term)
@@ -14,7 +14,7 @@ RANGES = ([0.0, 1.0], [-1.0, 1.0])         # what the pixels are scaled to (data
 class MnistDataConfig(DataConfig):
     DATASETS = ("mnist",)
     dataset: str = "mnist"
-    range: list[float] = field(default_factory=lambda: [0.0, 1.0])   # pixels on [0, 1], or [-1, 1] (reading R3)
+    range: list[float] = added_later([0.0, 1.0])   # pixels on [0, 1], or [-1, 1] (reading R3)
 
     def check(self, p):
         super().check(p)
@@ -25,8 +25,8 @@ class MnistDataConfig(DataConfig):
 class ModelConfig:
     hidden: int = 420
     latent: int = 20
-    likelihood: str = "bernoulli"   # the decoder's: bernoulli (BCE) | gaussian (0.5 x squared error, unit variance)
-    kl_weight: float = 1.0          # L_VAE = reconstruction + kl_weight * KL (the paper's L_rec + lambda * D_KL)
+    likelihood: str = added_later("bernoulli")   # the decoder's: bernoulli (BCE) | gaussian (0.5 x squared error, unit variance)
+    kl_weight: float = added_later(1.0)   # L_VAE = reconstruction + kl_weight * KL (the paper's L_rec + lambda * D_KL)
 
     def check(self, p):
         for name in ("hidden", "latent"):
@@ -41,8 +41,8 @@ class DistillConfig:
     lam: float = 0.0     # output distillation, L(student output, teacher output)
     beta: float = 0.0    # MSE of encoder means
     gamma: float = 0.0   # MSE of encoder variance predictions
-    variance_term: str = "logvar"   # what gamma's MSE compares: the predicted log-variances, or var = their exp
-    kl_weight: str = "model"        # a distilled student's KL weight: model.kl_weight, or lambda = its lam (R1)
+    variance_term: str = added_later("logvar")   # what gamma's MSE compares: the predicted log-variances, or var = their exp
+    kl_weight: str = added_later("model")   # a distilled student's KL weight: model.kl_weight, or lambda = its lam (R1)
 
     def check(self, p):
         for name in ("lam", "beta", "gamma"):
@@ -55,7 +55,7 @@ class DistillConfig:
 
 @dataclass
 class VaeSynthConfig(SynthConfig):
-    binarize: bool = False    # Bernoulli draws of the decoder's pixel probabilities, not the probabilities
+    binarize: bool = added_later(False)   # Bernoulli draws of the decoder's pixel probabilities, not the probabilities
 
 
 CONFIG_SECTIONS = {"data": MnistDataConfig, "model": ModelConfig, "distill": DistillConfig, "synth": VaeSynthConfig,

@@ -2,8 +2,10 @@
 primary metric, its coefficient columns and the line saying what one L_M(Test) value is (it follows
 train.reduction). Beyond the generic tables and figures, its part is Table 1's claims judged:
 <grid>_scorecard.{md,csv} (collapse/tasks/vae_claims.py)."""
+import dataclasses
 from pathlib import Path
 
+from collapse.config import TrainConfig
 from collapse.report.scorecard import write_scorecard
 from collapse.tasks.vae_claims import CLAIMS
 
@@ -15,9 +17,8 @@ UNITS = {   # train.reduction -> what one L_M(Test) value is
            "values are per pixel, so compare its ranks, signs and % figures, not its values",
     "element": "BCE averaged over pixels + KL averaged over latents (train.reduction = element), "
                "not the paper's scale"}
-# What records older than train.reduction computed: its value in collapse/plan.py's ADDED_LATER, which
-# this module cannot import (plan -> tasks -> this module).
-OLDER_REDUCTION = "sum"
+# What records older than train.reduction computed: the default its added_later() mark keeps out of keys.
+OLDER_REDUCTION = next(f.metadata["added_later"] for f in dataclasses.fields(TrainConfig) if f.name == "reduction")
 
 
 def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
