@@ -15,7 +15,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-
 REPO = Path(__file__).resolve().parent.parent
 # Where configs/ and sweeps/ are: the checkout's; in an installed package (pip install .), the copy that
 # setup.cfg ships as package data in collapse/_tree/ (collapse/snapshot.py copies from the same place).
@@ -49,37 +48,18 @@ def _check(cond: bool, key: str, value, allowed: str) -> None:
         raise bad(key, value, allowed)
 
 
-# Which fields enter a stage key is marked on the field itself (as Luigi's significant=False); by default
-# a field does, in the sections its stage kind reads (collapse/plan.py KEY_SECTIONS). plan.py reads the marks.
-
+# A field is in the key of a stage whose kind reads its section (collapse/plan.py KEY_SECTIONS) unless it
+# says otherwise, as Luigi's significant=False: execution() or added_later(). plan.py reads the marks.
 def execution(default):
-    """A field that says how a stage runs, not what it computes (threads, items per call, where the
-    data lives): never in a stage key."""
+    """How a stage runs, not what it computes (threads, items per call, where the data lives): never in a key."""
     return field(default=default, metadata={"in_key": False})
 
 
 def added_later(default):
-    """A field added after results existed: out of the stage key while it holds `default`, the value
-    those results computed with, so they keep their keys (changing `default` changes their keys)."""
+    """A field added after results existed: out of the key at `default`, so those results keep their keys."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"added_later": default})
     return field(default=default, metadata={"added_later": default})
-
-
-def key_marks(cls) -> tuple[frozenset, dict]:
-    """The marks of config class `cls`'s section fields: ({(section, field) never in a key},
-    {(section, field): the added-later default that stays out of a key})."""
-    hints = typing.get_type_hints(cls)
-    never, later = set(), {}
-    for section in dataclasses.fields(cls):
-        if not dataclasses.is_dataclass(hints[section.name]):
-            continue
-        for f in dataclasses.fields(hints[section.name]):
-            if f.metadata.get("in_key") is False:
-                never.add((section.name, f.name))
-            if "added_later" in f.metadata:
-                later[(section.name, f.name)] = f.metadata["added_later"]
-    return frozenset(never), later
 
 
 @dataclass

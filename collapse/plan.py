@@ -6,14 +6,16 @@ reads. Grid points that share a teacher config share the teacher's key, so the t
 and sampled once; a relaunch finds finished keys in the manifest and skips them.
 """
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 
 from collapse import fingerprint as content, generations, manifest, stages, tasks
-from collapse.config import ConfigError, ExperimentConfig, bad, key_marks, schema, to_dict
+from collapse.config import ConfigError, ExperimentConfig, bad, schema, to_dict
 from collapse.grid import Sweep
 from collapse.stages import KINDS
 from collapse.tasks.base import Pretrains, Simulation
@@ -62,9 +64,25 @@ def key_sections(kind: str, task) -> tuple:
 
 @functools.cache
 def key_rules(task_name: str) -> tuple[frozenset, dict]:
-    """The key marks of every field of `task_name`'s config (collapse/config.py key_marks): (the fields never
-    in a key, {field: the added-later default that stays out})."""
+    """The key marks of every field of `task_name`'s config (collapse/config.py execution, added_later):
+    (the fields never in a key, {field: the added-later default that stays out})."""
     return key_marks(schema(task_name, tasks.get(task_name).CONFIG_SECTIONS))
+
+
+def key_marks(cls) -> tuple[frozenset, dict]:
+    """The marks of config class `cls`'s section fields: ({(section, field) never in a key},
+    {(section, field): the added-later default that stays out of a key})."""
+    hints = typing.get_type_hints(cls)
+    never, later = set(), {}
+    for section in dataclasses.fields(cls):
+        if not dataclasses.is_dataclass(hints[section.name]):
+            continue
+        for f in dataclasses.fields(hints[section.name]):
+            if f.metadata.get("in_key") is False:
+                never.add((section.name, f.name))
+            if "added_later" in f.metadata:
+                later[(section.name, f.name)] = f.metadata["added_later"]
+    return frozenset(never), later
 
 
 def pretrain_config(config: dict) -> dict | None:

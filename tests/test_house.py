@@ -1,6 +1,7 @@
 """The house rules, read from the source: no import cycles (imports through importlib strings count),
 neither between modules nor between floors (each folder of collapse/ one node, each top-level module one),
-no module over 400 lines, a core that names no modality, and imports inside functions only where they
+no module over 400 lines and no function over 60, none in run, train or the executors over 6 parameters
+(one named exception below), a core that names no modality, and imports inside functions only where they
 keep torch (or another heavy library) out of a torch-free command, said so in a comment on that line;
 and no test module importing another (or conftest): what tests share lives in tests/helpers.py.
 
@@ -16,6 +17,12 @@ MAX_LINES = 400
 CORE = ("config", "grid", "plan", "run", "manifest", "lease", "storage", "status", "dryrun", "cancel", "launch",
         "train", "stages", "preflight", "executors")
 MODALITIES = ("vae", "ddpm", "t5", "gaussian", "mnist", "celeba", "rouge", "fid", "unet")
+MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 6      # in the modules of FEW_PARAMETERS, self and cls not counted
+FEW_PARAMETERS = ("collapse.run", "collapse.train", "collapse.executors")
+# train.train: five inputs (task, config, the two data sets, the folder) and three keyword-only options
+# with defaults (teacher, log, init), named at every call; folding them into **options would hide them.
+MORE_PARAMETERS = {"collapse.train:train": 8}
 LAZY_REASON = re.compile(r"#.*\b(torch|heavy|slow import|torch-free)\b", re.I)
 
 
@@ -96,6 +103,38 @@ def long_modules() -> list[str]:
             if len(p.read_text().splitlines()) > MAX_LINES]
 
 
+def functions():
+    """(module name, function, its qualified name) of every function and method in collapse/."""
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    owner = f"{node.name}." if isinstance(node, ast.ClassDef) else ""
+                    yield name, child, owner + child.name
+
+
+def long_functions() -> list[str]:
+    """Functions over MAX_FUNCTION_LINES lines, from the def line to the last, docstring included."""
+    return [f"{n}:{fn.lineno}: {q} {fn.end_lineno - fn.lineno + 1} lines" for n, fn, q in functions()
+            if fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def parameter_counts() -> list[str]:
+    """Functions of FEW_PARAMETERS' modules over MAX_PARAMETERS parameters (positional, keyword-only,
+    *args and **kwargs all count; self and cls do not)."""
+    out = []
+    for n, fn, q in functions():
+        if not n.startswith(FEW_PARAMETERS):
+            continue
+        a = fn.args
+        names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+        count = len([x for x in names if x not in ("self", "cls")])
+        if count > MORE_PARAMETERS.get(f"{n}:{q}", MAX_PARAMETERS):
+            out.append(f"{n}:{fn.lineno}: {q} {count} parameters")
+    return out
+
+
 def is_core(name: str) -> bool:
     short = name.removeprefix("collapse.")
     return short.split(".")[0] in CORE
@@ -165,6 +204,14 @@ def test_no_module_over_400_lines():
     assert long_modules() == []
 
 
+def test_no_function_over_60_lines():
+    assert long_functions() == []
+
+
+def test_no_runner_function_over_6_parameters():
+    assert parameter_counts() == []
+
+
 def test_the_core_names_no_modality():
     assert modality_names() == []
 
@@ -179,6 +226,7 @@ def test_tests_share_through_helpers_only():
 
 if __name__ == "__main__":
     for title, found in (("cycles", cycles()), ("folder cycles", cycles(folder_graph())), ("long modules", long_modules()),
+                         ("long functions", long_functions()), ("many parameters", parameter_counts()),
                          ("modality names in the core", modality_names()), ("lazy imports", lazy_imports()),
                          ("test modules importing test modules", cross_test_imports())):
         print(f"{title}: {len(found)}")
