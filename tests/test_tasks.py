@@ -1,5 +1,5 @@
-"""The task interface (collapse/tasks/base.py): every modality defines all of it, and a new one takes
-one module and its configs. The toy modality of tests/toy_task.py, named through $COLLAPSE_TASKS and
+"""The task interface (collapse/tasks/base.py): every modality states what it requires, the rest has
+defaults, and a new one takes one module and its configs. The toy modality of tests/toy_task.py, named through $COLLAPSE_TASKS and
 configured from tests/toy/, runs a grid end to end on the local executor."""
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from collapse import tasks
+from collapse.tasks import base
 from collapse.tasks.base import Simulation, Task
 from helpers import toy_env
 
@@ -20,6 +21,38 @@ def test_every_task_defines_the_whole_interface():
         module = tasks.get(name)
         assert isinstance(module, Task) or isinstance(module, Simulation), name
         assert set(module.PRIMARY[2:]) <= {"lower", "higher"}
+
+
+def test_the_base_requires_a_dozen_members_and_the_toy_states_no_more_than_it_must():
+    """base.REQUIRED is at most 12; tests/toy_task.py states each of them and, of the optional members,
+    only those whose value differs from base.Defaults'; a module that lacks a required member is refused
+    by name; the report columns come from the terms whatever a module says."""
+    import importlib
+    import types
+    import pytest
+    assert len(base.REQUIRED) <= 12 and len(base.SIMULATION_REQUIRED) <= 12
+    toy = importlib.import_module("toy_task")
+    assert base.missing(toy) == []
+    for member in base.OPTIONAL:
+        if hasattr(toy, member):
+            assert getattr(toy, member) != getattr(base.Defaults, member), member
+    assert not hasattr(toy, "REPORT_COLUMNS") and base.Stated(toy).REPORT_COLUMNS == {"distill.lam": "lambda"}
+    stated = base.Stated(toy)
+    assert stated.check_data(None) is None and stated.gpu_seconds("teacher", {}) is None
+    assert stated.KEY_SECTIONS == () and stated.TEACHER_OUTPUTS_DETERMINISTIC is True   # its own, not the default
+    assert isinstance(stated, Task) and not isinstance(toy, Task)   # the defaults complete the interface
+    lacking = types.ModuleType("lacking")
+    for member in base.REQUIRED:
+        if member != "evaluate":
+            setattr(lacking, member, getattr(toy, member))
+    sys.modules["lacking"] = lacking
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(tasks.ENV, "lacking=lacking")
+            with pytest.raises(TypeError, match="task 'lacking' .* does not state evaluate"):
+                tasks.get("lacking")
+    finally:
+        del sys.modules["lacking"]
 
 
 def test_a_modality_from_outside_the_package_runs_a_grid_end_to_end(tmp_path):

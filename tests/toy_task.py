@@ -1,14 +1,14 @@
 """A fourth modality that lives in tests/: a diagonal Gaussian fitted to 2-D points, with one
 distillation term. It is the proof that adding a modality takes one task module and its configs
-(tests/toy/): tests/test_tasks.py runs a grid of it end to end, named through $COLLAPSE_TASKS."""
+(tests/toy/): tests/test_tasks.py runs a grid of it end to end, named through $COLLAPSE_TASKS. It states
+what collapse/tasks/base.py requires and, beyond that, only where it differs from base.Defaults: its
+teacher's outputs can be computed once, and profile=smoke's sizes."""
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 
 from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
-from collapse.tasks.base import Term, add_terms, report_columns
-from collapse.tasks.common import concat, from_tensors, held_out_loss, to_tensors  # noqa: F401
+from collapse.tasks.base import Term, add_terms
+from collapse.tasks.common import held_out_loss
 
 
 @dataclass
@@ -45,32 +45,9 @@ class DiagonalGaussian(torch.nn.Module):
 
 CONFIG_SECTIONS = {"data": PointsConfig, "model": FitConfig, "distill": ToyDistillConfig, "synth": SynthConfig,
                    "eval": EvalConfig}
-KEY_SECTIONS, PATH_FIELDS = (), ()
-DISTILL_MODES = ("none", "teacher", "previous")
 TEACHER_OUTPUTS_DETERMINISTIC = True
-CPU_SECONDS_PER_UNIT = {}
 PRIMARY = ("test_loss", "NLL", "lower")
 SMOKE = {"data.train_size": 128, "data.test_size": 64, "train.epochs": 1}   # profile=smoke
-
-
-def table_notes(sweep, by_key):
-    return "", None
-
-
-def check_config(cfg) -> None:
-    pass
-
-
-def check_data(cfg) -> None:
-    pass
-
-
-def write_report(name, sweep, by_key, rows, ref, root, out) -> list:
-    return []
-
-
-def gpu_seconds(kind, config):
-    return None
 
 
 def full_sizes(data: dict) -> tuple[int, int]:
@@ -83,7 +60,6 @@ def pull(student, teacher, cfg):
 
 
 DISTILL_TERMS = (Term("pull", "lam", "lambda", pull),)
-REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 def build_model(cfg):
@@ -117,10 +93,6 @@ def test_loss(model, data, cfg) -> float:
     return held_out_loss(loss, batch, model, data, cfg, 256, 0)
 
 
-def curve_metrics(model, test_data, cfg) -> dict:
-    return {}
-
-
 @torch.no_grad()
 def synthesize(model, cfg, start, stop, generator, keep=None):
     z = torch.randn(stop - start, cfg.model.dim, generator=generator, device=generator.device)
@@ -129,7 +101,3 @@ def synthesize(model, cfg, start, stop, generator, keep=None):
 
 def evaluate(model, test_data, cfg, cache=None, keep=None) -> dict:
     return {"test_loss": test_loss(model, test_data, cfg), "std": model.log_std.exp().mean().item()}
-
-
-def write_examples(model, cfg, out: Path) -> dict:
-    return {}

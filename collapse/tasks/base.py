@@ -1,14 +1,13 @@
 """The task interface: everything a modality provides, written down once.
 
-A modality is one module, collapse/tasks/<name>.py (or any module named in $COLLAPSE_TASKS), that
-defines every member of `Task` below (a models task: teacher -> synth -> students -> evals, or chains
-of generations) or of `Simulation` (a toy model whose chains are simulated in one stage per grid
-point). Nothing else in the package names a modality: config, plan, run, train, dry run, status,
-report and the executors ask the task. tests/test_tasks.py checks each module against these.
-
-Image tasks share their storage and example code (collapse/tasks/images.py) by importing it into
-their own namespace, so every member is still the task's own attribute: nothing is guessed with
-hasattr.
+A modality is one module, collapse/tasks/<name>.py (registered in collapse/tasks/__init__.py BUILT_IN) or
+any module named in $COLLAPSE_TASKS, that states the members `Task` below requires (a models task:
+teacher -> synth -> students -> evals, or chains of generations) or `Simulation` requires (a toy model
+whose chains are simulated in one stage per grid point): REQUIRED and SIMULATION_REQUIRED, the rest
+only where it differs from `Defaults`. The package sees a task through `Stated` (collapse.tasks.get):
+its own members, else the defaults; its report columns always from its DISTILL_TERMS. Nothing else in
+the package names a modality: config, plan, run, train, dry run, status, report and the executors ask
+the task. tests/test_tasks.py checks each module against these.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +169,98 @@ def loss_form(terms: tuple[Term, ...], coeffs) -> str:
 def distills(task: Task, coeffs) -> bool:
     """A student of these coefficients is distilled (not the plain M1)."""
     return any(weights(task.DISTILL_TERMS, coeffs).values())
+
+
+# ---------------------------------------------------------------- what a task must state, what it need not
+
+REQUIRED = ("CONFIG_SECTIONS", "PRIMARY", "DISTILL_TERMS", "build_model", "real_data", "batch", "loss",
+            "teacher_outputs", "test_loss", "synthesize", "evaluate", "full_sizes")
+SIMULATION_REQUIRED = ("CONFIG_SECTIONS", "PRIMARY", "SIMULATION_KIND", "SIMULATION_KEY", "simulate",
+                       "simulation_work")
+
+
+class Defaults:
+    """Each optional member of the interface as a task has it when it does not state it."""
+    KEY_SECTIONS: tuple = ()          # no section of its own decides a model beyond the core's
+    PATH_FIELDS: tuple = ()           # its config names no data or weights on disk
+    CPU_SECONDS_PER_UNIT: dict = {}   # no CPU rate stated: the dry run uses finished stages of the root
+    SMOKE: dict = {}                  # profile=smoke sets nothing of its own
+    DISTILL_MODES = ("none", "teacher", "previous")   # a chain may distill from the teacher or the previous model
+    TEACHER_OUTPUTS_DETERMINISTIC = False   # the teacher's outputs are computed again at every step
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        """No check across sections."""
+
+    @staticmethod
+    def check_data(cfg) -> None:
+        """No data or weights on disk to check at launch."""
+
+    @staticmethod
+    def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+        return "", None   # nothing after the table's heading, no line on units
+
+    @staticmethod
+    def write_report(name, sweep, by_key, rows, ref, root, out) -> list:
+        return []   # the generic tables and figures only
+
+    @staticmethod
+    def gpu_seconds(kind: str, config: dict) -> float | None:
+        return None   # no GPU rate stated
+
+    @staticmethod
+    def curve_metrics(model, test_data, cfg) -> dict:
+        return {}   # the test loss is the only curve
+
+    @staticmethod
+    def write_examples(model, cfg, out: Path) -> dict:
+        return {}   # an eval leaves nothing to look at beyond its metrics
+
+    @staticmethod
+    def to_tensors(data) -> dict:
+        from collapse.tasks import common   # torch: tasks/base.py stays importable without it
+        return common.to_tensors(data)
+
+    @staticmethod
+    def from_tensors(tensors: dict):
+        from collapse.tasks import common   # torch, as above
+        return common.from_tensors(tensors)
+
+    @staticmethod
+    def concat(parts: list):
+        from collapse.tasks import common   # torch, as above
+        return common.concat(parts)
+
+
+OPTIONAL = tuple(m for m in vars(Defaults) if not m.startswith("_"))
+
+
+class Stated:
+    """A task module as the package sees it (collapse.tasks.get): what it states, else Defaults'; its
+    REPORT_COLUMNS always derived from its DISTILL_TERMS (the one declaration of its loss)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @property
+    def REPORT_COLUMNS(self) -> dict[str, str]:
+        return report_columns(self.DISTILL_TERMS)
+
+    def __getattr__(self, member: str):
+        if member == "module":   # not set yet (while unpickling): no recursion through self.module
+            raise AttributeError(member)
+        try:
+            return getattr(self.module, member)
+        except AttributeError:
+            if member in OPTIONAL:
+                return getattr(Defaults, member)
+            raise AttributeError(f"task module {self.module.__name__} states no {member!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<task {self.module.__name__}>"
+
+
+def missing(module) -> list[str]:
+    """The required members `module` does not state (by REQUIRED, or SIMULATION_REQUIRED for a simulation)."""
+    required = SIMULATION_REQUIRED if hasattr(module, "SIMULATION_KIND") else REQUIRED
+    return [m for m in required if not hasattr(module, m)]

@@ -24,7 +24,7 @@ from collapse.metrics.fid import reference_features
 from collapse.report.stats import Z95
 from collapse.tasks import vae
 from collapse.models.unet import UNet
-from collapse.tasks.base import Term, add_terms, report_columns
+from collapse.tasks.base import Term, add_terms
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.ddpm_report import PRIMARY, table_notes, write_report  # noqa: F401
 from collapse.tasks.gpu_rates import ddpm_seconds as gpu_seconds  # noqa: F401
@@ -258,7 +258,6 @@ def mse_encoded(student, teacher, cfg) -> torch.Tensor:
 
 # Eq. 2's weighted terms: lam on the predicted noise, encoder_mse on the encoders' outputs.
 DISTILL_TERMS = (Term("distill", "lam", "lambda", distill), Term("mse_encoded", "encoder_mse", "encoder_mse", mse_encoded))
-REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 

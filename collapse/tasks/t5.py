@@ -32,7 +32,7 @@ from collapse.metrics import perplexity, rouge
 from collapse.models import t5 as t5_model
 from collapse.summarize import summarize, timed_summaries   # noqa: F401  (t5.summarize)
 from collapse.tasks import gpu_rates, t5_pretrain
-from collapse.tasks.base import Term, add_terms, report_columns
+from collapse.tasks.base import Term, add_terms
 from collapse.tasks.t5_config import CONFIG_SECTIONS, SMOKE, _is_pretrained_dir  # noqa: F401
 from collapse.tasks.t5_pretrain import PRETRAIN_KEY, pretrain_config, pretrains  # noqa: F401  (task hooks)
 from collapse.tasks.t5_report import PRIMARY, table_notes, write_report  # noqa: F401
@@ -252,7 +252,6 @@ def distill(student, teacher, cfg) -> torch.Tensor:
 
 # Eq. 3's one weighted term: lam on the decoders' last hidden states.
 DISTILL_TERMS = (Term("distill", "lam", "lambda", distill),)
-REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 

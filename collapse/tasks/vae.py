@@ -33,7 +33,7 @@ from collapse.config import ConfigError, bad
 from collapse.data.mnist import IDX_FILES, PACKAGE_SIZES, DatasetError, find_idx, idx_header, load_mnist
 from collapse.device import StepNoise, device_of, dtype_of, generator
 from collapse.models.vae import VAE
-from collapse.tasks.base import Term, add_terms, report_columns
+from collapse.tasks.base import Term, add_terms
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.vae_config import CONFIG_SECTIONS, SMOKE  # noqa: F401
 from collapse.tasks.vae_report import PRIMARY, table_notes, write_report  # noqa: F401
@@ -211,7 +211,6 @@ def mse_variances(student, teacher, cfg) -> torch.Tensor:
 # the encoder means, gamma on the variances.
 DISTILL_TERMS = (Term("distill", "lam", "lambda"), Term("mse_means", "beta", "beta", mse_means),
                  Term("mse_variances", "gamma", "gamma", mse_variances))
-REPORT_COLUMNS = report_columns(DISTILL_TERMS)
 
 
 def test_loss(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> float:
