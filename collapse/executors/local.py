@@ -71,113 +71,151 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Sn
     Each stage process imports the project from `code` (a launch's snapshot, checked before it is
     imported); without one, from this checkout. Raises Cancelled on SIGINT or SIGTERM (when run in the
     main thread), with no stage process left."""
-    root = Path(root)
-    cores = available_cores()
-    max_parallel = max_parallel or cores
-    waiting = {s.key: s for s in stages}
-    running: dict[str, tuple] = {}
-    held: dict[str, object] = {}      # stages another runner is running: waited for
-    planned = {s.key: _started(root, s.key) for s in stages}
-    result: dict[str, str] = {}
-    checked = 0.0
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=len(stages), unit="stage", dynamic_ncols=True, file=sys.stderr, disable=not interactive)
-
-    def say(msg):
-        if interactive:
-            bar.set_postfix_str(", ".join(s.name for s, _ in running.values())[:60])
-        else:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    def state_of(key):
-        if key in result:
-            return result[key]
-        if key in waiting or key in running or key in held:
-            return "pending"
-        return "done" if manifest.is_done(root, key) else "missing"
-
-    def wait_for(stage, holder, why):
-        held[stage.key] = stage
-        say(f"{why}: {stage.name} is running under {holder}; waiting for it")
-
-    def finished(key, stage, state, msg):
-        result[key] = state
-        bar.update()
-        say(msg)
-
+    state = _RunState(stages, Path(root), max_parallel, code)
     stop: list[int] = []      # the signals received: the first stops the run, a second kills at once
-    previous = _catch_stop_signals(stop, lambda: [proc for _, proc in running.values()], root)
+    previous = _catch_stop_signals(stop, state.processes, state.root)
     try:
-        while (waiting or running or held) and not stop:
-            ready = []
-            for key, stage in list(waiting.items()):
-                deps = [state_of(k) for k in stage.deps.values()]
-                if stage.kind in ANY_OUTCOME:   # the report: once every input has ended, however
-                    if "pending" not in deps:
-                        ready.append(stage)
-                elif any(d in ("failed", "blocked", "missing") for d in deps):
-                    result[key] = "blocked"
-                    del waiting[key]
-                    bar.update()
-                    say(f"blocked {stage.name}: an input failed")
-                elif all(d == "done" for d in deps):
-                    ready.append(stage)
-            # A stage that runs alone (the teacher) gets every core; a full row of students one each.
-            threads = max(1, cores // max(1, min(max_parallel, len(running) + len(ready))))
-            for stage in ready[:max(0, max_parallel - len(running))]:
-                key = stage.key
-                del waiting[key]
-                holder = lease.live_holder(root, key)
-                if holder is not None:
-                    wait_for(stage, holder, "not started")
-                    continue
-                if _started(root, key) != planned[key] and manifest.is_done(root, key):
-                    finished(key, stage, "done", f"done {stage.name} meanwhile, by another runner")
-                    continue
-                try:
-                    running[key] = (stage, _start(root, stage, threads, code))
-                except OSError as e:   # its log cannot be opened (disk full, read-only)
-                    result[key] = "failed"
-                    bar.update()
-                    print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
-                    continue
-                say(f"started {stage.name}")
-            for key, (stage, proc) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[key]
-                holder = lease.live_holder(root, key) if proc.returncode else None
-                if proc.returncode == lease.HELD_EXIT or holder is not None:
-                    wait_for(stage, holder or lease.read(root, key) or "another runner", "held")
-                    continue
-                result[key] = _finish(root, stage, proc.returncode)
-                bar.update()
-                if result[key] == "done":
-                    say(f"done {stage.name} ({len(result)}/{len(stages)})")
-                else:
-                    say(f"failed {stage.name}: see {log_path(root, stage.spec())}")
-            if held and time.monotonic() - checked >= 1.0:
-                checked = time.monotonic()
-                for key, stage in list(held.items()):
-                    if lease.live_holder(root, key) is not None:
-                        continue
-                    del held[key]
-                    record = manifest.read(root, key)
-                    status = record["status"] if record else "missing"
-                    if status in RAN_TO_THE_END + ("failed",):
-                        finished(key, stage, "failed" if status == "failed" else "done",
-                                 f"{status} {stage.name}, run by another runner: see {log_path(root, stage.spec())}")
-                    else:   # its runner died without recording an end: run it here (it resumes)
-                        waiting[key] = stage
-                        say(f"{stage.name}: its runner died without recording an end; running it here")
+        while state.unfinished() and not stop:
+            state.start_ready()
+            state.reap()
+            state.check_held()
             time.sleep(poll_s)
         if stop:
-            bar.close()
-            raise _cancel_running(root, running, waiting, held, stop[0])
+            state.bar.close()
+            raise _cancel_running(state.root, state.running, state.waiting, state.held, stop[0])
     finally:
         _restore_signals(previous)
-    bar.close()
-    return result
+    state.bar.close()
+    return state.result
+
+
+class _RunState:
+    """One run of a stage graph: the stages waiting for their inputs (`waiting`), those running here
+    (`running`: key -> (stage, process)), those another runner is running (`held`: waited for), and the
+    outcome of each that has ended (`result`)."""
+
+    def __init__(self, stages: list, root: Path, max_parallel: int, code: Snapshot | None):
+        self.root, self.code, self.total = root, code, len(stages)
+        self.cores = available_cores()
+        self.max_parallel = max_parallel or self.cores
+        self.waiting = {s.key: s for s in stages}
+        self.running: dict[str, tuple] = {}
+        self.held: dict[str, object] = {}
+        self.planned = {s.key: _started(root, s.key) for s in stages}   # changed later: another runner ran it
+        self.result: dict[str, str] = {}
+        self.held_checked = 0.0
+        self.interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=len(stages), unit="stage", dynamic_ncols=True, file=sys.stderr,
+                        disable=not self.interactive)
+
+    def unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self.held)
+
+    def processes(self) -> list:
+        return [proc for _, proc in self.running.values()]
+
+    def start_ready(self) -> None:
+        """Start the waiting stages whose inputs are done, as many as max_parallel allows; mark blocked those
+        whose input failed."""
+        ready = self._ready()
+        # A stage that runs alone (the teacher) gets every core; a full row of students one each.
+        threads = max(1, self.cores // max(1, min(self.max_parallel, len(self.running) + len(ready))))
+        for stage in ready[:max(0, self.max_parallel - len(self.running))]:
+            self._start(stage, threads)
+
+    def _ready(self) -> list:
+        ready = []
+        for key, stage in list(self.waiting.items()):
+            deps = [self._state_of(k) for k in stage.deps.values()]
+            if stage.kind in ANY_OUTCOME:   # the report: once every input has ended, however
+                if "pending" not in deps:
+                    ready.append(stage)
+            elif any(d in ("failed", "blocked", "missing") for d in deps):
+                self.result[key] = "blocked"
+                del self.waiting[key]
+                self.bar.update()
+                self._say(f"blocked {stage.name}: an input failed")
+            elif all(d == "done" for d in deps):
+                ready.append(stage)
+        return ready
+
+    def _state_of(self, key: str) -> str:
+        if key in self.result:
+            return self.result[key]
+        if key in self.waiting or key in self.running or key in self.held:
+            return "pending"
+        return "done" if manifest.is_done(self.root, key) else "missing"
+
+    def _start(self, stage, threads: int) -> None:
+        key = stage.key
+        del self.waiting[key]
+        holder = lease.live_holder(self.root, key)
+        if holder is not None:
+            self._wait_for(stage, holder, "not started")
+            return
+        if _started(self.root, key) != self.planned[key] and manifest.is_done(self.root, key):
+            self._finished(stage, "done", f"done {stage.name} meanwhile, by another runner")
+            return
+        try:
+            self.running[key] = (stage, _spawn(self.root, stage, threads, self.code))
+        except OSError as e:   # its log cannot be opened (disk full, read-only)
+            self.result[key] = "failed"
+            self.bar.update()
+            print(f"error: cannot start {stage.name} ({key}): {e}", file=sys.stderr, flush=True)
+            return
+        self._say(f"started {stage.name}")
+
+    def reap(self) -> None:
+        """Record the end of each stage process that has exited; one that found its lease held waits for the
+        holder."""
+        for key, (stage, proc) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[key]
+            holder = lease.live_holder(self.root, key) if proc.returncode else None
+            if proc.returncode == lease.HELD_EXIT or holder is not None:
+                self._wait_for(stage, holder or lease.read(self.root, key) or "another runner", "held")
+                continue
+            self.result[key] = _finish(self.root, stage, proc.returncode)
+            self.bar.update()
+            if self.result[key] == "done":
+                self._say(f"done {stage.name} ({len(self.result)}/{self.total})")
+            else:
+                self._say(f"failed {stage.name}: see {log_path(self.root, stage.spec())}")
+
+    def check_held(self) -> None:
+        """At most once a second: for each held stage whose holder is gone, take its recorded end, or run it
+        here if the holder died without one."""
+        if not self.held or time.monotonic() - self.held_checked < 1.0:
+            return
+        self.held_checked = time.monotonic()
+        for key, stage in list(self.held.items()):
+            if lease.live_holder(self.root, key) is not None:
+                continue
+            del self.held[key]
+            record = manifest.read(self.root, key)
+            status = record["status"] if record else "missing"
+            if status in RAN_TO_THE_END + ("failed",):
+                self._finished(stage, "failed" if status == "failed" else "done",
+                               f"{status} {stage.name}, run by another runner: see {log_path(self.root, stage.spec())}")
+            else:   # its runner died without recording an end: run it here (it resumes)
+                self.waiting[key] = stage
+                self._say(f"{stage.name}: its runner died without recording an end; running it here")
+
+    def _wait_for(self, stage, holder, why: str) -> None:
+        self.held[stage.key] = stage
+        self._say(f"{why}: {stage.name} is running under {holder}; waiting for it")
+
+    def _finished(self, stage, state: str, msg: str) -> None:
+        self.result[stage.key] = state
+        self.bar.update()
+        self._say(msg)
+
+    def _say(self, msg: str) -> None:
+        if self.interactive:
+            self.bar.set_postfix_str(", ".join(s.name for s, _ in self.running.values())[:60])
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _catch_stop_signals(stop: list, procs, root) -> dict:
@@ -270,7 +308,7 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _start(root: Path, stage, share: int, code: Snapshot | None) -> subprocess.Popen:
+def _spawn(root: Path, stage, share: int, code: Snapshot | None) -> subprocess.Popen:
     log = log_path(root, stage.spec())
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = str(stage.config["train"]["threads"] or share)

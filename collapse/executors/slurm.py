@@ -130,27 +130,95 @@ def _sbatch_error(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- submit
 
-def submit(sweep, plan, todo: list, root, code: Snapshot | None = None, out=sys.stdout, canary: bool = True) -> int:
-    """Submit the not-done stages `todo` of `plan` and a report job, their jobs importing `code`, the first
-    level after a canary job (unless canary=False); return at once (0: submitted)."""
+@dataclasses.dataclass(frozen=True)
+class SubmitOptions:
+    """How a launch's jobs run: importing `code` (the launch's snapshot; None, as in a test's direct submit:
+    this checkout), the first level after a canary job unless canary=False."""
+    code: Snapshot | None = None
+    canary: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """One launch's submission: the not-done stages `todo` of the sweep whose key is `sweep_key`, submitted
+    under `root` with `options`, its messages to `out`, begun at `started` (time.monotonic())."""
+    sweep: object
+    sweep_key: str
+    todo: list
+    root: Path
+    options: SubmitOptions
+    out: object
+    started: float
+
+    @property
+    def cluster(self):
+        return self.sweep.base.cluster
+
+    @property
+    def watch(self) -> str:
+        return f"python sweeps/status.py results_root={self.root} grid={self.sweep.grid}"
+
+    def job_name(self, kind: str) -> str:
+        return f"{self.sweep.grid}.{kind}"
+
+    def say(self, msg: str = "") -> None:
+        print(msg, file=self.out, flush=True)
+
+
+def submit(sweep, plan, todo: list, root, options: SubmitOptions = SubmitOptions(), out=sys.stdout) -> int:
+    """Submit the not-done stages `todo` of `plan` and a report job, their jobs importing `options.code`, the
+    first level after a canary job (unless options.canary is False); return at once (0: submitted)."""
     root = Path(root)
-    cluster = sweep.base.cluster
     sweep_key = sweep_record(sweep, plan)["key"]
-    watch = f"python sweeps/status.py results_root={root} grid={sweep.grid}"
-
-    def say(msg=""):
-        print(msg, file=out, flush=True)
-
     if not todo:
-        say("nothing to run: every stage is done, the report too (python sweeps/report.py writes it again)")
+        print("nothing to run: every stage is done, the report too (python sweeps/report.py writes it again)",
+              file=out, flush=True)
         return 0
-    started = time.monotonic()
+    submission = Submission(sweep, sweep_key, todo, root, options, out, started=time.monotonic())
     try:
         with locked(root):
-            return _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, started, code, canary)
+            return _submit_locked(submission)
     except SubmissionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def _submit_locked(sub: Submission) -> int:
+    """The submission under the launch lease: split `todo` by who runs it, submit what is new, record the
+    launch in the job index and say what it submitted."""
+    index = read_index(sub.root)
+    split = _split_todo(sub, index)
+    launch = _launch_entry(sub, split)
+    if split.blocked:
+        _say_held_locally(sub, split)
+    if not split.fresh:
+        return _nothing_new(sub, split, index, launch)
+    groups = make_groups(split.fresh, split.running)
+    submitted = _submit_jobs(sub, split.fresh, groups, index, launch)
+    index["launches"].append(launch)
+    write_index(sub.root, index)
+    _say_submitted(sub, split, groups, launch, sbatch_calls=len(submitted))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A launch's stages to run, split by who runs them."""
+    running: dict   # key -> job id: queued or running in SLURM already (or its job holds the lease)
+    local: dict     # key -> lease holder: a local runner is running it
+    blocked: set    # those of `local` and what reads them (those already queued aside): SLURM cannot wait on them
+    fresh: list     # the rest, to submit now
+
+
+def _split_todo(sub: Submission, index: dict) -> Split:
+    entries = {s.key: index["stages"][s.key] for s in sub.todo if s.key in index["stages"]}
+    known = {k: e["job"] for k, e in entries.items()}
+    states = squeue_states(list(known.values()))     # the one squeue call
+    running = {k: j for k, j in known.items() if is_active(j, states, entries[k].get("job_name"))}
+    local = _held_by_leases(sub.todo, sub.root, running)
+    blocked = stages.downstream(local, {s.key: s.deps.values() for s in sub.todo if s.key not in running})
+    fresh = [s for s in sub.todo if s.key not in running and s.key not in blocked]
+    return Split(running, local, blocked, fresh)
 
 
 def _held_by_leases(todo: list, root, running: dict) -> dict:
@@ -166,73 +234,55 @@ def _held_by_leases(todo: list, root, running: dict) -> dict:
     return local
 
 
-def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, started, code, use_canary) -> int:
-    index = read_index(root)
-    entries = {s.key: index["stages"][s.key] for s in todo if s.key in index["stages"]}
-    known = {k: e["job"] for k, e in entries.items()}
-    states = squeue_states(list(known.values()))     # the one squeue call
-    running = {k: j for k, j in known.items() if is_active(j, states, entries[k].get("job_name"))}
-    local = _held_by_leases(todo, root, running)
-    # what a local runner holds, and what reads it (those already queued aside): SLURM cannot wait on it
-    blocked = stages.downstream(local, {s.key: s.deps.values() for s in todo if s.key not in running})
-    fresh = [s for s in todo if s.key not in running and s.key not in blocked]
-    launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    launch = {"id": launch_id, "sweep": sweep_key, "grid": sweep.grid, "user": getpass.getuser(),
-              "submitted": round(time.time(), 3), "arrays": [], "skipped": sorted(running),
-              "held_locally": sorted(blocked), "code": code.hash if code else None}
-    if blocked:
-        names = "; ".join(f"{s.name} ({s.key}) held by {local[s.key]}" for s in todo if s.key in local)
-        say(f"not submitted: {len(local)} stage{'s' if len(local) > 1 else ''} running under a local launch, which "
-            f"SLURM cannot wait on ({names}), and {len(blocked) - len(local)} stages that depend on them; "
+def _launch_entry(sub: Submission, split: Split) -> dict:
+    """This launch's entry in the job index; the arrays are added as they are submitted."""
+    code = sub.options.code
+    return {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", "sweep": sub.sweep_key,
+            "grid": sub.sweep.grid, "user": getpass.getuser(), "submitted": round(time.time(), 3), "arrays": [],
+            "skipped": sorted(split.running), "held_locally": sorted(split.blocked),
+            "code": code.hash if code else None}
+
+
+def _say_held_locally(sub: Submission, split: Split) -> None:
+    names = "; ".join(f"{s.name} ({s.key}) held by {split.local[s.key]}" for s in sub.todo if s.key in split.local)
+    n = len(split.local)
+    sub.say(f"not submitted: {n} stage{'s' if n > 1 else ''} running under a local launch, which "
+            f"SLURM cannot wait on ({names}), and {len(split.blocked) - n} stages that depend on them; "
             f"launch again when they have finished")
-    if not fresh and not running:
-        index["launches"].append(launch)
-        write_index(root, index)
-        say("nothing submitted")
-        return 0
 
-    if not fresh:
-        say(f"nothing new to submit: all {len(todo) - len(blocked)} stages to run are already queued or running "
-            f"(jobs {', '.join(sorted({base_id(j) for j in running.values()}, key=int))})")
-        index["launches"].append(launch)
-        write_index(root, index)
-        say(f"watch: {watch}")
-        return 0
 
-    groups = make_groups(fresh, running)
+def _nothing_new(sub: Submission, split: Split, index: dict, launch: dict) -> int:
+    """Record a launch with nothing to submit: each stage is queued, running or waits on a local runner."""
+    if split.running:
+        sub.say(f"nothing new to submit: all {len(sub.todo) - len(split.blocked)} stages to run are already queued "
+                f"or running (jobs {_job_ids(split.running)})")
+    index["launches"].append(launch)
+    write_index(sub.root, index)
+    sub.say(f"watch: {sub.watch}" if split.running else "nothing submitted")
+    return 0
+
+
+def _job_ids(running: dict) -> str:
+    return ", ".join(sorted({base_id(j) for j in running.values()}, key=int))
+
+
+def _submit_jobs(sub: Submission, fresh: list, groups: list, index: dict, launch: dict) -> list[str]:
+    """Submit the canary (unless options.canary is False), then each group after its dependencies, writing the
+    index after every sbatch; return the job ids. If one fails, cancel the jobs this launch submitted, put
+    the index back as it was (the launch's entry says what was cancelled) and raise SubmissionError."""
     previous = {k: dict(v) for k, v in index["stages"].items()}
     submitted: list[str] = []
-    sbatch_calls = 0
-    current = None
-    canary_job = None
+    current = canary_job = None
     try:
-        if use_canary:
-            canary_job, kind = _submit_canary(sweep, fresh, root, cluster, launch_id, code)
-            sbatch_calls += 1
+        if sub.options.canary:
+            canary_job, kind = _submit_canary(sub, fresh, launch["id"])
             submitted.append(canary_job)
             launch["canary"] = {"job": canary_job, "kind": kind,
-                                "record": str(canary.record_path(root, launch_id).relative_to(root))}
+                                "record": str(canary.record_path(sub.root, launch["id"]).relative_to(sub.root))}
         for current in groups:
-            res = cluster.resources(current.kind)
             dependency = current.dependency(groups, canary_job)
-            job_name = f"{sweep.grid}.{current.kind}"
-            jobs = sbatch(root, res, job_name, dependency, code,
-                          [StageJob(str(root), s.key, s.name, str(stages.log_path(root, s.spec()).relative_to(root)))
-                           for s in current.stages])
-            sbatch_calls += 1
-            current.job_id = base_id(jobs[0].job_id)
-            submitted.append(current.job_id)
-            now = round(time.time(), 3)
-            for i, s in enumerate(current.stages):
-                entry = {"job": current.task(i), "job_name": job_name, "kind": s.kind, "name": s.name,
-                         "level": current.level, "launch": launch_id, "submitted": now}
-                old = index["stages"].get(s.key)
-                if old:
-                    entry["previous"] = (old.get("previous") or [])[-9:] + [old["job"]]
-                index["stages"][s.key] = entry
-            launch["arrays"].append({"job": current.job_id, "kind": current.kind, "level": current.level,
-                                     "size": len(current.stages), "dependency": dependency})
-            write_index(root, {**index, "launches": index["launches"] + [launch]})
+            submitted.append(_submit_group(sub, current, dependency))
+            _record_group(sub, current, dependency, index, launch)
     except BaseException as e:
         cancel_error = "not run"
         try:
@@ -242,47 +292,77 @@ def _submit_locked(sweep, plan, todo, root, cluster, sweep_key, watch, say, star
             launch["cancelled"] = submitted
             launch["error"] = _sbatch_error(e)
             index["launches"].append(launch)
-            write_index(root, index)
+            write_index(sub.root, index)
         if not isinstance(e, Exception):
             raise
-        if current is None:
-            what = "the canary job"
-        else:
-            n = len(current.stages)
-            what = f"the {current.kind} group (level {current.level}, {n} stage{'s' if n > 1 else ''})"
-        if cancel_error:
-            raise SubmissionError(
-                f"sbatch rejected {what}: {_sbatch_error(e)}; cancelling the {len(submitted)} jobs this launch had "
-                f"submitted ({', '.join(submitted)}) failed ({cancel_error}): scancel them yourself") from None
-        raise SubmissionError(
-            f"sbatch rejected {what}: {_sbatch_error(e)}; cancelled the {len(submitted)} jobs this launch had "
-            f"submitted ({', '.join(submitted) or 'none'}); nothing of it is left queued") from None
+        raise _rejected(e, current, submitted, cancel_error) from None
+    return submitted
 
-    index["launches"].append(launch)
-    write_index(root, index)
 
-    say(f"submitted {len(fresh)} stages of sweep {sweep_key}: {len(groups)} job arrays (one per level and "
-        f"stage kind), {sbatch_calls} sbatch calls in {time.monotonic() - started:.1f}s:")
-    if canary_job:
-        say(f"  canary    {launch['canary']['kind']:<10} job   {canary_job:<8}    1 check   on the {launch['canary']['kind']} "
-            f"resources; level 0 and the report wait for it (canary=false: none)")
+def _submit_canary(sub: Submission, fresh: list, launch_id: str) -> tuple[str, str]:
+    """Submit the launch's canary on the heaviest kind's resources: (its job id, that kind)."""
+    kind, res = canary.heaviest(sorted({s.kind for s in fresh}), sub.cluster.resources)
+    job = canary.Canary(str(sub.root), launch_id, res.gpus_per_node, canary.sweep_paths(fresh, path_fields),
+                        sorted({s.config["task"] for s in fresh}))
+    jobs = sbatch(sub.root, canary.canary_resources(res), sub.job_name("canary"), None, sub.options.code, [job])
+    return base_id(jobs[0].job_id), kind
+
+
+def _submit_group(sub: Submission, group, dependency: str | None) -> str:
+    """One sbatch of the group's stages (a job array when several); return its job id."""
+    calls = [StageJob(str(sub.root), s.key, s.name, str(stages.log_path(sub.root, s.spec()).relative_to(sub.root)))
+             for s in group.stages]
+    jobs = sbatch(sub.root, sub.cluster.resources(group.kind), sub.job_name(group.kind), dependency,
+                  sub.options.code, calls)
+    group.job_id = base_id(jobs[0].job_id)
+    return group.job_id
+
+
+def _record_group(sub: Submission, group, dependency: str | None, index: dict, launch: dict) -> None:
+    """The group's stages and its array into the index (each stage's earlier jobs kept, the last ten), written."""
+    now = round(time.time(), 3)
+    for i, s in enumerate(group.stages):
+        entry = {"job": group.task(i), "job_name": sub.job_name(group.kind), "kind": s.kind, "name": s.name,
+                 "level": group.level, "launch": launch["id"], "submitted": now}
+        old = index["stages"].get(s.key)
+        if old:
+            entry["previous"] = (old.get("previous") or [])[-9:] + [old["job"]]
+        index["stages"][s.key] = entry
+    launch["arrays"].append({"job": group.job_id, "kind": group.kind, "level": group.level,
+                             "size": len(group.stages), "dependency": dependency})
+    write_index(sub.root, {**index, "launches": index["launches"] + [launch]})
+
+
+def _rejected(e: BaseException, group, submitted: list, cancel_error: str | None) -> SubmissionError:
+    """What to say when sbatch rejected `group` (None: the canary) and the cancel of `submitted` went as it did."""
+    if group is None:
+        what = "the canary job"
+    else:
+        n = len(group.stages)
+        what = f"the {group.kind} group (level {group.level}, {n} stage{'s' if n > 1 else ''})"
+    if cancel_error:
+        return SubmissionError(
+            f"sbatch rejected {what}: {_sbatch_error(e)}; cancelling the {len(submitted)} jobs this launch had "
+            f"submitted ({', '.join(submitted)}) failed ({cancel_error}): scancel them yourself")
+    return SubmissionError(
+        f"sbatch rejected {what}: {_sbatch_error(e)}; cancelled the {len(submitted)} jobs this launch had "
+        f"submitted ({', '.join(submitted) or 'none'}); nothing of it is left queued")
+
+
+def _say_submitted(sub: Submission, split: Split, groups: list, launch: dict, sbatch_calls: int) -> None:
+    sub.say(f"submitted {len(split.fresh)} stages of sweep {sub.sweep_key}: {len(groups)} job arrays (one per level "
+            f"and stage kind), {sbatch_calls} sbatch calls in {time.monotonic() - sub.started:.1f}s:")
+    if "canary" in launch:
+        kind = launch["canary"]["kind"]
+        sub.say(f"  canary    {kind:<10} job   {launch['canary']['job']:<8}    1 check   on the {kind} "
+                f"resources; level 0 and the report wait for it (canary=false: none)")
     for g, array in zip(groups, launch["arrays"]):
         what = "array" if len(g.stages) > 1 else "job  "
         dep = array["dependency"] or "-"
-        say(f"  level {g.level}  {g.kind:<10} {what} {g.job_id:<8} {len(g.stages):>4} stage"
-            f"{'s' if len(g.stages) > 1 else ' '}  after {dep}")
-    if running:
-        say(f"already queued or running, not resubmitted: {len(running)} stages "
-            f"(jobs {', '.join(sorted({base_id(j) for j in running.values()}, key=int))})")
-    say(f"stage logs: {root / 'logs'}/<kind>-<key>.log; job output: {submitit_folder(root)}")
-    say(f"watch: {watch}")
-    return 0
-
-
-def _submit_canary(sweep, fresh: list, root: Path, cluster, launch_id: str, code) -> tuple[str, str]:
-    """Submit the launch's canary on the heaviest kind's resources: (its job id, that kind)."""
-    kind, res = canary.heaviest(sorted({s.kind for s in fresh}), cluster.resources)
-    job = canary.Canary(str(root), launch_id, res.gpus_per_node, canary.sweep_paths(fresh, path_fields),
-                        sorted({s.config["task"] for s in fresh}))
-    jobs = sbatch(root, canary.canary_resources(res), f"{sweep.grid}.canary", None, code, [job])
-    return base_id(jobs[0].job_id), kind
+        sub.say(f"  level {g.level}  {g.kind:<10} {what} {g.job_id:<8} {len(g.stages):>4} stage"
+                f"{'s' if len(g.stages) > 1 else ' '}  after {dep}")
+    if split.running:
+        sub.say(f"already queued or running, not resubmitted: {len(split.running)} stages "
+                f"(jobs {_job_ids(split.running)})")
+    sub.say(f"stage logs: {sub.root / 'logs'}/<kind>-<key>.log; job output: {submitit_folder(sub.root)}")
+    sub.say(f"watch: {sub.watch}")
