@@ -26,7 +26,7 @@ from collapse.cluster import cluster_file
 from collapse.experiment import from_dict
 
 GRID_DIR = TREE / "sweeps" / "grids"
-GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "axes")
+GRID_KEYS = ("experiment", "description", "seeds", "overrides", "rows", "rows_from", "axes")
 SELECTORS = ("grid", "profile", "cluster")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 SIZED_BY_TASK = "smoke"   # the profile whose sizes each task states (its SMOKE)
@@ -73,11 +73,20 @@ def grid_name_of(grid: str) -> str:
     return Path(grid).stem if grid.endswith(".yaml") else grid
 
 
-def load_grid(name: str) -> dict:
+def load_grid(name: str, seen: tuple = ()) -> dict:
+    """A grid file, checked; `rows_from: OTHER` takes OTHER's rows (a paper grid at full size reuses the
+    rows of its stand-in grid rather than copying them)."""
     grid = load_yaml(grid_path(name), "grid")
     for key in grid:
         if key not in GRID_KEYS:
             raise ConfigError(f"grid '{name}': unknown key '{key}'; allowed: {', '.join(GRID_KEYS)}")
+    if "rows_from" in grid:
+        other = grid.pop("rows_from")
+        if "rows" in grid:
+            raise in_grid(name, bad("grid.rows_from", other, "no rows_from beside rows (one or the other)"))
+        if not isinstance(other, str) or other in seen + (name,):
+            raise in_grid(name, bad("grid.rows_from", other, "the name of another grid, not one that leads back here"))
+        grid["rows"] = load_grid(other, seen + (name,)).get("rows") or []
     if "experiment" not in grid:
         raise ConfigError(f"grid '{name}': missing key 'experiment'")
     for key in ("rows",):

@@ -339,3 +339,22 @@ def test_slurm_without_a_cluster_is_refused_before_anything_is_written(tmp_path,
     assert code == 2 and len(err) == 1
     assert "key 'cluster.backend'" in err[0] and "sinfo does not answer" in err[0]
     assert not root.exists(), sorted(str(p) for p in root.rglob("*"))
+
+
+def test_a_grid_takes_another_grids_rows_and_a_wrong_rows_from_is_one_line(tmp_path, monkeypatch):
+    """rows_from: the paper grids reuse their stand-in grids' rows; beside rows, or in a loop, it is refused."""
+    from collapse.config import ConfigError
+    from collapse.grid import load_grid
+    assert load_grid("ddpm_lambda_celeba")["rows"] == load_grid("ddpm_lambda")["rows"]
+    assert load_grid("t5_lambda_cnndm")["rows"] == load_grid("t5_lambda")["rows"]
+    (tmp_path / "both.yaml").write_text("experiment: vae_mnist\nrows_from: vae_coeffs\nrows:\n  - {distill.lam: 0.5}\n")
+    (tmp_path / "loop_a.yaml").write_text("experiment: vae_mnist\nrows_from: loop_b\n")
+    (tmp_path / "loop_b.yaml").write_text("experiment: vae_mnist\nrows_from: loop_a\n")
+    monkeypatch.setenv("COLLAPSE_GRID_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"key 'grid.rows_from': value 'vae_coeffs' is not allowed; expected no "
+                                          r"rows_from beside rows") as e:
+        load_grid("both")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"key 'grid.rows_from': value 'loop_a' is not allowed; expected the name "
+                                          r"of another grid, not one that leads back here"):
+        load_grid("loop_a")

@@ -176,4 +176,12 @@ def test_tensorboard_names_runs_by_grid_and_stage_with_their_hparams(roots):
         best = events.GetAccumulator(run).Tensors(tensorboard_names.BEST)
         assert len(best) == 1 and best[0].tensor_proto.float_val[0] == pytest.approx(record["metrics"]["best_test_loss"])
         assert events.GetAccumulator(run).Tensors("loss/test")   # the curves train.py wrote, through the link
-        assert len(list((top / "stages" / record["key"] / "tensorboard").glob("*.hparams"))) == 1   # once
+        run_dir = top / "stages" / record["key"] / "tensorboard"
+        assert (run_dir / tensorboard_names.MARKER).is_file()   # train.py wrote its hparams as it ended
+        assert not list(run_dir.glob("*.hparams"))              # so link_all (twice) added none
+    # a stage trained before train.py wrote hparams (no marker): link_all writes them once, not twice
+    old = top / "stages" / trained["teacher[seed=0]"]["key"] / "tensorboard"
+    (old / tensorboard_names.MARKER).unlink()
+    tensorboard_names.link_all(top)
+    tensorboard_names.link_all(top)
+    assert len(list(old.glob("*.hparams"))) == 1 and (old / tensorboard_names.MARKER).is_file()
