@@ -66,6 +66,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """--dist loadgroup: the tests using the one local SLURM cluster run on one worker, one after the
     other (some count its queue); the other tests of a file stay together, so its shared fixtures run once.
+    A file whose SLURM test shares a module fixture with its other tests says ONE_WORKER_WITH_SLURM = True:
+    all its tests then run on the SLURM worker, so that fixture is made once, not once on each worker.
     Every SLURM test is also `slow` (real jobs through a real scheduler): make check (-m "not slow") skips them."""
     why = getattr(config, "_collapse_no_slurm", None)
     for item in items:
@@ -73,7 +75,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if why and item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.skip(reason=why))
-        group = "slurm" if item.get_closest_marker("slurm") else item.path.name
+        with_slurm = getattr(getattr(item, "module", None), "ONE_WORKER_WITH_SLURM", False)
+        group = "slurm" if item.get_closest_marker("slurm") or with_slurm else item.path.name
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -40,6 +40,9 @@ def grid_env(tmp_path_factory):
     return {"COLLAPSE_GRID_DIR": str(grids), "OMP_NUM_THREADS": "1"}
 
 
+ONE_WORKER_WITH_SLURM = True   # the SLURM test below reads the same module fixture (tests/conftest.py)
+
+
 @pytest.fixture(scope="module")
 def reference(grid_env, tmp_path_factory):
     """{stage name: metrics} of the grid run locally, never stopped."""

@@ -20,6 +20,9 @@ from collapse.config import ClusterConfig, ConfigError  # noqa: E402
 from helpers import cluster, launch_toy as launch, toy_env  # noqa: E402,F401
 
 
+ONE_WORKER_WITH_SLURM = True   # the SLURM test below reads the same module fixture (tests/conftest.py)
+
+
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("measured") / "r"

@@ -34,8 +34,11 @@ def write_text(path: Path, lines: list[str]) -> Path:
 
 
 def fmt(v, digits=3):
+    """A float to `digits` places; one too large for that (a coefficient of 1e39) in exponent form."""
     if v is None:
         return ""
+    if isinstance(v, float) and not abs(v) < 1e6:
+        return f"{v:.{digits}g}"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
