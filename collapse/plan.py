@@ -14,37 +14,15 @@ import re
 import typing
 from dataclasses import dataclass, field
 
-from collapse import fingerprint as content, generations, manifest, stages, tasks
+from collapse import fingerprint as content, generations, kinds, manifest, stages, tasks
 from collapse.config import ConfigError, ExperimentConfig, bad, schema, to_dict
 from collapse.grid import Sweep
-from collapse.stages import KINDS
+from collapse.kinds import Eval, Generation, Pretrain, Report, Student, Synth, SynthShard, Teacher
 from collapse.tasks.base import Pretrains, Simulation
 
-# Which config sections decide a stage's output. Execution details (where the data lives,
-# ZeRO stage, threads, checkpoint interval) do not change the numbers and stay out of the key. A task
-# adds its own sections to the training kinds' (KEY_SECTIONS of collapse/tasks/base.py), and a
-# simulation task's one kind is keyed by its SIMULATION_KEY.
-KEY_SECTIONS = {
-    # The pretraining of a task that asks for it (tasks/base.py, Pretrains): its config's train section is
-    # the pretraining's (own seed); the task adds the rest (PRETRAIN_KEY). Teachers, students and
-    # generations read it as their initial weights.
-    "pretrain": ("task", "model", "train"),
-    "teacher": ("task", "data", "model", "train"),
-    # infer.precision: what synth and eval compute in (collapse/infer.py); auto stays out (added_later)
-    "synth": ("task", "synth", "infer.precision"),
-    "synth_shard": ("task", "synth", "infer.precision"),      # shard i of synth.shards (its `args`)
-    "student": ("task", "data", "model", "train", "distill"),   # data: the test set picks the best epoch
-    "eval": ("task", "data", "eval", "infer.precision"),
-    # A chain's generation t+1 (collapse/generations.py) trains on data built from its deps and samples
-    # the next generation's data. generations.count and .distill stay out: chains that share a prefix
-    # share its stages (the model distilled from is a dep), whatever their length.
-    "generation": ("task", "data", "model", "train", "distill", "synth",
-                   "generations.data", "generations.mix_ratio", "generations.subsample_size", "infer.precision"),
-    # The sweep's tables and plots: its deps are every eval (or simulation stage) of the sweep.
-    "report": ("task",),
-}
-TRAINING = ("teacher", "student", "generation")
-assert set(KEY_SECTIONS) == set(KINDS)
+# Which config sections decide a stage's output: each kind's SECTIONS (collapse/kinds.py). Execution
+# details (where the data lives, ZeRO stage, threads, checkpoint interval) do not change the numbers and
+# stay out of the key.
 # Within those sections, a field marked execution() is never in a key and one marked added_later() is out
 # at its default (collapse/config.py, on the fields themselves). data.root is left out as a path; when
 # set, its content's fingerprint goes in (see with_fingerprints).
@@ -55,11 +33,7 @@ RESPELLED = {("train", "bf16"): {None: True, True: "always"}}
 
 def key_sections(kind: str, task) -> tuple:
     """The sections (or "section.field" items) whose values decide a stage of `kind` of `task`."""
-    if isinstance(task, Simulation) and kind == task.SIMULATION_KIND:
-        return task.SIMULATION_KEY
-    if kind == "pretrain":
-        return KEY_SECTIONS[kind] + task.PRETRAIN_KEY
-    return KEY_SECTIONS[kind] + (task.KEY_SECTIONS if kind in TRAINING else ())
+    return kinds.get(kind, task).key_sections(task)
 
 
 @functools.cache
@@ -174,9 +148,9 @@ def key_material(kind: str, config: dict, prints: dict | None = None) -> dict:
                      and not ((section, k) in added_later and v == added_later[(section, k)])}
         out[item] = value
     out = with_fingerprints(out, prints or {})
-    pretraining = pretrain_config(config) if kind in TRAINING else None
+    pretraining = pretrain_config(config) if kinds.get(kind, task).TRAINS else None
     if pretraining is not None:   # also in the dep's key; here so that records alone tell such models apart
-        out["pretrained_from"] = key_material("pretrain", pretraining, prints)
+        out["pretrained_from"] = key_material(Pretrain.name, pretraining, prints)
     return out
 
 
@@ -195,32 +169,43 @@ def make_stage(kind: str, name: str, cfg: ExperimentConfig | dict, deps: dict, a
                  prints)
 
 
-def add_pretrain(plan: "Plan", cfg: ExperimentConfig) -> dict:
-    """The pretraining stage `cfg`'s models start from, when its task asks for one: {"pretrain": key}
-    for their deps, else {}. Planned once for every seed and row that shares its config."""
+def add_pretrain(plan: "Plan", cfg: ExperimentConfig) -> str | None:
+    """The key of the pretraining stage `cfg`'s models start from, when its task asks for one, else None.
+    Planned once for every seed and row that shares its config."""
     config = pretrain_config(to_dict(cfg))
     if config is None:
-        return {}
-    return {"pretrain": plan.add(make_stage("pretrain", f"pretrain[seed={config['train']['seed']}]", config, {})).key}
+        return None
+    return plan.add(make_stage(Pretrain.name, f"pretrain[seed={config['train']['seed']}]", config,
+                               Pretrain.deps())).key
 
 
 def add_synth(plan: "Plan", cfg: ExperimentConfig, teacher: Stage) -> Stage:
     """D_M0 from `teacher`: one stage, or synth.shards shard stages (one SLURM array, each its own
     range of items and seed) and a synth stage that joins them."""
     seed, shards = cfg.train.seed, cfg.synth.shards
-    deps = {"teacher": teacher.key}
-    for i in range(shards if shards > 1 else 0):
-        part = plan.add(make_stage("synth_shard", f"synth[seed={seed},shard={i}/{shards}]", cfg,
-                                   {"teacher": teacher.key}, {"shard": i}))
-        deps[f"shard.{i}"] = part.key
-    return plan.add(make_stage("synth", f"synth[seed={seed}]", cfg, deps))
+    parts = [plan.add(make_stage(SynthShard.name, f"synth[seed={seed},shard={i}/{shards}]", cfg,
+                                 SynthShard.deps(teacher.key), SynthShard.args(i)))
+             for i in range(shards if shards > 1 else 0)]
+    return plan.add(make_stage(Synth.name, f"synth[seed={seed}]", cfg, Synth.deps(teacher.key, [p.key for p in parts])))
 
 
 def add_report(plan: "Plan", sweep: Sweep) -> Stage:
     """The sweep's report, last: it reads every eval (or simulation stage) and runs whatever their outcome."""
-    ends = [s.key for s in plan.stages.values() if s.kind == "eval" or s.kind not in KEY_SECTIONS]
-    return plan.add(make_stage("report", f"report[{sweep.grid}]", sweep.base,
-                               {f"input.{i}": key for i, key in enumerate(ends)}))
+    ends = [s.key for s in plan.stages.values() if Report.reads(s.kind)]
+    return plan.add(make_stage(Report.name, f"report[{sweep.grid}]", sweep.base, Report.deps(ends)))
+
+
+def add_teacher(plan: "Plan", cfg: ExperimentConfig) -> tuple[Stage, Stage, str | None]:
+    """A seed's teacher, its synthetic set and the pretraining they start from (its key, or None)."""
+    seed = cfg.train.seed
+    pretrain = add_pretrain(plan, cfg)
+    teacher = plan.add(make_stage(Teacher.name, f"teacher[seed={seed}]", cfg, Teacher.deps(pretrain)))
+    return teacher, add_synth(plan, cfg, teacher), pretrain
+
+
+def add_eval(plan: "Plan", cfg: ExperimentConfig, of: str, model: Stage) -> Stage:
+    """The eval of `model`, named eval:`of`."""
+    return plan.add(make_stage(Eval.name, f"eval:{of}", cfg, Eval.deps(model.key)))
 
 
 def _fmt(v) -> str:
@@ -247,14 +232,12 @@ def one_generation(sweep: Sweep) -> Plan:
     plan = Plan()
     for point in sweep.points:
         cfg, seed = point.config, point.config.train.seed
-        pretrained = add_pretrain(plan, cfg)
-        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, pretrained))
-        synth = add_synth(plan, cfg, teacher)
+        teacher, synth, pretrain = add_teacher(plan, cfg)
         name = point_name(point.label)
-        student = plan.add(make_stage("student", f"student[{name}]", cfg,
-                                      {"teacher": teacher.key, "synth": synth.key, **pretrained}))
-        teacher_eval = plan.add(make_stage("eval", f"eval:teacher[seed={seed}]", cfg, {"model": teacher.key}))
-        student_eval = plan.add(make_stage("eval", f"eval:student[{name}]", cfg, {"model": student.key}))
+        student = plan.add(make_stage(Student.name, f"student[{name}]", cfg,
+                                      Student.deps(teacher.key, synth.key, pretrain)))
+        teacher_eval = add_eval(plan, cfg, f"teacher[seed={seed}]", teacher)
+        student_eval = add_eval(plan, cfg, f"student[{name}]", student)
         plan.points.append({"label": point.label, "student": student.key, "eval": student_eval.key,
                             "teacher": teacher.key, "teacher_eval": teacher_eval.key})
     return plan
@@ -274,27 +257,23 @@ def chains(sweep: Sweep) -> Plan:
     chains = []
     for point in sweep.points:
         cfg = generations.canonical(point.config)
-        seed = cfg.train.seed
-        pretrained = add_pretrain(plan, cfg)
-        teacher = plan.add(make_stage("teacher", f"teacher[seed={seed}]", cfg, pretrained))
-        synth = add_synth(plan, cfg, teacher)
-        teacher_eval = plan.add(make_stage("eval", f"eval:teacher[seed={seed}]", cfg, {"model": teacher.key}))
+        teacher, synth, pretrain = add_teacher(plan, cfg)
+        teacher_eval = add_eval(plan, cfg, f"teacher[seed={cfg.train.seed}]", teacher)
         # per generation: its model, the stage holding its samples, its eval
         chains.append((point, cfg, {"models": [teacher.key], "data": [synth.key], "evals": [teacher_eval.key],
-                                    "pretrained": pretrained}))
+                                    "pretrain": pretrain}))
     for t in range(max(cfg.generations.count for _, cfg, _ in chains)):
         for point, cfg, chain in chains:
             gen, name = cfg.generations, point_name(point.label)
             if t >= gen.count:
                 continue
-            deps = {f"data.{g}": chain["data"][g] for g in generations.sources(gen.data, t)} | chain["pretrained"]
-            if gen.distill != "none":
-                deps["distill_from"] = chain["models"][0 if gen.distill == "teacher" else t]
-            stage = plan.add(make_stage("generation", f"gen{t + 1}[{name}]", cfg, deps))
+            data = {g: chain["data"][g] for g in generations.sources(gen.data, t)}
+            distill_from = None if gen.distill == "none" else chain["models"][0 if gen.distill == "teacher" else t]
+            stage = plan.add(make_stage(Generation.name, f"gen{t + 1}[{name}]", cfg,
+                                        Generation.deps(data, chain["pretrain"], distill_from)))
             chain["models"].append(stage.key)
             chain["data"].append(stage.key)
-            chain["evals"].append(plan.add(make_stage("eval", f"eval:gen{t + 1}[{name}]", cfg,
-                                                      {"model": stage.key})).key)
+            chain["evals"].append(add_eval(plan, cfg, f"gen{t + 1}[{name}]", stage).key)
     for point, _, chain in chains:
         plan.points.append({"label": point.label, "models": chain["models"], "evals": chain["evals"],
                             "teacher": chain["models"][0], "teacher_eval": chain["evals"][0]})
@@ -307,7 +286,7 @@ def simulations(sweep: Sweep, task) -> Plan:
     plan = Plan(shape=kind)
     for point in sweep.points:
         stage = plan.add(make_stage(kind, f"{kind}[{point_name(point.label)}]",
-                                    generations.canonical_chain(point.config), {}))
+                                    generations.canonical_chain(point.config), kinds.Simulate.deps()))
         plan.points.append({"label": point.label, kind: stage.key})
     return plan
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from collapse import infer, run, storage, tasks, train
+from collapse import infer, kinds, run, storage, tasks, train
 from collapse.config import to_dict
 from collapse.grid import load_sweep
 from collapse.metrics.fid import InceptionFeatures
@@ -141,6 +141,7 @@ def test_an_eval_stage_records_the_precision_it_ran_in(trained):
     task = tasks.get(cfg.task)
     for asked, ran in (("auto", "fp32"), ("bf16", "bf16")):
         cfg.infer.precision = asked
-        metrics, _ = run.run_eval(run.StageContext(task, cfg, {"model": record}, folder, folder / asked, lambda m: None))
+        ctx = run.StageContext(task, cfg, {kinds.Eval.MODEL: record}, folder, folder / asked, lambda m: None)
+        metrics, _ = kinds.get("eval").run(ctx)
         assert metrics["precision"] == ran
     cfg.infer.precision = "auto"

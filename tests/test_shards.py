@@ -6,7 +6,7 @@ import pytest
 from collapse import plan as planning
 from collapse.executors.slurm_groups import make_groups
 from collapse.grid import load_sweep
-from collapse.run import shard_range, shard_seed
+from collapse.kinds import shard_range, shard_seed
 
 SMALL = ["profile=smoke", "cluster=local", "data.train_size=200", "data.test_size=64",
          "train.epochs=1", "eval.grid_samples=4", "model.hidden=32", "model.latent=4"]
