@@ -24,7 +24,7 @@ from pathlib import Path
 from collapse import manifest, plan, tasks
 from collapse.report import chains
 from collapse.report.digest import outcomes, write_digest
-from collapse.report.metric import parse, with_metric
+from collapse.report.metric import Primary, parse, primary_of, with_metric
 from collapse.report.na import finite
 from collapse.report.page import write_page
 from collapse.report.paper import paper_reference, paper_value
@@ -51,13 +51,13 @@ def replicate_of(record: dict | None) -> str | None:
     return json.dumps(material, sort_keys=True, default=str)
 
 
-def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: tuple[str, str, str],
+def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: Primary,
                columns: dict) -> tuple[list[dict], dict]:
     """One row per grid point (seeds pooled, with those of `others` that replicate it) plus the M0
-    reference. primary: the task's (metric, label, "lower"/"higher"); columns: its distillation
+    reference. primary: the metric in force; columns: its distillation
     coefficients ("distill.lam" -> "lambda"), all 0 in M1."""
     task = sweep["config"]["task"]
-    metric = primary[0]
+    metric = primary.name
     groups, replicates, teachers = {}, {}, {}
     for p in sweep["config"]["points"]:
         label = {k: v for k, v in p["label"].items() if k != SEED}
@@ -76,7 +76,7 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: tuple[str
     m0 = mean_ci([v for _, v in teachers.values()]) if teachers else (None, None)
     plain = next((r for r in rows if all(not r.get(k) for k in columns)), None)
     m1 = plain if plain and "mean" in plain else None   # the plain student, where it has a finished eval
-    ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "m1_row": plain, "metric": tuple(primary), "task": task,
+    ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "m1_row": plain, "metric": primary, "task": task,
            "columns": columns, "paper": paper_reference(task, primary), "m0_evals": [by_key[k] for k in teachers]}
     for r in rows:
         if m1 and "mean" in r and r is not m1:
@@ -173,7 +173,7 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
         task = task_of(sweep)
         shape = sweep["config"].get("plan")
         if chains.handles(sweep):   # iterative retraining: metric against generation
-            written += chains.write_chains(name, sweep, by_key, out, task.PRIMARY, root=root)
+            written += chains.write_chains(name, sweep, by_key, out, primary_of(task), root=root)
         elif shape in ONE_GENERATION:
             written += one_generation(name, sweep, by_key, others, task, root, out)
         else:   # a simulation: its report is its own
@@ -190,7 +190,7 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
 def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], task, root: Path,
                    out: Path) -> list[Path]:
     """The generic table and figures of a one-generation grid, then the task's own part."""
-    rows, ref = sweep_rows(sweep, by_key, others, task.PRIMARY, task.REPORT_COLUMNS)
+    rows, ref = sweep_rows(sweep, by_key, others, primary_of(task), task.REPORT_COLUMNS)
     heading, unit = task.table_notes(sweep, by_key)
     written = write_tables(name, rows, ref, out, heading, unit)
     written += [p for p in (plot_coefficients(name, rows, ref, out),
@@ -209,7 +209,7 @@ def on_metric(root: Path, records: list[dict], metric) -> list[Path]:
         if not well_formed(sweep) or chains.handles(sweep) or sweep["config"].get("plan") not in ONE_GENERATION:
             continue
         task = task_of(sweep)
-        primary = (metric.spec, metric.spec, task.PRIMARY[2])
+        primary = Primary(metric.spec, metric.spec, primary_of(task).better)
         rows, ref = sweep_rows(sweep, by_key, sweeps, primary, task.REPORT_COLUMNS)
         named = f"{name}.metric={metric.tag}"
         written += write_tables(named, rows, ref, root / "report", f" (report.metric = {metric.spec})", None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
+from collapse.report.metric import Primary
 from collapse.tasks.base import Term, add_terms
 from collapse.tasks.common import held_out_loss
 
@@ -46,7 +47,7 @@ class DiagonalGaussian(torch.nn.Module):
 CONFIG_SECTIONS = {"data": PointsConfig, "model": FitConfig, "distill": ToyDistillConfig, "synth": SynthConfig,
                    "eval": EvalConfig}
 TEACHER_OUTPUTS_DETERMINISTIC = True
-PRIMARY = ("test_loss", "NLL", "lower")
+PRIMARY = Primary("test_loss", "NLL", "lower")
 SMOKE = {"data.train_size": 128, "data.test_size": 64, "train.epochs": 1}   # profile=smoke
 
 

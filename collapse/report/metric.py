@@ -7,9 +7,27 @@ generic table, figures and scorecard under that metric as <grid>.metric=<tag>.* 
 import copy
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from collapse.config import bad
 from collapse.report.na import finite
+
+class Primary(NamedTuple):
+    """The metric a report is on: a task's PRIMARY, or report.metric's. A named tuple, as a task states
+    it and as collapse/compare.py and collapse/report/chains.py unpack it."""
+    name: str     # its key in an eval's metrics (test_loss; under report.metric, the spec)
+    label: str    # what the tables and figures call it (L_M(Test))
+    better: str   # "lower" or "higher"
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.better == "lower"
+
+
+def primary_of(task) -> Primary:
+    """A task's PRIMARY as a Primary (a task kept outside the package may state a plain tuple)."""
+    return Primary(*task.PRIMARY)
+
 
 TERM = re.compile(r"(?:(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\*)?([A-Za-z_][A-Za-z0-9_]*)")
 ALLOWED = "a recorded metric (e.g. test_recon) or a weighted sum of them, e.g. test_recon+0.1*test_kl"

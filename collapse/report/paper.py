@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from collapse.report.metric import Primary
 from collapse.report.na import NA, Footnotes
 from collapse.report.stats import evidence, judged, mean_ci, sign, spearman
 
@@ -23,17 +24,17 @@ def paper_values(task: str) -> dict:
     return (data.get(task) or {}) if isinstance(data, dict) else {}
 
 
-def paper_reference(task: str, primary: tuple[str, str, str]) -> dict | None:
+def paper_reference(task: str, primary: Primary) -> dict | None:
     """The paper's table for `task` (entries keyed by coefficient leaf names, e.g. lam), its M1 and
     best entries and its "setting X to 0 costs"; None when paper_values.yaml has no table for it."""
     section = paper_values(task)
     table = section.get("table") or []
     if not table:
         return None
-    metric = section.get("metric") or primary[0]
+    metric = section.get("metric") or primary.name
     coeffs = section.get("coefficients") or [k for k in table[0] if k != metric]
     entries = [({k: float(e[k]) for k in coeffs}, float(e[metric])) for e in table]
-    lower = primary[2] == "lower"
+    lower = primary.lower_is_better
     return {"coeffs": coeffs, "entries": entries,
             "m1": next((v for c, v in entries if not any(c.values())), None),
             "best": (min if lower else max)(entries, key=lambda e: e[1])[0],
@@ -105,7 +106,7 @@ def sign_line(rows: list[dict], ref: dict) -> str | None:
     if not pairs:
         return None
     agree = sum(o == p for o, p in pairs)
-    return (f"Sign of the change against M1 (column sign_vs_M1_ours/paper; '-' = lower {ref['metric'][1]} than M1): "
+    return (f"Sign of the change against M1 (column sign_vs_M1_ours/paper; '-' = lower {ref['metric'].label} than M1): "
             f"ours and the paper's agree on {agree} of {len(pairs)} rows.")
 
 
@@ -126,13 +127,13 @@ def zero_costs(rows: list[dict], ref: dict) -> tuple[str, list[str], list[list]]
     """The paper's "setting X to 0 costs" beside ours: the best row with one coefficient set to 0,
     % worse than the best row (from row means, as the paper's single runs; and per seed where paired).
     (intro line, header, rows: coefficient, paper's % (a number or None), ours, ours per seed, note)."""
-    paper, lower = ref["paper"], ref["metric"][2] == "lower"
+    paper, lower = ref["paper"], ref["metric"].lower_is_better
     leaf = leaf_names(ref["columns"])
     best = paper["best"]
     best_name = ", ".join(f"{leaf.get(k, k)}={v:g}" for k, v in best.items())
     ours_best = row_at(rows, best, paper["coeffs"])
     intro = (f"Setting one coefficient of the paper's best row ({best_name}) to 0 costs, in % of that row's "
-             f"{ref['metric'][1]} (positive = worse):")
+             f"{ref['metric'].label} (positive = worse):")
     header = ["set to 0", "paper %", "ours % (row means)", "ours % per seed (mean +- 95% CI)", "note"]
     table = []
     for name, value in best.items():
@@ -146,7 +147,7 @@ def zero_costs(rows: list[dict], ref: dict) -> tuple[str, list[str], list[list]]
             paper_pct = None if zero_v is None else _cost(zero_v, best_v, lower)
         ours_zero = row_at(rows, zero, paper["coeffs"])
         ours, per_seed, note = _ours_cost(ours_best, ours_zero, f"our row {best_name}",
-                                          f"our row with {leaf.get(name, name)}=0", lower, ref["metric"][1])
+                                          f"our row with {leaf.get(name, name)}=0", lower, ref["metric"].label)
         table.append([leaf.get(name, name), paper_pct, ours, per_seed, note])
     return intro, header, table
 
@@ -186,19 +187,19 @@ def _per_seed_cost(zero: dict, best: dict, lower: bool) -> str:
 
 def summary_line(rows: list[dict], ref: dict) -> str | None:
     """Best distilled row against M1, with the paper's own figure beside ours where it has one."""
-    m1, (_, label, direction), columns = ref["m1"], ref["metric"], ref["columns"]
+    m1, metric, columns = ref["m1"], ref["metric"], ref["columns"]
     distilled = [r for r in rows if r.get("vs_m1") and r["vs_m1"]["pct"] is not None]
     if not m1 or not distilled:
         return None
-    lower = direction == "lower"
+    lower = metric.lower_is_better
     best = min(distilled, key=lambda r: r["vs_m1"]["pct"] if lower else -r["vs_m1"]["pct"])
     cmp = best["vs_m1"]
     ours = -cmp["pct"] if lower else cmp["pct"]
     name = ", ".join(f"{columns[k]}={best[k]:g}" for k in columns if k in best) or "best distilled"
-    line = f"Best distilled student ({name}): {_judged_words(cmp, lower, label)}"
+    line = f"Best distilled student ({name}): {_judged_words(cmp, lower, metric.label)}"
     section = paper_values(ref.get("task", ""))
     paper = section.get("best_distilled_vs_M1_improvement_pct")
-    if paper is not None and section.get("metric", ref["metric"][0]) == ref["metric"][0]:   # the same metric
+    if paper is not None and section.get("metric", metric.name) == metric.name:   # the same metric
         line += f"; the paper reports {paper:.1f}% (ours - paper = {ours - paper:+.1f} points)"
     return line + "."
 

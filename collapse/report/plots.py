@@ -76,10 +76,10 @@ def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path
         if ref["m1"] and "mean" in ref["m1"]:
             ax.axhline(ref["m1"]["mean"], color="r", ls=":", lw=1, label="M1")
         ax.set_xlabel(columns[c])
-        ax.set_ylabel(ref["metric"][1])
+        ax.set_ylabel(ref["metric"].label)
         ax.set_title(", ".join(f"{columns[o]}={v:g}" for o, v in held) or "others 0", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{name}: {ref['metric'][1]} against each coefficient, the others held")
+    fig.suptitle(f"{name}: {ref['metric'].label} against each coefficient, the others held")
     fig.tight_layout()
     path = out / f"{name}_coefficients.png"
     return save_figure(fig, path)
@@ -89,7 +89,7 @@ def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) 
     """Figure 3: samples of M1 beside the best distilled student."""
     plt = pyplot()
     m1, columns = ref["m1"], ref["columns"]
-    lower = ref["metric"][2] == "lower"
+    lower = ref["metric"].lower_is_better
     distilled = [r for r in rows if r is not m1 and "mean" in r and r["evals"]]
     if not m1 or not m1["evals"] or not distilled:
         return None
@@ -102,7 +102,7 @@ def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     for ax, (title, r) in zip(axes, panels):
         ax.imshow(read_image(root / r["evals"][0]["artifacts"]["samples"]["path"]), cmap="gray")
-        ax.set_title(f"{title}\n{ref['metric'][1]} {r['mean']:.2f}", fontsize=9)
+        ax.set_title(f"{title}\n{ref['metric'].label} {r['mean']:.2f}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     path = out / f"{name}_samples.png"

@@ -234,8 +234,8 @@ def absent_line(entries: list[dict], cells: list[list]) -> list[str]:
 def write_scorecard(name: str, task: str, claims: Claims, rows: list[dict], ref: dict, out: Path,
                     metric: str | None = None) -> list[Path]:
     """<name>_scorecard.csv and .md: every claim of `claims` judged on the sweep's rows (the report's
-    metric, ref["metric"][0], unless `metric`)."""
-    table_metric = metric or ref["metric"][0]
+    metric, ref["metric"].name, unless `metric`)."""
+    table_metric = metric or ref["metric"].name
     used = {p.metric for c in claims.claims for p in c.parts}
     seeds = {m: per_seed(rows, ref, claims, m or table_metric) for m in used}
     paper = {m: paper_rows(task, claims, m or paper_values(task).get("metric") or table_metric) for m in used}

@@ -121,7 +121,7 @@ def write_tables(name: str, rows: list[dict], ref: dict, out: Path, heading: str
     order = list(columns)
     keys = sorted({k for r in rows for k in r["label"]},
                   key=lambda k: (order.index(k) if k in columns else len(order), k))
-    metric, paper, d = ref["metric"][1], ref["paper"], _metric_digits(rows, ref["m0"][0])
+    metric, paper, d = ref["metric"].label, ref["paper"], _metric_digits(rows, ref["m0"][0])
     header = (["model"] + [columns.get(k, k) for k in keys] + [metric, "ci95"] + (["paper"] if paper else [])
               + ["diff_vs_M1", "diff_ci95", "change_vs_M1_%"] + (["sign_vs_M1_ours/paper"] if paper else [])
               + ["test_vs_M1", "p_vs_M1", "p_holm", "sig_vs_M1", "gap_closed_%", "seeds", "status"])
@@ -131,7 +131,7 @@ def write_tables(name: str, rows: list[dict], ref: dict, out: Path, heading: str
     n_tested = sum(1 for r in rows if (r.get("vs_m1") or {}).get("p") is not None)
     notes = Footnotes()
     md = [f"# {name}{heading}", "",
-          f"{metric} on the real test set ({ref['metric'][2]} is better); mean +- ci95 is a 95% Student-t interval "
+          f"{metric} on the real test set ({ref['metric'].better} is better); mean +- ci95 is a 95% Student-t interval "
           "across seeds.", *optional(unit), *optional(pooled_line(rows)), "",
           "Against M1, the plain student (all coefficients 0): diff_vs_M1 = row - M1 with its 95% t-interval and "
           "change_vs_M1_% = diff / M1. Students of one seed share that seed's teacher and synthetic set, so a row "

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from collapse.report.metric import Primary
+
 
 @runtime_checkable
 class Common(Protocol):
@@ -37,7 +39,7 @@ class Common(Protocol):
     # ---- the report (collapse/reporting.py): the primary metric (field of an eval's metrics, its
     # label, "lower" or "higher" is better), and its own tables and figures (paths written), beside the
     # generic ones
-    PRIMARY: tuple[str, str, str]
+    PRIMARY: Primary   # (name, label, better): collapse/report/metric.py
 
     def write_report(self, name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path,
                      out: Path) -> list[Path]: ...

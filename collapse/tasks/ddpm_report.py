@@ -12,13 +12,14 @@ import statistics
 from pathlib import Path
 
 from collapse.report import stats
+from collapse.report.metric import Primary
 from collapse.report.na import NA, NO_EVAL, NO_M0, NOT_FINITE, Footnotes, finite
 from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, read_image, save_figure
 from collapse.report.scorecard import Claim, Claims, Part, pct, write_scorecard
 from collapse.report.tables import md_table, optional, write_csv, write_text
 
-PRIMARY = ("fid", "FID", "lower")   # the metric of the generic table, its label, which way is better
+PRIMARY = Primary("fid", "FID", "lower")   # the metric of the generic table, its label, which way is better
 
 # dataset -> what the report's heading calls it
 DATASETS = {"mnist": "MNIST 32x32, the offline stand-in for CelebA 64x64",

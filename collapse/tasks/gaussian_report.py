@@ -7,12 +7,13 @@ from pathlib import Path
 
 from collapse.report.chains import POLICY, SEED, fmt_value, split_label, title
 from collapse.report.chains import SHORT as CHAIN_COLUMNS
+from collapse.report.metric import Primary
 from collapse.report.plots import pyplot, save_figure
 from collapse.report.tables import md_table, write_csv, write_text
 
 # What the report states of every task. The toy model's metric is the variance of each generation's
 # fit; collapse is its fall towards 0, so higher (up to the real data's sigma0^2) is better.
-PRIMARY = ("sigma2_mean", "E[sigma2_t] measured", "higher")
+PRIMARY = Primary("sigma2_mean", "E[sigma2_t] measured", "higher")
 SHORT = {**CHAIN_COLUMNS, "gaussian.estimator": "estimator"}   # swept key -> column
 
 

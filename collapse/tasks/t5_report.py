@@ -14,13 +14,14 @@ import statistics
 from pathlib import Path
 
 from collapse.report import stats
+from collapse.report.metric import Primary
 from collapse.report.na import NA, NO_EVAL, Footnotes, finite
 from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, save_figure
 from collapse.report.scorecard import Claim, Claims, Part, write_scorecard
 from collapse.report.tables import fmt, md_table, write_csv, write_text
 
-PRIMARY = ("rouge1", "ROUGE-1 %", "higher")   # the metric of the generic table, its label, which way is better
+PRIMARY = Primary("rouge1", "ROUGE-1 %", "higher")   # the metric of the generic table, its label, which way is better
 
 METRICS = (("rouge1", "ROUGE-1 %"), ("rouge2", "ROUGE-2 %"), ("rougeL", "ROUGE-L %"), ("ppl_mean", "mean perplexity"))
 LAM = "distill.lam"

@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 from collapse.config import TrainConfig
+from collapse.report.metric import Primary
 from collapse.report.scorecard import write_scorecard
 from collapse.tasks.vae_claims import CLAIMS
 
-PRIMARY = ("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
+PRIMARY = Primary("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
 UNITS = {   # train.reduction -> what one L_M(Test) value is
     "pixel": "nats per pixel (L_VAE / 1,024 pixels; train.reduction = pixel), the paper's per-element "
              "kind of value, though not its level (our M0 is above its M1): compare ranks, signs and %",
