@@ -150,7 +150,8 @@ class SynthShard(Kind):
     """Shard i of synth.shards (args {"shard": i}, in its key): its own range of D_M0's items and its own
     seed, so the shards run side by side (one SLURM array)."""
     name = "synth_shard"
-    SECTIONS = ("task", "synth", "infer.precision")   # infer.precision: what it samples in (collapse/infer.py)
+    # infer.precision: what it samples in (collapse/infer.py); auto stays out of the key (added_later)
+    SECTIONS = ("task", "synth", "infer.precision")
     TEACHER = "teacher"
 
     @classmethod
