@@ -16,8 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
-# Where configs/ and sweeps/ are: the checkout's; in an installed package (pip install .), the copy that
-# setup.cfg ships as package data in collapse/_tree/ (collapse/snapshot.py copies from the same place).
+# configs/ and sweeps/: the checkout's; installed (pip install .), setup.cfg's copy in collapse/_tree/ (as snapshot.py)
 TREE = REPO if (REPO / "configs").is_dir() else Path(__file__).resolve().parent / "_tree"
 CONFIG_DIR = TREE / "configs"
 
@@ -248,6 +247,7 @@ class SlurmResources:
 class ClusterConfig(SlurmResources):
     backend: str = "auto"     # auto: slurm when sbatch answers, else local
     max_parallel: int = 0     # local executor: stages at once (0: one per CPU core)
+    warm_start: bool = True   # local executor: fork stages from one process that imported torch (no GPU)
     stages: dict[str, dict] = field(default_factory=dict)   # per stage kind (or 'report'): fields above
 
     def check(self, p):

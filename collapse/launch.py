@@ -204,7 +204,8 @@ def run_local(sweep, plan, todo: list, root: Path, code, out) -> int:
     """The stages on the local executor, in dependency order; then the report's files and digest.
     Ctrl-C (or SIGTERM) stops the running stages, records them cancelled and says how to resume."""
     try:
-        result = local.run(todo, root, sweep.base.cluster.max_parallel, code=code)
+        cluster = sweep.base.cluster
+        result = local.run(todo, root, cluster.max_parallel, code=code, warm_start=cluster.warm_start)
     except local.Cancelled as e:
         names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
         print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "

@@ -22,6 +22,9 @@ CASES = {
     "ddpm_step.py": (["--steps", "1", "--rounds", "1", "--samples", "2", "--sample-batch", "2", "--ddim-steps", "2"],
                      ["engine/bare", "distilled/plain"]),
     "gpu_projection.py": (["--steps", "1", "--device", "cpu", "--quick"], []),
+    "warm_start.py": (["--rounds", "1", "--grid", "vae_smoke3", "profile=smoke", "data.train_size=64",
+                       "data.test_size=64", "train.epochs=1", "model.hidden=32", "eval.grid_samples=4"],
+                      ["wall warm/spawn", "cpu warm/spawn"]),
     "t5_step.py": (["--steps", "1", "--rounds", "1", "--generate", "2", "--rouge-pairs", "10"],
                    ["engine/bare", "distilled/plain"]),
 }

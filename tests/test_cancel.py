@@ -71,7 +71,8 @@ def cancel_cli(*args) -> subprocess.CompletedProcess:
 
 
 def stage_processes(root) -> list[int]:
-    """Pids of `python -m collapse.run ROOT ...` processes of this results root."""
+    """Pids of `python -m collapse.run ROOT ...` processes of this results root, and of its warm server and the
+    stages forked from it (collapse/executors/warm.py), whose command line names the server and ROOT."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -79,7 +80,7 @@ def stage_processes(root) -> list[int]:
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"collapse.run" in argv and str(root).encode() in argv:
+            if {b"collapse.run", b"collapse.executors.warm"} & set(argv) and str(root).encode() in argv:
                 pids.append(int(entry))
     return pids
 

@@ -205,20 +205,24 @@ def launched(cluster, tmp_path_factory):
     grids.mkdir()
     (grids / "slurm_one_diverges.yaml").write_text(DIVERGING)
     env = {"COLLAPSE_GRID_DIR": str(grids)}
-    # each training step of this launch's jobs sleeps 8 s, so its one-step teacher is still queued or
-    # running when the relaunch below looks (on a loaded machine the relaunch's start can outlast a bare step)
-    first = launch("grid=vae_smoke3", f"results_root={root}", *TINY, env={train.STEP_DELAY_ENV: "8"})
-    assert first.returncode == 0, show(first)
-    index1 = slurm_index.read_index(root)
-    second = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
-    assert second.returncode == 0, show(second)
-    index2 = slurm_index.read_index(root)
-    # this root's jobs (their batch script lives under it): other tests' jobs may be queued meanwhile
-    queued = {line.split("|")[0].split("_")[0] for line in squeued("%i|%j|%o")
-              if "|vae_smoke3." in line and str(root) in line}
-    diverging = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
-    assert diverging.returncode == 0, show(diverging)
-    index3 = slurm_index.read_index(root)
+    # this launch's training steps wait at a gate, opened once the relaunches below have looked, so its
+    # teacher is still queued or running when they do (however loaded the machine)
+    gate = base / "gate"
+    first = launch("grid=vae_smoke3", f"results_root={root}", *TINY, env={train.STEP_GATE_ENV: str(gate)})
+    try:
+        assert first.returncode == 0, show(first)
+        index1 = slurm_index.read_index(root)
+        second = launch("grid=vae_smoke3", f"results_root={root}", *TINY)
+        assert second.returncode == 0, show(second)
+        index2 = slurm_index.read_index(root)
+        # this root's jobs (their batch script lives under it): other tests' jobs may be queued meanwhile
+        queued = {line.split("|")[0].split("_")[0] for line in squeued("%i|%j|%o")
+                  if "|vae_smoke3." in line and str(root) in line}
+        diverging = launch("grid=slurm_one_diverges", f"results_root={root}", *TINY, env=env)
+        assert diverging.returncode == 0, show(diverging)
+        index3 = slurm_index.read_index(root)
+    finally:
+        gate.touch()   # a failure above must not leave the jobs waiting
     return {"root": root, "env": env, "first": first, "second": second, "diverging": diverging,
             "index1": index1, "index2": index2, "index3": index3, "queued": queued}
 

@@ -37,12 +37,14 @@ from tqdm import tqdm
 from collapse import lease, manifest
 from collapse.cancel import record_cancelled
 from collapse.config import REPO
+from collapse.executors.warm import WarmStarter
 from collapse.snapshot import CHANGED_EXIT, Snapshot, job_env
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path
 
 
 STOP_GRACE_S = 10.0     # how long stopped stages get to exit on SIGINT before they are SIGKILLed
 PR_SET_PDEATHSIG = 1
+WARM_MODULE = "collapse.executors.warm"
 
 
 def _linux_prctl():
@@ -65,13 +67,16 @@ class Cancelled(Exception):
         super().__init__(f"{signal.Signals(signum).name}: stopped {len(stopped)} running stages")
 
 
-def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Snapshot | None = None) -> dict:
+def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Snapshot | None = None,
+        warm_start: bool = True) -> dict:
     """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}.
 
     Each stage process imports the project from `code` (a launch's snapshot, checked before it is
-    imported); without one, from this checkout. Raises Cancelled on SIGINT or SIGTERM (when run in the
+    imported); without one, from this checkout. With `warm_start`, forked from one process that imported
+    torch once (collapse/executors/warm.py). Raises Cancelled on SIGINT or SIGTERM (when run in the
     main thread), with no stage process left."""
     state = _RunState(stages, Path(root), max_parallel, code)
+    state.warm = warm_starter(state.root, code) if warm_start else None
     stop: list[int] = []      # the signals received: the first stops the run, a second kills at once
     previous = _catch_stop_signals(stop, state.processes, state.root)
     try:
@@ -85,6 +90,8 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Sn
             raise _cancel_running(state.root, state.running, state.waiting, state.held, stop[0])
     finally:
         _restore_signals(previous)
+        if state.warm is not None:
+            state.warm.close()
     state.bar.close()
     return state.result
 
@@ -104,6 +111,7 @@ class _RunState:
         self.planned = {s.key: _started(root, s.key) for s in stages}   # changed later: another runner ran it
         self.result: dict[str, str] = {}
         self.held_checked = 0.0
+        self.warm: WarmStarter | None = None
         self.interactive = sys.stderr.isatty()
         self.bar = tqdm(total=len(stages), unit="stage", dynamic_ncols=True, file=sys.stderr,
                         disable=not self.interactive)
@@ -157,7 +165,7 @@ class _RunState:
             self._finished(stage, "done", f"done {stage.name} meanwhile, by another runner")
             return
         try:
-            self.running[key] = (stage, _spawn(self.root, stage, threads, self.code))
+            self.running[key] = (stage, _spawn(self.root, stage, threads, self.code, self.warm))
         except OSError as e:   # its log cannot be opened (disk full, read-only)
             self.result[key] = "failed"
             self.bar.update()
@@ -308,23 +316,42 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _spawn(root: Path, stage, share: int, code: Snapshot | None) -> subprocess.Popen:
+def _spawn(root: Path, stage, share: int, code: Snapshot | None, warm: WarmStarter | None):
+    """Start the stage's process: forked by the warm server where there is one (collapse/executors/warm.py),
+    else `python -m collapse.run ROOT KEY` from the snapshot (or this checkout)."""
     log = log_path(root, stage.spec())
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = str(stage.config["train"]["threads"] or share)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local"}
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)  # each stage forms its own process group
+    env, cwd = _stage_env(code, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local"})
     args = [str(root), stage.key]
-    if code is None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        cmd, cwd = [sys.executable, "-m", "collapse.run", *args], REPO
-    else:
-        env = job_env(code, env)
-        cmd, cwd = code.run_command(sys.executable, "collapse.run", args), code.path
+    forked = warm.start(args, env, cwd, log) if warm is not None else None
+    if forked is not None:
+        return forked
+    cmd = ([sys.executable, "-m", "collapse.run", *args] if code is None
+           else code.run_command(sys.executable, "collapse.run", args))
     with open(log, "ab") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
                                 preexec_fn=_dies_with_launch(os.getpid()))
+
+
+def _stage_env(code: Snapshot | None, extra: dict) -> tuple[dict, Path]:
+    """A stage process's environment and working folder: this one's, imports from the snapshot (or this
+    checkout), no rank variables (each stage forms its own process group)."""
+    env = {**os.environ, **extra}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    if code is None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        return env, REPO
+    return job_env(code, env), code.path
+
+
+def warm_starter(root: Path, code: Snapshot | None) -> WarmStarter:
+    """The launch's warm server, started at its first stage: imports once, from the stages' own code."""
+    env, cwd = _stage_env(code, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})   # it computes nothing itself
+    command = ([sys.executable, "-m", WARM_MODULE, str(root)] if code is None
+               else code.run_command(sys.executable, WARM_MODULE, [str(root), str(code.path), code.hash]))
+    return WarmStarter(command, env, cwd, root / "logs" / "warm" / "server.log", _dies_with_launch(os.getpid()))
 
 
 def _dies_with_launch(launch_pid: int):
