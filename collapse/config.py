@@ -47,7 +47,7 @@ def _check(cond: bool, key: str, value, allowed: str) -> None:
         raise bad(key, value, allowed)
 
 
-# A field is in the key of a stage whose kind reads its section (collapse/plan.py KEY_SECTIONS) unless it
+# A field is in the key of a stage whose kind reads its section (SECTIONS in collapse/kinds.py) unless it
 # says otherwise, as Luigi's significant=False: execution() or added_later(). plan.py reads the marks.
 def execution(default):
     """How a stage runs, not what it computes (threads, items per call, where the data lives): never in a key."""
