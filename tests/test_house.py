@@ -14,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "collapse"
 MAX_LINES = 400
-CORE = ("config", "grid", "plan", "run", "manifest", "lease", "storage", "status", "dryrun", "cancel", "launch",
-        "train", "stages", "preflight", "executors")
+CORE = ("config", "grid", "plan", "kinds", "run", "manifest", "lease", "storage", "status", "dryrun", "cancel",
+        "launch", "train", "stages", "preflight", "executors")
 MODALITIES = ("vae", "ddpm", "t5", "gaussian", "mnist", "celeba", "rouge", "fid", "unet")
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 6      # in the modules of FEW_PARAMETERS, self and cls not counted
@@ -140,9 +140,13 @@ def is_core(name: str) -> bool:
     return short.split(".")[0] in CORE
 
 
+def names_a_modality(text: str) -> bool:
+    """A modality word of its own or as one part of a snake_case name (vae_loss, run_t5), any case."""
+    return any(part.lower() in MODALITIES for part in re.split(r"[\W_]+", text))
+
+
 def modality_names() -> list[str]:
     """Core modules' code (not comments or docstrings) naming a modality: identifiers, strings, attributes."""
-    words = re.compile(r"\b(" + "|".join(MODALITIES) + r")\b", re.I)
     out = []
     for name, path in modules().items():
         if not is_core(name):
@@ -159,7 +163,11 @@ def modality_names() -> list[str]:
                 text = node.id
             elif isinstance(node, ast.Attribute):
                 text = node.attr
-            if text and words.search(text):
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                text = node.name
+            elif isinstance(node, (ast.arg, ast.keyword)):
+                text = node.arg
+            if text and names_a_modality(text):
                 out.append(f"{name}:{node.lineno}: {text[:60]!r}")
     return out
 
@@ -214,6 +222,12 @@ def test_no_runner_function_over_6_parameters():
 
 def test_the_core_names_no_modality():
     assert modality_names() == []
+
+
+def test_a_modality_word_is_found_inside_snake_case_names_too():
+    named = ("vae_loss", "run_T5", "DDPM", "celeba.root", "fid_samples", "gaussian")
+    assert [t for t in named if names_a_modality(t)] == list(named)
+    assert not any(names_a_modality(t) for t in ("save_data", "evaluate", "favae", "t50", "unetwork"))
 
 
 def test_imports_inside_functions_say_why():
