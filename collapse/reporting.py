@@ -9,9 +9,10 @@ table (collapse/report/tables.py: rows against M1 and the paper, built below) an
 Each grid's time, estimated against measured: <grid>_timing.md (collapse/report/timing.py).
 Then every stage record as one table: results.csv (.parquet); last digest.txt and index.html (digest.py, page.py).
 
-The generic table's rows: one per grid point, seeds pooled (mean, and a 95% t-interval when there are
-several seeds), with seeds of the same configuration that other sweeps ran; M0 is the reference
-and each row is compared with M1 (the plain student, every distillation coefficient 0).
+What every part of a grid's report reads is one SweepView (collapse/report/view.py), built here once
+from the manifest (sweep_view): its rows, one per grid point, seeds pooled (mean, and a 95% t-interval
+when there are several seeds), with seeds of the same configuration that other sweeps ran; M0 is the
+reference and each row is compared with M1 (the plain student, every distillation coefficient 0).
 
 Above collapse/tasks and collapse/plan (it asks each sweep's task, and pools seeds by the key material of
 collapse/plan.py); collapse/report/ below holds what the tasks' report parts use.
@@ -19,6 +20,7 @@ collapse/plan.py); collapse/report/ below holds what the tasks' report parts use
 import inspect
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from collapse import manifest, plan, tasks
@@ -30,9 +32,10 @@ from collapse.report.page import write_page
 from collapse.report.paper import paper_reference, paper_value
 from collapse.report.plots import plot_coefficients, plot_curves, plot_samples, with_pdfs
 from collapse.report.scorecard import write_scorecard
-from collapse.report.stats import compare_with_m1, holm, mean_ci, sampling_se
+from collapse.report.stats import Runs, compare_with_m1, holm, mean_ci, sampling_se
 from collapse.report.tables import write_tables
 from collapse.report.timing import write_timing
+from collapse.report.view import M1, STUDENT, Row, SweepView, Teacher
 from collapse.results import write_table
 from collapse.stages import latest_sweeps, warn_malformed, well_formed
 
@@ -51,13 +54,32 @@ def replicate_of(record: dict | None) -> str | None:
     return json.dumps(material, sort_keys=True, default=str)
 
 
-def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: Primary,
-               columns: dict) -> tuple[list[dict], dict]:
-    """One row per grid point (seeds pooled, with those of `others` that replicate it) plus the M0
-    reference. primary: the metric in force; columns: its distillation
-    coefficients ("distill.lam" -> "lambda"), all 0 in M1."""
+def sweep_view(name: str, sweep: dict, by_key: dict, others: list[dict], metric: Primary, columns: dict,
+               root: Path) -> SweepView:
+    """A one-generation grid as its report reads it, on `metric`: one row per grid point (seeds pooled, with
+    those of `others` that replicate it), each against M1; M0; the paper's table. columns: the task's
+    distillation coefficients ("distill.lam" -> "lambda"), all 0 in M1."""
     task = sweep["config"]["task"]
-    metric = primary.name
+    groups, teachers = _groups(sweep, by_key, others, metric.name)
+    plain = next((g for g in groups if all(not g["label"].get(k) for k in columns)), None)
+    rows = [_row(g, M1 if g is plain else STUDENT) for g in groups]
+    m0 = Teacher(*(mean_ci([v for _, v in teachers.values()]) if teachers else (None, None)),
+                 by_seed={seed: v for seed, v in teachers.values() if seed is not None},
+                 evals=tuple(by_key[k] for k in teachers))
+    m1 = next((r for r in rows if r.role == M1 and r.mean is not None), None)   # the plain student, where finished
+    compared = [compare_with_m1(r.runs, m1.runs, m1.mean, m0.mean, m0.by_seed)
+                if m1 and r.mean is not None and r is not m1 else None for r in rows]
+    tested = [c for c in compared if c and c["p"] is not None]
+    for c, p in zip(tested, holm([c["p"] for c in tested])):
+        c["p_holm"] = p
+    paper = paper_reference(task, metric)
+    rows = tuple(replace(r, vs_m1=c, paper=paper_value(r, paper)) for r, c in zip(rows, compared))
+    return SweepView(name, task, sweep, by_key, root, root / "report", metric, columns, rows, m0, paper)
+
+
+def _groups(sweep: dict, by_key: dict, others: list[dict], metric: str) -> tuple[list[dict], dict]:
+    """The grid points by label (train.seed left out), each with its seeds' values of `metric`, and every
+    finished teacher eval: {key: (seed, value)}."""
     groups, replicates, teachers = {}, {}, {}
     for p in sweep["config"]["points"]:
         label = {k: v for k, v in p["label"].items() if k != SEED}
@@ -71,22 +93,7 @@ def sweep_rows(sweep: dict, by_key: dict, others: list[dict], primary: Primary,
     for g, p, source in pooled_points(sweep, others, replicates, by_key):
         _add_point(g, p, by_key, metric, teachers)
         g["pooled"].setdefault(source, []).append(p["label"].get(SEED))
-    rows = [_row(g) for g in groups.values()]
-    m0_by_seed = {seed: v for seed, v in teachers.values() if seed is not None}
-    m0 = mean_ci([v for _, v in teachers.values()]) if teachers else (None, None)
-    plain = next((r for r in rows if all(not r.get(k) for k in columns)), None)
-    m1 = plain if plain and "mean" in plain else None   # the plain student, where it has a finished eval
-    ref = {"m0": m0, "m0_by_seed": m0_by_seed, "m1": m1, "m1_row": plain, "metric": primary, "task": task,
-           "columns": columns, "paper": paper_reference(task, primary), "m0_evals": [by_key[k] for k in teachers]}
-    for r in rows:
-        if m1 and "mean" in r and r is not m1:
-            r["vs_m1"] = compare_with_m1(r, m1, ref)
-    tested = [r for r in rows if (r.get("vs_m1") or {}).get("p") is not None]
-    for r, p in zip(tested, holm([r["vs_m1"]["p"] for r in tested])):
-        r["vs_m1"]["p_holm"] = p
-    for r in rows:
-        r["paper"] = paper_value(r, ref["paper"])
-    return rows, ref
+    return list(groups.values()), teachers
 
 
 def _add_point(g: dict, p: dict, by_key: dict, metric: str, teachers: dict) -> None:
@@ -126,14 +133,11 @@ def pooled_points(sweep: dict, others: list[dict], replicates: dict, by_key: dic
                 yield g, p, other["name"]
 
 
-def _row(g: dict) -> dict:
-    row = {**g["label"], "label": g["label"], "seeds": len(g["values"]), "evals": g["evals"],
-           "values": g["values"], "by_seed": g["by_seed"], "ses": g["ses"], "se_by_seed": g["se_by_seed"],
-           "pooled": g["pooled"], "not_finite": g.get("not_finite", False)}
-    if g["values"]:
-        row["mean"], row["ci95"] = mean_ci(g["values"])
-    row["status"] = "done" if not g["failed"] else "; ".join(g["failed"])
-    return row
+def _row(g: dict, role: str) -> Row:
+    mean, ci95 = mean_ci(g["values"]) if g["values"] else (None, None)
+    runs = Runs(tuple(g["values"]), g["by_seed"], tuple(g["ses"]), g["se_by_seed"])
+    return Row(g["label"], role, runs, tuple(g["evals"]), "done" if not g["failed"] else "; ".join(g["failed"]),
+               g.get("not_finite", False), g["pooled"], mean, ci95)
 
 
 def _why(point, by_key) -> str:
@@ -175,9 +179,10 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
         if chains.handles(sweep):   # iterative retraining: metric against generation
             written += chains.write_chains(name, sweep, by_key, out, primary_of(task), root=root)
         elif shape in ONE_GENERATION:
-            written += one_generation(name, sweep, by_key, others, task, root, out)
+            written += one_generation(name, sweep, by_key, others, task, root)
         else:   # a simulation: its report is its own
-            written += task.write_report(name, sweep, by_key, [], {}, root, out)
+            written += task.write_report(SweepView(name, sweep["config"]["task"], sweep, by_key, root, out,
+                                                   primary_of(task)))
         written += write_timing(name, sweep, by_key, out)
     written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
     written = with_pdfs(written)
@@ -187,16 +192,12 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
     return written + write_digest(root, found) + write_page(root, written, found, records)
 
 
-def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], task, root: Path,
-                   out: Path) -> list[Path]:
+def one_generation(name: str, sweep: dict, by_key: dict, others: list[dict], task, root: Path) -> list[Path]:
     """The generic table and figures of a one-generation grid, then the task's own part."""
-    rows, ref = sweep_rows(sweep, by_key, others, primary_of(task), task.REPORT_COLUMNS)
-    heading, unit = task.table_notes(sweep, by_key)
-    written = write_tables(name, rows, ref, out, heading, unit)
-    written += [p for p in (plot_coefficients(name, rows, ref, out),
-                            plot_samples(name, rows, ref, root, out),
-                            plot_curves(name, sweep, by_key, ref["columns"], out)) if p]
-    return written + task.write_report(name, sweep, by_key, rows, ref, root, out)
+    view = sweep_view(name, sweep, by_key, others, primary_of(task), task.REPORT_COLUMNS, root)
+    written = write_tables(view, *task.table_notes(view))
+    written += [p for p in (plot_coefficients(view), plot_samples(view), plot_curves(view)) if p]
+    return written + task.write_report(view)
 
 
 def on_metric(root: Path, records: list[dict], metric) -> list[Path]:
@@ -210,13 +211,12 @@ def on_metric(root: Path, records: list[dict], metric) -> list[Path]:
             continue
         task = task_of(sweep)
         primary = Primary(metric.spec, metric.spec, primary_of(task).better)
-        rows, ref = sweep_rows(sweep, by_key, sweeps, primary, task.REPORT_COLUMNS)
-        named = f"{name}.metric={metric.tag}"
-        written += write_tables(named, rows, ref, root / "report", f" (report.metric = {metric.spec})", None)
-        written += [p for p in (plot_coefficients(named, rows, ref, root / "report"),) if p]
+        view = sweep_view(f"{name}.metric={metric.tag}", sweep, by_key, sweeps, primary, task.REPORT_COLUMNS, root)
+        written += write_tables(view, f" (report.metric = {metric.spec})", None)
+        written += [p for p in (plot_coefficients(view),) if p]
         claims = getattr(inspect.getmodule(task.write_report), "CLAIMS", None)   # beside the task's report part
         if claims is not None:
-            written += write_scorecard(named, ref["task"], claims, rows, ref, root / "report")
+            written += write_scorecard(view, claims)
     return written
 
 

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,21 +205,26 @@ def test_paper_values_hold_the_papers_numbers():
 
 
 def test_the_gap_closed_holds_a_row_against_m0_and_m1_of_its_own_seeds():
+    from collapse.report.view import M1, STUDENT, Row, SweepView, Teacher
     from collapse.tasks import ddpm_report
 
     def scored(seed, fid):
         return {"config": {"train": {"seed": seed}},
                 "metrics": {"fid": fid, "kid": 0.1, "test_loss": 1.0, "fid_samples": 10, "fid_real": 10}}
 
-    m0 = [scored(0, 100.0), scored(1, 120.0), scored(2, 140.0)]
-    m1 = {"distill.lam": 0.0, "distill.encoder_mse": 0.0, "seeds": 3, "status": "done",
-          "evals": [scored(0, 200.0), scored(1, 260.0), scored(2, 300.0)]}
-    lone = {"distill.lam": 0.25, "distill.encoder_mse": 0.0, "seeds": 1, "status": "done", "evals": [scored(0, 150.0)]}
-    unmatched = {"distill.lam": 0.5, "distill.encoder_mse": 0.0, "seeds": 1, "status": "done", "evals": [scored(7, 150.0)]}
-    header, cells, _ = ddpm_report.table2([m1, lone, unmatched], {"m0_evals": m0})
+    def row(lam, evals, role=STUDENT):
+        label = {"distill.lam": lam, "distill.encoder_mse": 0.0}
+        return Row(label, role, report_stats.runs(evals, "fid"), tuple(evals))
+
+    m0 = Teacher(evals=(scored(0, 100.0), scored(1, 120.0), scored(2, 140.0)))
+    m1 = row(0.0, [scored(0, 200.0), scored(1, 260.0), scored(2, 300.0)], M1)
+    lone, unmatched = row(0.25, [scored(0, 150.0)]), row(0.5, [scored(7, 150.0)])
+    view = SweepView("g", "ddpm", {}, {}, Path("."), Path("."), ddpm_report.PRIMARY, rows=(m1, lone, unmatched), m0=m0)
+    header, cells, _ = ddpm_report.table2(view)
     column = header.index("gap closed %")
     assert cells[0][header.index("FID")] == "120.00"   # M0 over all its seeds
+    assert [c[header.index("seeds")] for c in cells] == [3, 3, 1, 1]
     # seed 0 alone: (200 - 150) / (200 - 100); the seed means would give (253.3 - 150) / (253.3 - 120) = 77.5
     assert cells[2][column] == "50.0"
     assert cells[3][column] == "77.5"   # a seed M0 and M1 lack: their means over every seed
-    assert report_stats.on_seeds(m1["evals"], lone["evals"]) == m1["evals"][:1]
+    assert report_stats.on_seeds(m1.evals, lone.evals) == list(m1.evals[:1])

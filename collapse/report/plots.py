@@ -5,6 +5,7 @@ PDF for papers (vector lines and text, TrueType fonts). matplotlib loads on the 
 from pathlib import Path
 
 from collapse import storage
+from collapse.report.view import Row, SweepView
 
 SEED = "train.seed"
 
@@ -44,68 +45,68 @@ def read_image(path: Path):
     return mpimg.imread(path)
 
 
-def coefficient_sweeps(rows: list[dict], columns: dict) -> list[tuple]:
+def coefficient_sweeps(rows: tuple[Row, ...], columns: dict) -> list[tuple]:
     """Per coefficient, the largest set of rows that moves it alone, the others held at one setting
     (0 in a one-at-a-time grid, the best row's values in the paper's Table 1): (c, held, rows)."""
     found = []
     for c in columns:
         groups: dict = {}
         for r in rows:
-            if "mean" in r and c in r:
-                held = tuple((o, r.get(o, 0.0)) for o in columns if o != c and o in r)
+            if r.mean is not None and c in r.label:
+                held = tuple((o, r.label.get(o, 0.0)) for o in columns if o != c and o in r.label)
                 groups.setdefault(held, []).append(r)
-        held, members = max(groups.items(), key=lambda kv: len({r[c] for r in kv[1]}), default=((), []))
-        if len({r[c] for r in members}) >= 2:
+        held, members = max(groups.items(), key=lambda kv: len({r.label[c] for r in kv[1]}), default=((), []))
+        if len({r.label[c] for r in members}) >= 2:
             found.append((c, held, members))
     return found
 
 
-def plot_coefficients(name: str, rows: list[dict], ref: dict, out: Path) -> Path | None:
+def plot_coefficients(view: SweepView) -> Path | None:
     """Figures 1-2: the metric against each coefficient, the others held fixed."""
     plt = pyplot()
-    columns = ref["columns"]
-    sweeps = coefficient_sweeps(rows, columns)
+    columns = view.columns
+    sweeps = coefficient_sweeps(view.rows, columns)
     if not sweeps:
         return None
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4), squeeze=False)
     for ax, (c, held, members) in zip(axes[0], sweeps):
-        xs, ys, es = zip(*sorted((r[c], r["mean"], r.get("ci95") or 0.0) for r in members))
+        xs, ys, es = zip(*sorted((r.label[c], r.mean, r.ci95 or 0.0) for r in members))
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="student")
-        if ref["m0"][0] is not None:
-            ax.axhline(ref["m0"][0], color="k", ls="--", lw=1, label="M0 (teacher)")
-        if ref["m1"] and "mean" in ref["m1"]:
-            ax.axhline(ref["m1"]["mean"], color="r", ls=":", lw=1, label="M1")
+        if view.m0.mean is not None:
+            ax.axhline(view.m0.mean, color="k", ls="--", lw=1, label="M0 (teacher)")
+        if view.m1:
+            ax.axhline(view.m1.mean, color="r", ls=":", lw=1, label="M1")
         ax.set_xlabel(columns[c])
-        ax.set_ylabel(ref["metric"].label)
+        ax.set_ylabel(view.metric.label)
         ax.set_title(", ".join(f"{columns[o]}={v:g}" for o, v in held) or "others 0", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{name}: {ref['metric'].label} against each coefficient, the others held")
+    fig.suptitle(f"{view.name}: {view.metric.label} against each coefficient, the others held")
     fig.tight_layout()
-    path = out / f"{name}_coefficients.png"
+    path = view.out / f"{view.name}_coefficients.png"
     return save_figure(fig, path)
 
 
-def plot_samples(name: str, rows: list[dict], ref: dict, root: Path, out: Path) -> Path | None:
+def plot_samples(view: SweepView) -> Path | None:
     """Figure 3: samples of M1 beside the best distilled student."""
     plt = pyplot()
-    m1, columns = ref["m1"], ref["columns"]
-    lower = ref["metric"].lower_is_better
-    distilled = [r for r in rows if r is not m1 and "mean" in r and r["evals"]]
-    if not m1 or not m1["evals"] or not distilled:
+    m1, columns, root = view.m1, view.columns, view.root
+    lower = view.metric.lower_is_better
+    distilled = [r for r in view.rows if r is not m1 and r.mean is not None and r.evals]
+    if not m1 or not m1.evals or not distilled:
         return None
-    best = min(distilled, key=lambda r: r["mean"] if lower else -r["mean"])
-    images = [(r["evals"][0].get("artifacts") or {}).get("samples", {}).get("path") for r in (m1, best)]
+    best = min(distilled, key=lambda r: r.mean if lower else -r.mean)
+    images = [(r.evals[0].get("artifacts") or {}).get("samples", {}).get("path") for r in (m1, best)]
     if not all(images) or not all((root / p).is_file() for p in images):
         return None   # an eval recorded without its sample grid (an older version), or the file is gone
-    panels = [("M1 (plain student)", m1),
-              ("best distilled: " + ", ".join(f"{columns[k]}={best[k]:g}" for k in columns if k in best), best)]
+    best_name = ", ".join(f"{columns[k]}={best.label[k]:g}" for k in columns if k in best.label)
+    panels = [("M1 (plain student)", m1), ("best distilled: " + best_name, best)]
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     for ax, (title, r) in zip(axes, panels):
-        ax.imshow(read_image(root / r["evals"][0]["artifacts"]["samples"]["path"]), cmap="gray")
-        ax.set_title(f"{title}\n{ref['metric'].label} {r['mean']:.2f}", fontsize=9)
+        ax.imshow(read_image(root / r.evals[0]["artifacts"]["samples"]["path"]), cmap="gray")
+        ax.set_title(f"{title}\n{view.metric.label} {r.mean:.2f}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    path = out / f"{name}_samples.png"
+    path = view.out / f"{view.name}_samples.png"
     return save_figure(fig, path)
 
 
@@ -125,9 +126,9 @@ def curve_models(sweep: dict, by_key: dict, columns: dict) -> list[tuple[str, di
             if key in by_key and (by_key[key].get("metrics") or {}).get("history")]
 
 
-def plot_curves(name: str, sweep: dict, by_key: dict, columns: dict, out: Path) -> Path | None:
+def plot_curves(view: SweepView) -> Path | None:
     """Test loss against step for each model of a grid, from the training records' metrics.history."""
-    models = curve_models(sweep, by_key, columns)
+    models = curve_models(view.sweep, view.by_key, view.columns)
     if not models:
         return None
     plt = pyplot()
@@ -140,7 +141,7 @@ def plot_curves(name: str, sweep: dict, by_key: dict, columns: dict, out: Path) 
     ax.set_xlabel("step")
     ax.set_ylabel("L_M(Test)")
     ax.legend(fontsize=6, ncol=2 if len(models) > 8 else 1)
-    ax.set_title(f"{name}: test loss during training")
+    ax.set_title(f"{view.name}: test loss during training")
     fig.tight_layout()
-    path = out / f"{name}_curves.png"
+    path = view.out / f"{view.name}_curves.png"
     return save_figure(fig, path)

@@ -19,6 +19,7 @@ from collapse.report.na import NA, Footnotes, finite, no_spread
 from collapse.report.paper import coefficients, paper_values, same
 from collapse.report.stats import ALPHA, holm, mean_ci, seed_of, spearman
 from collapse.report.tables import fmt_p, md_table, write_csv, write_text
+from collapse.report.view import SweepView
 
 Values = Mapping[str, float]   # one seed's value of each named row ("M0", "M1", the task's names)
 ONE_SEED_TEST = "one seed: no test over seeds (direction says on which side our value lies)"
@@ -64,18 +65,18 @@ def kept(v: Values, row: str, best: str = "best") -> float:
 
 # ---------------------------------------------------------------- values
 
-def per_seed(rows: list[dict], ref: dict, claims: Claims, metric: str) -> dict:
+def per_seed(view: SweepView, claims: Claims, metric: str) -> dict:
     """{seed: {row name: value of `metric`}} from the rows' and M0's eval records."""
     names = sorted({k for c in claims.rows.values() for k in c})
     out: dict = {}
-    for row in rows:
+    for row in view.rows:
         mine = coefficients(row, names)
         name = next((n for n, c in claims.rows.items() if mine and same(dict(c), mine)), None)
-        for rec in (row.get("evals") or []) if name else []:
+        for rec in row.evals if name else []:
             value = (rec.get("metrics") or {}).get(metric)
             if finite(value):
                 out.setdefault(seed_of(rec), {})[name] = float(value)
-    for rec in ref.get("m0_evals") or []:
+    for rec in view.m0.evals:
         value = (rec.get("metrics") or {}).get(metric)
         if finite(value):
             out.setdefault(seed_of(rec), {})["M0"] = float(value)
@@ -231,13 +232,12 @@ def absent_line(entries: list[dict], cells: list[list]) -> list[str]:
     return ["", f"Not judged, the grid lacks a row they need: {', '.join(names)}."] if names else []
 
 
-def write_scorecard(name: str, task: str, claims: Claims, rows: list[dict], ref: dict, out: Path,
-                    metric: str | None = None) -> list[Path]:
+def write_scorecard(view: SweepView, claims: Claims, metric: str | None = None) -> list[Path]:
     """<name>_scorecard.csv and .md: every claim of `claims` judged on the sweep's rows (the report's
-    metric, ref["metric"].name, unless `metric`)."""
-    table_metric = metric or ref["metric"].name
+    metric, view.metric.name, unless `metric`)."""
+    name, task, table_metric = view.name, view.task, metric or view.metric.name
     used = {p.metric for c in claims.claims for p in c.parts}
-    seeds = {m: per_seed(rows, ref, claims, m or table_metric) for m in used}
+    seeds = {m: per_seed(view, claims, m or table_metric) for m in used}
     paper = {m: paper_rows(task, claims, m or paper_values(task).get("metric") or table_metric) for m in used}
     entries = judge(claims, seeds, paper)
     header, cells = scorecard_cells(entries)
@@ -251,4 +251,5 @@ def write_scorecard(name: str, task: str, claims: Claims, rows: list[dict], ref:
                                                paper[None] if None in paper else next(iter(paper.values()))),
           *absent_line(entries, cells), "", *md_table(header, [c for c in cells if c[-1] is not ABSENT], notes),
           *notes.lines()]
-    return [write_csv(out / f"{name}_scorecard.csv", header, cells), write_text(out / f"{name}_scorecard.md", md)]
+    return [write_csv(view.out / f"{name}_scorecard.csv", header, cells),
+            write_text(view.out / f"{name}_scorecard.md", md)]

@@ -3,6 +3,8 @@ Welch's), Holm's correction, significance marks and Spearman's rank correlation.
 the functions that need it, so that a task module (which imports its report part) does not load it."""
 import math
 import statistics
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from collapse.report.na import NO_M0, finite, no_spread
 
@@ -110,39 +112,48 @@ def sampling_se(metrics: dict, metric: str) -> float | None:
     return None
 
 
-def runs(evals: list[dict], metric: str) -> dict:
-    """A model's finished runs as compare() reads them: by_seed, values and each one's sampling se."""
+@dataclass(frozen=True)
+class Runs:
+    """A model's finished runs of one metric, as compare() reads them."""
+    values: tuple[float, ...] = ()                              # one per finished eval
+    by_seed: Mapping[Any, float] = field(default_factory=dict)  # the same, by train.seed (evals without one left out)
+    ses: tuple[float | None, ...] = ()                          # each one's own sampling standard error (sampling_se)
+    se_by_seed: Mapping[Any, float | None] = field(default_factory=dict)
+
+
+def runs(evals: list[dict], metric: str) -> Runs:
+    """A model's finished runs of `metric` from its eval records."""
     scored = [e for e in evals if finite((e.get("metrics") or {}).get(metric))]
-    return {"values": [e["metrics"][metric] for e in scored],
-            "by_seed": {seed_of(e): e["metrics"][metric] for e in scored if seed_of(e) is not None},
-            "ses": [sampling_se(e["metrics"], metric) for e in scored],
-            "se_by_seed": {seed_of(e): sampling_se(e["metrics"], metric) for e in scored if seed_of(e) is not None}}
+    return Runs(tuple(e["metrics"][metric] for e in scored),
+                {seed_of(e): e["metrics"][metric] for e in scored if seed_of(e) is not None},
+                tuple(sampling_se(e["metrics"], metric) for e in scored),
+                {seed_of(e): sampling_se(e["metrics"], metric) for e in scored if seed_of(e) is not None})
 
 
-def compare(a: dict, b: dict) -> dict:
-    """a - b for two models' runs ({"by_seed", "values", "ses", "se_by_seed"}, see runs()): paired by seed
+def compare(a: Runs, b: Runs) -> dict:
+    """a - b for two models' runs: paired by seed
     over the seeds both have (2 or more: a paired t-test), else Welch's test across seeds (2 or more a
     side), else one value against one (that seed's, where both have it), its 95% interval from each
     eval's own sampling interval where both have one. {"test", "diff", "ci95" (half-width; None: none),
     "p" (None: untested), "untested" (why, where p is None), "shared" (the seeds paired)}."""
-    shared = sorted(set(a["by_seed"]) & set(b["by_seed"]), key=str)
+    shared = sorted(set(a.by_seed) & set(b.by_seed), key=str)
     if len(shared) >= 2:
-        xs, ys = [a["by_seed"][s] for s in shared], [b["by_seed"][s] for s in shared]
+        xs, ys = [a.by_seed[s] for s in shared], [b.by_seed[s] for s in shared]
         diff, ci = mean_ci([x - y for x, y in zip(xs, ys)])
         p = paired_p(xs, ys)
         return {"test": f"paired t (n={len(shared)})", "diff": diff, "ci95": ci, "p": p, "shared": shared,
                 "untested": None if p is not None else SAME_DIFFERENCE}
-    if len(a["values"]) >= 2 and len(b["values"]) >= 2:
-        diff, ci, p = welch(a["values"], b["values"])
-        return {"test": f"Welch ({len(a['values'])} vs {len(b['values'])})", "diff": diff, "ci95": ci, "p": p,
+    if len(a.values) >= 2 and len(b.values) >= 2:
+        diff, ci, p = welch(a.values, b.values)
+        return {"test": f"Welch ({len(a.values)} vs {len(b.values)})", "diff": diff, "ci95": ci, "p": p,
                 "shared": [], "untested": None if p is not None else NO_SPREAD}
     if shared:
         seed = shared[0]
-        out = {"test": f"none: 1 pair (seed {seed})", "diff": a["by_seed"][seed] - b["by_seed"][seed]}
-        ses = (a["se_by_seed"].get(seed), b["se_by_seed"].get(seed))
+        out = {"test": f"none: 1 pair (seed {seed})", "diff": a.by_seed[seed] - b.by_seed[seed]}
+        ses = (a.se_by_seed.get(seed), b.se_by_seed.get(seed))
     else:
-        out = {"test": "none: 1 seed, none shared", "diff": statistics.fmean(a["values"]) - statistics.fmean(b["values"])}
-        ses = tuple(x["ses"][0] if len(x["ses"]) == 1 else None for x in (a, b))
+        out = {"test": "none: 1 seed, none shared", "diff": statistics.fmean(a.values) - statistics.fmean(b.values)}
+        ses = tuple(x.ses[0] if len(x.ses) == 1 else None for x in (a, b))
     ci = Z95 * math.hypot(*ses) if None not in ses else None
     if ci is not None:
         out["test"] += "; interval: the evals' own"
@@ -177,14 +188,14 @@ def evidence(c: dict) -> str:
     return text + f", {'' if clear else 'not '}significant at alpha = {ALPHA}"
 
 
-def compare_with_m1(row: dict, m1: dict, ref: dict) -> dict:
+def compare_with_m1(row: Runs, m1: Runs, m1_mean: float, m0_mean: float | None, m0_by_seed: Mapping) -> dict:
     """row - M1 (compare()), with the change in % of M1 and the gap to M0 closed, each over the seeds the
     difference was taken on; "why" says why either is None."""
     out = compare(row, m1)
     shared = out["shared"]
-    m1_ref = statistics.fmean(m1["by_seed"][s] for s in shared) if shared else m1["mean"]
-    m0_seeds = [ref["m0_by_seed"][s] for s in shared if s in ref["m0_by_seed"]]
-    m0_ref = statistics.fmean(m0_seeds) if shared and len(m0_seeds) == len(shared) else ref["m0"][0]
+    m1_ref = statistics.fmean(m1.by_seed[s] for s in shared) if shared else m1_mean
+    m0_seeds = [m0_by_seed[s] for s in shared if s in m0_by_seed]
+    m0_ref = statistics.fmean(m0_seeds) if shared and len(m0_seeds) == len(shared) else m0_mean
     out["pct"] = 100.0 * out["diff"] / abs(m1_ref) if m1_ref else None
     out["why"] = {"pct": "M1's value is 0, so a change in % of it is undefined"}
     if m0_ref is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from collapse.report.metric import Primary
+from collapse.report.view import SweepView
 
 
 @runtime_checkable
@@ -36,13 +37,12 @@ class Common(Protocol):
     # ---- launch-time checks of data and weights: a one-line ConfigError, before any job
     def check_data(self, cfg) -> None: ...
 
-    # ---- the report (collapse/reporting.py): the primary metric (field of an eval's metrics, its
-    # label, "lower" or "higher" is better), and its own tables and figures (paths written), beside the
-    # generic ones
-    PRIMARY: Primary   # (name, label, better): collapse/report/metric.py
+    # ---- the report (collapse/reporting.py): the primary metric (Primary: the field of an eval's metrics,
+    # its label, "lower" or "higher" is better), and its own tables and figures (paths written), beside the
+    # generic ones, from the sweep's view (collapse/report/view.py: its rows, M0, the paper's table)
+    PRIMARY: Primary
 
-    def write_report(self, name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path,
-                     out: Path) -> list[Path]: ...
+    def write_report(self, view: SweepView) -> list[Path]: ...
 
     # ---- the dry run's stated rates, where no stage of a kind has finished in the results root:
     # seconds per unit of work (collapse/dryrun.py work()) on one CPU core, by stage kind ({}: none
@@ -69,7 +69,7 @@ class Task(Common, Protocol):
     # and what the table's heading ends with and its line on units (or None)
     REPORT_COLUMNS: dict[str, str]
 
-    def table_notes(self, sweep: dict, by_key: dict) -> tuple[str, str | None]: ...
+    def table_notes(self, view: SweepView) -> tuple[str, str | None]: ...
 
     # ---- training (collapse/train.py)
     TEACHER_OUTPUTS_DETERMINISTIC: bool   # the frozen teacher's outputs per item can be computed once
@@ -199,11 +199,11 @@ class Defaults:
         """No data or weights on disk to check at launch."""
 
     @staticmethod
-    def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+    def table_notes(view: SweepView) -> tuple[str, str | None]:
         return "", None   # nothing after the table's heading, no line on units
 
     @staticmethod
-    def write_report(name, sweep, by_key, rows, ref, root, out) -> list:
+    def write_report(view: SweepView) -> list:
         return []   # the generic tables and figures only
 
     @staticmethod

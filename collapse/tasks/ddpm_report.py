@@ -18,6 +18,7 @@ from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, read_image, save_figure
 from collapse.report.scorecard import Claim, Claims, Part, pct, write_scorecard
 from collapse.report.tables import md_table, optional, write_csv, write_text
+from collapse.report.view import Row, SweepView
 
 PRIMARY = Primary("fid", "FID", "lower")   # the metric of the generic table, its label, which way is better
 
@@ -54,9 +55,9 @@ CLAIMS = Claims(
     ))
 
 
-def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+def table_notes(view: SweepView) -> tuple[str, str | None]:
     """For the generic table: its heading's ending (the data set), and no line on units."""
-    return data_note(sweep, by_key), None
+    return data_note(view.sweep, view.by_key), None
 
 
 def data_note(sweep: dict, by_key: dict) -> str:
@@ -69,8 +70,8 @@ def data_note(sweep: dict, by_key: dict) -> str:
     return ""
 
 
-def row_name(row: dict) -> str:
-    lam, mse = row.get("distill.lam", 0.0), row.get("distill.encoder_mse", 0.0)
+def row_name(row: Row) -> str:
+    lam, mse = row.label.get("distill.lam", 0.0), row.label.get("distill.encoder_mse", 0.0)
     if not lam and not mse:
         return "M1"
     return f"{lam:g}" + (f" + MSE ({mse:g})" if mse else "")
@@ -97,7 +98,7 @@ def collapse_test(m1_evals: list[dict], m0_evals: list[dict]) -> tuple[dict | No
     """FID(M1) - FID(M0) (stats.compare: paired over seeds, or one eval's bootstrap interval against the
     other's) and its verdict: 'up' (collapse beyond noise), 'down', 'noise', 'unknown' or 'missing'."""
     m1, m0 = stats.runs(m1_evals, "fid"), stats.runs(m0_evals, "fid")
-    if not m1["values"] or not m0["values"]:
+    if not m1.values or not m0.values:
         return None, "missing"
     c = stats.compare(m1, m0)
     return c, stats.judged(c)
@@ -126,7 +127,7 @@ def verdict_line(c: dict | None, verdict: str, fid_m1: float | None, fid_m0: flo
     return f"Not judged: {said}, with {c['untested']}; the gap closed is not meaningful."
 
 
-def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
+def table2(view: SweepView) -> tuple[list[str], list[list], dict]:
     """(header, cells, what the text needs): Table 2 with the paper's values beside ours. A row's gap
     closed is taken against M0 and M1 of that row's seeds."""
     paper = paper_values("ddpm")
@@ -134,14 +135,14 @@ def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
     paper_m0, paper_m1 = paper.get("m0") or {}, next((e for e in paper_rows if not e["lam"] and not e["encoder_mse"]), {})
 
     def paper_row(r):
-        return next((e for e in paper_rows if abs(e["lam"] - r.get("distill.lam", 0.0)) < 1e-9
-                     and abs(e["encoder_mse"] - r.get("distill.encoder_mse", 0.0)) < 1e-9), {})
+        return next((e for e in paper_rows if abs(e["lam"] - r.label.get("distill.lam", 0.0)) < 1e-9
+                     and abs(e["encoder_mse"] - r.label.get("distill.encoder_mse", 0.0)) < 1e-9), {})
 
-    m0_evals = ref["m0_evals"]
+    m0_evals = view.m0.evals
     m0 = means(m0_evals)
-    students = [(r, means(r["evals"]), paper_row(r)) for r in rows]
+    students = [(r, means(r.evals), paper_row(r)) for r in view.rows]
     m1 = next((ours for r, ours, _ in students if row_name(r) == "M1"), {})
-    m1_evals = next((r["evals"] for r in rows if row_name(r) == "M1"), [])
+    m1_evals = next((r.evals for r in view.rows if row_name(r) == "M1"), [])
     check, verdict = collapse_test(m1_evals, m0_evals)
 
     def gap(r, ours, missing):
@@ -149,7 +150,7 @@ def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
             return NA(NO_GAP[verdict])
         if "fid" not in ours:
             return missing
-        same_m1, same_m0 = means(stats.on_seeds(m1_evals, r["evals"])), means(stats.on_seeds(m0_evals, r["evals"]))
+        same_m1, same_m0 = means(stats.on_seeds(m1_evals, r.evals)), means(stats.on_seeds(m0_evals, r.evals))
         closed = gap_closed(ours.get("fid"), same_m1.get("fid"), same_m0.get("fid"))
         return NA(SEEDS_NO_GAP) if closed is None else _f(closed, 1)
 
@@ -159,12 +160,12 @@ def table2(rows: list[dict], ref: dict) -> tuple[list[str], list[list], dict]:
     cells = [model_cells("M0 (teacher)", "", m0_evals, m0, paper_m0, NA(NO_M0), "100 (reference)",
                          "100 (reference)") + [len(m0_evals), "reference"]]
     for r, ours, theirs in students:
-        name, missing = row_name(r), NA(NOT_FINITE if r.get("not_finite") else NO_EVAL)
+        name, missing = row_name(r), NA(NOT_FINITE if r.not_finite else NO_EVAL)
         is_m1 = name == "M1"
         paper_gap = _f(gap_closed(theirs.get("fid"), paper_m1.get("fid"), paper_m0.get("fid")), 1)
-        cells.append(model_cells("M1" if is_m1 else "student", "M1 (0)" if is_m1 else name, r["evals"], ours, theirs,
+        cells.append(model_cells("M1" if is_m1 else "student", "M1 (0)" if is_m1 else name, r.evals, ours, theirs,
                                  missing, "0 (reference)" if is_m1 else gap(r, ours, missing),
-                                 "0 (reference)" if is_m1 else paper_gap) + [r["seeds"], r["status"]])
+                                 "0 (reference)" if is_m1 else paper_gap) + [r.seeds, r.status])
     return header, cells, {"m0": m0, "m1": m1, "students": students, "m0_evals": m0_evals,
                            "collapse": (check, verdict)}
 
@@ -231,10 +232,10 @@ def synth_line(sweep: dict, by_key: dict) -> str | None:
     return None
 
 
-def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path,
-                 out: Path) -> list[Path]:
+def write_report(view: SweepView) -> list[Path]:
     """Table 2 (<name>_table2.{csv,md}), Figure 5 (<name>_figure5.png) and the claims (<name>_scorecard.*)."""
-    header, cells, parts = table2(rows, ref)
+    name, sweep, by_key, out = view.name, view.sweep, view.by_key, view.out
+    header, cells, parts = table2(view)
     verdict = verdict_line(*parts["collapse"], parts["m1"].get("fid"), parts["m0"].get("fid"))
     notes = Footnotes()
     md = [f"# {name}: Table 2{data_note(sweep, by_key)}", "",
@@ -259,22 +260,22 @@ def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: di
           f"student): {name}_figure5.png."]
     written = [write_csv(out / f"{name}_table2.csv", header, cells),
                write_text(out / f"{name}_table2.md", md)]
-    figure = plot_figure5(name, sweep, by_key, parts, root, out)
-    written += write_scorecard(name, ref["task"], CLAIMS, rows, ref, out)
+    figure = plot_figure5(view, parts)
+    written += write_scorecard(view, CLAIMS)
     return written + ([figure] if figure else [])
 
 
-def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, out: Path) -> Path | None:
+def plot_figure5(view: SweepView, parts: dict) -> Path | None:
     """Figure 5: the sample grids of M0, M1 and the student with the lowest FID, side by side."""
-    distilled = [(r, ours) for r, ours, _ in parts["students"] if row_name(r) != "M1" and "fid" in ours and r["evals"]]
-    m1 = next((r for r, _, _ in parts["students"] if row_name(r) == "M1" and r["evals"]), None)
+    distilled = [(r, ours) for r, ours, _ in parts["students"] if row_name(r) != "M1" and "fid" in ours and r.evals]
+    m1 = next((r for r, _, _ in parts["students"] if row_name(r) == "M1" and r.evals), None)
     m0 = parts["m0_evals"]
     if not m0 or m1 is None or not distilled:
         return None
     best, best_metrics = min(distilled, key=lambda rm: rm[1]["fid"])
-    panels = [("M0 (teacher)", m0[0], parts["m0"]), ("M1 (plain student)", m1["evals"][0], parts["m1"]),
-              (f"best student: lam {row_name(best)}", best["evals"][0], best_metrics)]
-    paths = [root / ((e.get("artifacts") or {}).get("samples") or {}).get("path", "") for _, e, _ in panels]
+    panels = [("M0 (teacher)", m0[0], parts["m0"]), ("M1 (plain student)", m1.evals[0], parts["m1"]),
+              (f"best student: lam {row_name(best)}", best.evals[0], best_metrics)]
+    paths = [view.root / ((e.get("artifacts") or {}).get("samples") or {}).get("path", "") for _, e, _ in panels]
     if not all(p.is_file() for p in paths):
         return None
     plt = pyplot()
@@ -283,6 +284,6 @@ def plot_figure5(name: str, sweep: dict, by_key: dict, parts: dict, root: Path, 
         ax.imshow(read_image(path), cmap="gray")
         ax.set_title(f"{title}\nFID {metrics.get('fid', float('nan')):.2f}", fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{name}: samples{data_note(sweep, by_key)}", fontsize=10)
+    fig.suptitle(f"{view.name}: samples{data_note(view.sweep, view.by_key)}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))   # leave the suptitle its own band above the panel titles
-    return save_figure(fig, out / f"{name}_figure5.png")
+    return save_figure(fig, view.out / f"{view.name}_figure5.png")

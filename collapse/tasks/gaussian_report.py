@@ -10,6 +10,7 @@ from collapse.report.chains import SHORT as CHAIN_COLUMNS
 from collapse.report.metric import Primary
 from collapse.report.plots import pyplot, save_figure
 from collapse.report.tables import md_table, write_csv, write_text
+from collapse.report.view import SweepView
 
 # What the report states of every task. The toy model's metric is the variance of each generation's
 # fit; collapse is its fall towards 0, so higher (up to the real data's sigma0^2) is better.
@@ -17,9 +18,9 @@ PRIMARY = Primary("sigma2_mean", "E[sigma2_t] measured", "higher")
 SHORT = {**CHAIN_COLUMNS, "gaussian.estimator": "estimator"}   # swept key -> column
 
 
-def write_report(name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path, out: Path) -> list[Path]:
-    """The whole report of a gaussian sweep (rows and ref are the generic table's: none here)."""
-    return write_gaussian(name, sweep, by_key, out)
+def write_report(view: SweepView) -> list[Path]:
+    """The whole report of a gaussian sweep (the view has no rows: a simulation has no generic table)."""
+    return write_gaussian(view.name, view.sweep, view.by_key, view.out)
 
 
 def write_gaussian(name: str, sweep: dict, by_key: dict, out: Path) -> list[Path]:

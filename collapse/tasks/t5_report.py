@@ -20,6 +20,7 @@ from collapse.report.paper import paper_values
 from collapse.report.plots import pyplot, save_figure
 from collapse.report.scorecard import Claim, Claims, Part, write_scorecard
 from collapse.report.tables import fmt, md_table, write_csv, write_text
+from collapse.report.view import SweepView
 
 PRIMARY = Primary("rouge1", "ROUGE-1 %", "higher")   # the metric of the generic table, its label, which way is better
 
@@ -56,16 +57,16 @@ CLAIMS = Claims(
     ))
 
 
-def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+def table_notes(view: SweepView) -> tuple[str, str | None]:
     """For the generic table: nothing after its heading, no line on units."""
     return "", None
 
 
-def models(rows: list[dict], ref: dict) -> list[dict]:
+def models(view: SweepView) -> list[dict]:
     """M0 (its evals over the seeds of every row, pooled ones too), then each row: {"name", "lam", "evals", "row"}."""
-    out = [{"name": "M0 (teacher)", "lam": None, "evals": ref["m0_evals"], "row": None}]
-    for r in rows:
-        out.append({"name": "M1" if r is ref["m1"] else "student", "lam": r.get(LAM), "evals": r["evals"], "row": r})
+    out = [{"name": "M0 (teacher)", "lam": None, "evals": view.m0.evals, "row": None}]
+    for r in view.rows:
+        out.append({"name": "M1" if r is view.m1 else "student", "lam": r.label.get(LAM), "evals": r.evals, "row": r})
     return out
 
 
@@ -242,10 +243,10 @@ def plot_perplexity(name: str, entries: list[dict], out: Path) -> Path | None:
 
 def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Path | None:
     """M0, M1 and the best student (highest mean ROUGE-1) on the same articles."""
-    students = [e for e in entries if e["name"] == "student" and e["row"] and "mean" in e["row"]]
+    students = [e for e in entries if e["name"] == "student" and e["row"] and e["row"].mean is not None]
     chosen = [e for e in entries if e["lam"] is None or e["name"] == "M1"]
     if students:
-        chosen.append(max(students, key=lambda e: e["row"]["mean"]))
+        chosen.append(max(students, key=lambda e: e["row"].mean))
     shown = []
     for e in chosen:
         path = ((e["evals"][0].get("artifacts") or {}).get("examples") or {}).get("path") if e["evals"] else None
@@ -263,11 +264,10 @@ def write_examples(name: str, entries: list[dict], root: Path, out: Path) -> Pat
     return write_text(out / f"{name}_examples.md", md)
 
 
-def write_report(name: str, sweep: dict, by_key: dict, rows: list[dict], ref: dict, root: Path,
-                 out: Path) -> list[Path]:
+def write_report(view: SweepView) -> list[Path]:
     """Table 3, the ROUGE curves, the perplexity histograms, the examples and the claims (<name>_scorecard.*)."""
-    entries = models(rows, ref)
+    name, out, entries = view.name, view.out, models(view)
     written = write_table3(name, entries, out)
-    written += [p for p in (plot_rouge_curves(name, entries, by_key, out), plot_perplexity(name, entries, out),
-                            write_examples(name, entries, Path(root), out)) if p]
-    return written + write_scorecard(name, ref["task"], CLAIMS, rows, ref, out)
+    written += [p for p in (plot_rouge_curves(name, entries, view.by_key, out), plot_perplexity(name, entries, out),
+                            write_examples(name, entries, view.root, out)) if p]
+    return written + write_scorecard(view, CLAIMS)

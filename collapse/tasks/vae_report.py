@@ -8,6 +8,7 @@ from pathlib import Path
 from collapse.config import TrainConfig
 from collapse.report.metric import Primary
 from collapse.report.scorecard import write_scorecard
+from collapse.report.view import SweepView
 from collapse.tasks.vae_claims import CLAIMS
 
 PRIMARY = Primary("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
@@ -22,9 +23,9 @@ UNITS = {   # train.reduction -> what one L_M(Test) value is
 OLDER_REDUCTION = next(f.metadata["added_later"] for f in dataclasses.fields(TrainConfig) if f.name == "reduction")
 
 
-def table_notes(sweep: dict, by_key: dict) -> tuple[str, str | None]:
+def table_notes(view: SweepView) -> tuple[str, str | None]:
     """For the generic table: nothing after its heading, and the line on units."""
-    return "", unit_line(sweep, by_key)
+    return "", unit_line(view.sweep, view.by_key)
 
 
 def unit_line(sweep: dict, by_key: dict) -> str | None:
@@ -39,6 +40,6 @@ def unit_line(sweep: dict, by_key: dict) -> str | None:
     return f"Unit: {UNITS.get(reductions[0], f'train.reduction = {reductions[0]}')}."
 
 
-def write_report(name: str, sweep: dict, by_key: dict, rows: list, ref: dict, root: Path, out: Path) -> list[Path]:
+def write_report(view: SweepView) -> list[Path]:
     """Table 1's claims judged (<name>_scorecard.*); the generic table, plots and curves are the rest."""
-    return write_scorecard(name, ref["task"], CLAIMS, rows, ref, out)
+    return write_scorecard(view, CLAIMS)
