@@ -10,8 +10,6 @@ the local executor sends no mail, and prints the report's digest.txt when it end
 """
 import os
 import re
-import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -19,11 +17,13 @@ from collapse import dryrun, limits, manifest, plan as planning, preflight, show
 from collapse.config import ConfigError, bad
 from collapse.cluster import choose_backend, slurm_reachable
 from collapse.executors import local, slurm
+from collapse.executors.base import Launched
 from collapse.grid import load_sweep
 from collapse.run import artifact
 from collapse.tasks import gpu_rates
-from collapse.stages import RAN_TO_THE_END, write_spec
+from collapse.stages import write_spec
 
+EXECUTORS = {"local": local.execute, "slurm": slurm.execute}   # each runs a Launched (collapse/executors/base.py)
 MAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+(@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?")   # me@lab.org, or a user name
 
 
@@ -113,22 +113,6 @@ def prepare(argv: list[str]):
     return sweep, plan, root, backend
 
 
-def report_files(root: Path, plan) -> str:
-    """The files the sweep's report stage wrote, as its record lists them."""
-    stage = next(s for s in plan.stages.values() if s.kind == "report")
-    record = manifest.read(root, stage.key) or {}
-    files = [str(root / f) for f in (record.get("metrics") or {}).get("files", [])]
-    return ", ".join(files) if files else f"none ({record.get('status', 'not run')}: see {root / record.get('log', 'logs')})"
-
-
-def digest(root: Path, plan) -> str:
-    """The report stage's digest.txt (collapse/report/digest.py) when that stage ran to its end, else ''."""
-    stage = next(s for s in plan.stages.values() if s.kind == "report")
-    path = root / "report" / "digest.txt"
-    ran = (manifest.read(root, stage.key) or {}).get("status") in RAN_TO_THE_END
-    return path.read_text(errors="replace") if ran and path.is_file() else ""
-
-
 def launch(argv: list[str], out=sys.stdout) -> int:
     try:
         options, argv = launch_options(use_rates(argv))
@@ -171,9 +155,7 @@ def launch(argv: list[str], out=sys.stdout) -> int:
           + (f" ({len(redo)} redone: {options['redo']} and what reads it)" if redo else "")
           + f"; results in {root}", file=out, flush=True)
     print(f"{code.describe()}: the stages run {code.path}" + older_code(root, plan, todo, code), file=out, flush=True)
-    if backend == "local":
-        return run_local(sweep, plan, todo, root, code, out)
-    return slurm.submit(sweep, plan, todo, root, slurm.SubmitOptions(code, canary=options["canary"]), out=out)
+    return EXECUTORS[backend](Launched(sweep, plan, todo, root, code, record["key"], options["canary"], out))
 
 
 def redone(plan, pattern: str | None) -> set:
@@ -198,25 +180,6 @@ def write_launch(root: Path, sweep, plan, todo: list, redo: set, notify: str | N
     if notify:   # the digest's relaunch command (collapse/report/digest.py) says it again
         record["notify"] = notify
     return code, manifest.write(root, with_estimate(root, record, costs))
-
-
-def run_local(sweep, plan, todo: list, root: Path, code, out) -> int:
-    """The stages on the local executor, in dependency order; then the report's files and digest.
-    Ctrl-C (or SIGTERM) stops the running stages, records them cancelled and says how to resume."""
-    try:
-        cluster = sweep.base.cluster
-        result = local.run(todo, root, cluster.max_parallel, code=code, warm_start=cluster.warm_start)
-    except local.Cancelled as e:
-        names = ", ".join(s.name for s in todo if s.key in e.stopped) or "none"
-        print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
-              f"recorded cancelled; {len(e.not_started)} not started. Resume from their checkpoints: "
-              f"python sweeps/launch.py {shlex.join(sweep.argv)}", file=sys.stderr, flush=True)
-        return e.exit_code
-    failed = sorted(k for k, v in result.items() if v != "done")
-    print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
-          f"report: {report_files(root, plan)}", file=out)
-    print(digest(root, plan), file=out, end="")
-    return 1 if failed else 0
 
 
 def with_estimate(root: Path, record: dict, costs: dict) -> dict:

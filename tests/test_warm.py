@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from collapse import manifest
-from collapse.executors import local
+from collapse.executors import warm
 from collapse.executors.warm import WarmStarter
 from helpers import (REPO, child_env, data_root, final, launch_toy, plan_stages, reference, teacher_of,  # noqa: F401
                      toy_env, wait_for)
@@ -16,9 +16,7 @@ from collapse.train import STEP_DELAY_ENV
 
 
 def starter(root) -> WarmStarter:
-    env, cwd = local._stage_env(None, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    log = root / "logs" / "warm" / "server.log"
-    return WarmStarter([sys.executable, "-m", local.WARM_MODULE, str(root)], env, cwd, log)
+    return warm.starter(root, None)   # this checkout's code
 
 
 def test_a_forked_teacher_trains_the_weights_a_spawned_one_does(tmp_path, data_root, reference):

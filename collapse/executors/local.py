@@ -23,8 +23,8 @@ Closing the terminal (SIGHUP) does not stop the run: the launch's output moves t
 <results_root>/logs/launch-<time>-<pid>.log and the run goes on (the stages, in their own process
 groups, never see the hangup). `nohup` or `setsid` are not needed.
 """
-import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,25 +36,14 @@ from tqdm import tqdm
 
 from collapse import lease, manifest
 from collapse.cancel import record_cancelled
-from collapse.config import REPO
-from collapse.executors.warm import WarmStarter
-from collapse.snapshot import CHANGED_EXIT, Snapshot, job_env
+from collapse.executors import warm
+from collapse.executors.base import Launched, digest, report_files, stage_env
+from collapse.executors.warm import WarmStarter, die_with_parent
+from collapse.snapshot import CHANGED_EXIT, Snapshot
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path
 
 
 STOP_GRACE_S = 10.0     # how long stopped stages get to exit on SIGINT before they are SIGKILLed
-PR_SET_PDEATHSIG = 1
-WARM_MODULE = "collapse.executors.warm"
-
-
-def _linux_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _linux_prctl()
 
 
 class Cancelled(Exception):
@@ -67,6 +56,26 @@ class Cancelled(Exception):
         super().__init__(f"{signal.Signals(signum).name}: stopped {len(stopped)} running stages")
 
 
+def execute(launched: Launched) -> int:
+    """The launch's stages here, in dependency order; then the report's files and digest. Ctrl-C (or
+    SIGTERM) stops the running stages, records them cancelled and says how to resume."""
+    cluster, out = launched.sweep.base.cluster, launched.out
+    try:
+        result = run(launched.todo, launched.root, cluster.max_parallel, code=launched.code,
+                     warm_start=cluster.warm_start)
+    except Cancelled as e:
+        names = ", ".join(s.name for s in launched.todo if s.key in e.stopped) or "none"
+        print(f"cancelled ({signal.Signals(e.signum).name}): stopped {len(e.stopped)} running stages ({names}), "
+              f"recorded cancelled; {len(e.not_started)} not started. Resume from their checkpoints: "
+              f"python sweeps/launch.py {shlex.join(launched.sweep.argv)}", file=sys.stderr, flush=True)
+        return e.exit_code
+    failed = sorted(k for k, v in result.items() if v != "done")
+    print(f"done: {len(result) - len(failed)} stages ran, {len(failed)} failed or blocked; "
+          f"report: {report_files(launched.root, launched.plan)}", file=out)
+    print(digest(launched.root, launched.plan), file=out, end="")
+    return 1 if failed else 0
+
+
 def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Snapshot | None = None,
         warm_start: bool = True) -> dict:
     """Run `stages` (Stage objects, dependency order); return {key: 'done' | 'failed' | 'blocked'}.
@@ -76,7 +85,7 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Sn
     torch once (collapse/executors/warm.py). Raises Cancelled on SIGINT or SIGTERM (when run in the
     main thread), with no stage process left."""
     state = _RunState(stages, Path(root), max_parallel, code)
-    state.warm = warm_starter(state.root, code) if warm_start else None
+    state.warm = warm.starter(state.root, code, _dies_with_launch(os.getpid())) if warm_start else None
     stop: list[int] = []      # the signals received: the first stops the run, a second kills at once
     previous = _catch_stop_signals(stop, state.processes, state.root)
     try:
@@ -322,7 +331,7 @@ def _spawn(root: Path, stage, share: int, code: Snapshot | None, warm: WarmStart
     log = log_path(root, stage.spec())
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = str(stage.config["train"]["threads"] or share)
-    env, cwd = _stage_env(code, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local"})
+    env, cwd = stage_env(code, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "COLLAPSE_EXECUTOR": "local"})
     args = [str(root), stage.key]
     forked = warm.start(args, env, cwd, log) if warm is not None else None
     if forked is not None:
@@ -334,35 +343,15 @@ def _spawn(root: Path, stage, share: int, code: Snapshot | None, warm: WarmStart
                                 preexec_fn=_dies_with_launch(os.getpid()))
 
 
-def _stage_env(code: Snapshot | None, extra: dict) -> tuple[dict, Path]:
-    """A stage process's environment and working folder: this one's, imports from the snapshot (or this
-    checkout), no rank variables (each stage forms its own process group)."""
-    env = {**os.environ, **extra}
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    if code is None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        return env, REPO
-    return job_env(code, env), code.path
-
-
-def warm_starter(root: Path, code: Snapshot | None) -> WarmStarter:
-    """The launch's warm server, started at its first stage: imports once, from the stages' own code."""
-    env, cwd = _stage_env(code, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})   # it computes nothing itself
-    command = ([sys.executable, "-m", WARM_MODULE, str(root)] if code is None
-               else code.run_command(sys.executable, WARM_MODULE, [str(root), str(code.path), code.hash]))
-    return WarmStarter(command, env, cwd, root / "logs" / "warm" / "server.log", _dies_with_launch(os.getpid()))
-
-
 def _dies_with_launch(launch_pid: int):
     """Linux: the stage gets SIGKILL when the launch dies, so that a launch killed outright (SIGKILL, which
     it cannot catch) leaves no stage running unsupervised in its own process group. The parent-death
     signal follows the thread that started the child: only from the main thread."""
-    if _prctl is None or threading.current_thread() is not threading.main_thread():
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
 
     def preexec():
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent()
         if os.getppid() != launch_pid:    # the launch died before the line above
             os._exit(1)
     return preexec

@@ -23,6 +23,7 @@ from pathlib import Path
 import submitit
 
 from collapse import canary, lease, stages
+from collapse.executors.base import Launched
 from collapse.executors.slurm_groups import make_groups
 from collapse.slurm_index import (SubmissionError, TransientSlurmError, base_id, cancel, is_active, locked,
                                             read_index, squeue_states, submitit_folder, transient, with_retries,
@@ -133,9 +134,11 @@ def _sbatch_error(e: BaseException) -> str:
 @dataclasses.dataclass(frozen=True)
 class SubmitOptions:
     """How a launch's jobs run: importing `code` (the launch's snapshot; None, as in a test's direct submit:
-    this checkout), the first level after a canary job unless canary=False."""
+    this checkout), the first level after a canary job unless canary=False; `sweep_key`, the sweep record
+    the launch wrote (None: the plan's, computed here)."""
     code: Snapshot | None = None
     canary: bool = True
+    sweep_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +168,17 @@ class Submission:
         print(msg, file=self.out, flush=True)
 
 
+def execute(launched: Launched) -> int:
+    """The launch's stages as SLURM jobs (collapse/executors/base.py): submitted, not waited for."""
+    options = SubmitOptions(launched.code, canary=launched.canary, sweep_key=launched.sweep_key)
+    return submit(launched.sweep, launched.plan, launched.todo, launched.root, options, out=launched.out)
+
+
 def submit(sweep, plan, todo: list, root, options: SubmitOptions = SubmitOptions(), out=sys.stdout) -> int:
     """Submit the not-done stages `todo` of `plan` and a report job, their jobs importing `options.code`, the
     first level after a canary job (unless options.canary is False); return at once (0: submitted)."""
     root = Path(root)
-    sweep_key = sweep_record(sweep, plan)["key"]
+    sweep_key = options.sweep_key or sweep_record(sweep, plan)["key"]
     if not todo:
         print("nothing to run: every stage is done, the report too (python sweeps/report.py writes it again)",
               file=out, flush=True)

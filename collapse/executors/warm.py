@@ -44,6 +44,19 @@ START_TIMEOUT_S = 120.0    # the server's imports, on a loaded machine
 
 # ---------------------------------------------------------------- the launch's side
 
+MODULE = "collapse.executors.warm"
+
+
+def starter(root: Path, code, preexec=None) -> "WarmStarter":
+    """The launch's warm server (started at its first stage), importing from the stages' own code: `code`, a
+    launch's snapshot, or this checkout (None)."""
+    from collapse.executors.base import stage_env   # torch-free, and not at import: the server never needs it
+    env, cwd = stage_env(code, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})   # it computes nothing itself
+    command = ([sys.executable, "-m", MODULE, str(root)] if code is None
+               else code.run_command(sys.executable, MODULE, [str(root), str(code.path), code.hash]))
+    return WarmStarter(command, env, cwd, Path(root) / "logs" / "warm" / "server.log", preexec)
+
+
 class WarmStarter:
     """The launch's handle on its warm server: `start(argv, env, cwd, log)` forks a stage and returns a
     Popen-like WarmProcess, or None where the server is not (or no longer) usable."""
@@ -179,7 +192,8 @@ def _alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- the server
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (the parent-death signal)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -200,7 +214,7 @@ def _gpu_seen() -> bool:
 
 def serve(snapshot: str | None, expected_hash: str | None) -> int:
     """The warm server's main: import once, then fork a stage per request until stdin closes."""
-    _die_with_parent()
+    die_with_parent()
     answers = os.fdopen(os.dup(1), "w", buffering=1)   # the protocol; the server's own prints go to stderr
     os.dup2(2, 1)
     if _gpu_seen():
@@ -255,7 +269,7 @@ def _fork_stage(request: dict, snapshot, expected_hash, answers, requests) -> in
     code = 1
     try:
         os.setsid()
-        _die_with_parent()
+        die_with_parent()
         _name(b"collapse.run")   # what top and ps -o comm show; its command line stays the server's
         if os.getppid() != server:   # the server died before the line above
             os._exit(1)
