@@ -70,6 +70,12 @@ def test_a_modality_from_outside_the_package_runs_a_grid_end_to_end(tmp_path):
     m1 = records["eval:student[lam=0,seed=0]"]["metrics"]["test_loss"]
     assert m0 == m0 and m1 == m1 and abs(m0) < 10 and abs(m1) < 10   # fitted: finite, near the data's NLL
     assert (root / "report" / "results.csv").is_file()
+    lines = (root / "report" / "toy_lambda_toy.md").read_text().splitlines()   # the toy's write_report, from the view
+    assert lines[0] == "# toy_lambda: NLL (lower is better)"
+    assert lines[2] == f"- M0: {m0:.4f} over 1 seed(s)"
+    assert lines[3] == f"- M1 (lambda 0): {m1:.4f} over 1 seed(s)"
+    distilled = records["eval:student[lam=1,seed=0]"]["metrics"]["test_loss"]
+    assert lines[4] == f"- student (lambda 1): {distilled:.4f} over 1 seed(s), {distilled - m1:+.4f} against M1"
 
 
 def test_a_config_stored_before_the_redesign_still_loads():

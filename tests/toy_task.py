@@ -2,12 +2,15 @@
 distillation term. It is the proof that adding a modality takes one task module and its configs
 (tests/toy/): tests/test_tasks.py runs a grid of it end to end, named through $COLLAPSE_TASKS. It states
 what collapse/tasks/base.py requires and, beyond that, only where it differs from base.Defaults: its
-teacher's outputs can be computed once, and profile=smoke's sizes."""
+teacher's outputs can be computed once, profile=smoke's sizes, and a report part of its own that reads
+the sweep's view."""
 from dataclasses import dataclass
 import torch
 
 from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
 from collapse.report.metric import Primary
+from collapse.report.tables import write_text
+from collapse.report.view import SweepView
 from collapse.tasks.base import Term, add_terms
 from collapse.tasks.common import held_out_loss
 
@@ -102,3 +105,17 @@ def synthesize(model, cfg, start, stop, generator, keep=None):
 
 def evaluate(model, test_data, cfg, cache=None, keep=None) -> dict:
     return {"test_loss": test_loss(model, test_data, cfg), "std": model.log_std.exp().mean().item()}
+
+
+def write_report(view: SweepView) -> list:
+    """<grid>_toy.md: M0 and each row by role, its mean NLL over seeds (or its status), against M1."""
+    def value(mean, seeds, status="done"):
+        return f"{mean:.4f} over {seeds} seed(s)" if mean is not None else status
+
+    lines = [f"# {view.name}: {view.metric.label} ({view.metric.better} is better)", "",
+             f"- M0: {value(view.m0.mean, len(view.m0.evals), 'no finished eval')}"]
+    for row in view.rows:
+        diff = f", {row.vs_m1['diff']:+.4f} against M1" if row.vs_m1 else ""
+        lines.append(f"- {row.role} ({view.columns['distill.lam']} {row.label['distill.lam']:g}): "
+                     f"{value(row.mean, row.seeds, row.status)}{diff}")
+    return [write_text(view.out / f"{view.name}_toy.md", lines)]
