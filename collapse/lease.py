@@ -93,7 +93,7 @@ class Holder:
 
     def dead_because(self) -> str | None:
         """Why this holder can be taken over, or None while it is alive."""
-        if self.host == HOST and self.pidns == PIDNS and not _pid_alive(self.pid):
+        if self.host == HOST and self.pidns == PIDNS and not pid_alive(self.pid):
             return f"its process {self.pid} is gone"
         if self.age > stale_s():
             return f"no heartbeat for {self.age:.1f}s (stale after {stale_s():g}s)"
@@ -106,7 +106,7 @@ class Held(RuntimeError):
         self.holder = holder
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -84,8 +84,8 @@ def run(stages: list, root, max_parallel: int = 0, poll_s: float = 0.2, code: Sn
     imported); without one, from this checkout. With `warm_start`, forked from one process that imported
     torch once (collapse/executors/warm.py). Raises Cancelled on SIGINT or SIGTERM (when run in the
     main thread), with no stage process left."""
-    state = _RunState(stages, Path(root), max_parallel, code)
-    state.warm = warm.starter(state.root, code, _dies_with_launch(os.getpid())) if warm_start else None
+    starter = warm.starter(Path(root), code, _dies_with_launch(os.getpid())) if warm_start else None
+    state = _RunState(stages, Path(root), max_parallel, code, starter)
     stop: list[int] = []      # the signals received: the first stops the run, a second kills at once
     previous = _catch_stop_signals(stop, state.processes, state.root)
     try:
@@ -110,8 +110,8 @@ class _RunState:
     (`running`: key -> (stage, process)), those another runner is running (`held`: waited for), and the
     outcome of each that has ended (`result`)."""
 
-    def __init__(self, stages: list, root: Path, max_parallel: int, code: Snapshot | None):
-        self.root, self.code, self.total = root, code, len(stages)
+    def __init__(self, stages: list, root: Path, max_parallel: int, code: Snapshot | None, warm: WarmStarter | None):
+        self.root, self.code, self.warm, self.total = root, code, warm, len(stages)
         self.cores = available_cores()
         self.max_parallel = max_parallel or self.cores
         self.waiting = {s.key: s for s in stages}
@@ -120,7 +120,6 @@ class _RunState:
         self.planned = {s.key: _started(root, s.key) for s in stages}   # changed later: another runner ran it
         self.result: dict[str, str] = {}
         self.held_checked = 0.0
-        self.warm: WarmStarter | None = None
         self.interactive = sys.stderr.isatty()
         self.bar = tqdm(total=len(stages), unit="stage", dynamic_ncols=True, file=sys.stderr,
                         disable=not self.interactive)

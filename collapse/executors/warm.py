@@ -21,9 +21,10 @@ for them from the start).
 In ps a forked stage shows the server's command line (`... collapse.executors.warm RESULTS_ROOT ...`) and
 the name collapse.run.
 
-Protocol, one JSON object a line: the launch writes {"id", "argv", "env", "cwd", "log"}; the server
-answers {"id", "pid"} (or {"id", "error"}) at once and {"pid", "exit"} when that stage has exited
-(exit as subprocess's returncode: -N for signal N).
+Protocol, one JSON object a line: the server says {"ready": true} once imported ({"ready": false,
+"error"} where it refuses); the launch writes {"id", "argv", "env", "cwd", "log"}; the server answers
+{"id", "pid"} once the stage leads its session and {"pid", "exit"} when it has exited (exit as
+subprocess's returncode: -N for signal N).
 """
 import ctypes
 import json
@@ -35,6 +36,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from collapse.executors.base import stage_env
+from collapse.lease import pid_alive
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -50,7 +54,6 @@ MODULE = "collapse.executors.warm"
 def starter(root: Path, code, preexec=None) -> "WarmStarter":
     """The launch's warm server (started at its first stage), importing from the stages' own code: `code`, a
     launch's snapshot, or this checkout (None)."""
-    from collapse.executors.base import stage_env   # torch-free, and not at import: the server never needs it
     env, cwd = stage_env(code, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})   # it computes nothing itself
     command = ([sys.executable, "-m", MODULE, str(root)] if code is None
                else code.run_command(sys.executable, MODULE, [str(root), str(code.path), code.hash]))
@@ -76,9 +79,8 @@ class WarmStarter:
             self._start_server()
         if self.broken is not None:
             return None
-        with self.lock:
-            self.next_id += 1
-            request_id = self.next_id
+        self.next_id += 1   # only the launch's main thread starts stages
+        request_id = self.next_id
         request = {"id": request_id, "argv": argv, "env": env, "cwd": str(cwd), "log": str(log)}
         try:
             self.server.stdin.write((json.dumps(request) + "\n").encode())
@@ -143,7 +145,7 @@ class WarmStarter:
         with self.lock:
             if pid in self.exits:
                 return self.exits[pid]
-            if self.gone is not None and not _alive(pid):
+            if self.gone is not None and not pid_alive(pid):
                 return -signal.SIGKILL
         return None
 
@@ -178,16 +180,6 @@ class WarmProcess:
         while self.poll() is None:
             time.sleep(0.05)
         return self.returncode
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- the server
