@@ -20,7 +20,7 @@ from pathlib import Path
 from collapse import manifest, plan, stages
 from collapse.config import ConfigError
 from collapse.report.na import finite
-from collapse.report.stats import compare, runs
+from collapse.report.stats import Runs, compare, runs
 from collapse.results import _flatten
 
 SEED = "train.seed"
@@ -165,7 +165,7 @@ def rows(side: Side) -> dict:
     return out
 
 
-def row_runs(row: dict, records: dict, metric: str) -> tuple[dict, dict]:
+def row_runs(row: dict, records: dict, metric: str) -> tuple[Runs, dict]:
     """(runs of the row's finished evals (stats.runs), {seed: (teacher key, synth key)})."""
     if row["m0"]:
         evals = {p.get("teacher_eval"): p for p in row["m0"]}
@@ -195,8 +195,8 @@ def row_differences(a: Side, b: Side, metric: str) -> list[dict]:
             entry["a"], inputs_a = row_runs(rows_a[name], a.stages, metric)
         if name in rows_b:
             entry["b"], inputs_b = row_runs(rows_b[name], b.stages, metric)
-        if entry["a"] and entry["b"]:
-            if entry["a"]["values"] and entry["b"]["values"]:
+        if entry["a"] is not None and entry["b"] is not None:
+            if entry["a"].values and entry["b"].values:
                 entry["diff"] = compare(entry["b"], entry["a"])
             both = sorted(set(inputs_a) & set(inputs_b), key=str)
             entry["teacher"] = _same([inputs_a[s][0] for s in both], [inputs_b[s][0] for s in both])
@@ -240,12 +240,13 @@ def report(a: Side, b: Side, primary: tuple | None) -> list[str]:
     return lines
 
 
-def _mean(r: dict | None) -> str:
+def _mean(r: Runs | None) -> str:
     if r is None:
         return "no such row"
-    if not r["values"]:
+    if not r.values:
         return "no finished eval"
-    return f"{sum(r['values']) / len(r['values']):.6g} ({len(r['values'])} seed{'s' if len(r['values']) != 1 else ''})"
+    n = len(r.values)
+    return f"{sum(r.values) / n:.6g} ({n} seed{'s' if n != 1 else ''})"
 
 
 def _diff(c: dict | None) -> str:

@@ -32,7 +32,7 @@ def small_mnist(folder: Path) -> Path:
 def submitted(monkeypatch):
     """The stages a launch hands to the local executor (nothing runs)."""
     calls = []
-    monkeypatch.setattr(local, "run", lambda todo, root, parallel, code=None: calls.append((todo, root)) or {})
+    monkeypatch.setattr(local, "run", lambda todo, root, parallel, code=None, **options: calls.append((todo, root)) or {})
     return calls
 
 
