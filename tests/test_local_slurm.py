@@ -62,13 +62,15 @@ def sacct_rows(job_id: str) -> list[dict[str, str]]:
     return rows
 
 
-def wait_terminal(job_id: str, n_rows: int = 1, timeout: float = JOB_TIMEOUT_S) -> list[dict[str, str]]:
-    """Poll sacct until ``n_rows`` records of the job are in a terminal state."""
+def wait_terminal(job_id: str, n_rows: int = 1, timeout: float = JOB_TIMEOUT_S,
+                  settled=lambda row: True) -> list[dict[str, str]]:
+    """Poll sacct until ``n_rows`` records of the job are in a terminal state and ``settled``: the
+    accounting database may show a job's end state a moment before its exit code (FAILED, 0:0)."""
     deadline = time.monotonic() + timeout
     rows: list[dict[str, str]] = []
     while time.monotonic() < deadline:
         rows = sacct_rows(job_id)
-        if len(rows) == n_rows and all(r["State"] in TERMINAL for r in rows):
+        if len(rows) == n_rows and all(r["State"] in TERMINAL and settled(r) for r in rows):
             return rows
         time.sleep(0.25)
     subprocess.run(["scancel", job_id], capture_output=True, timeout=10)
@@ -89,7 +91,7 @@ def test_wrap_job_completes(tmp_path: Path) -> None:
 
 def test_failing_job_is_failed(tmp_path: Path) -> None:
     job = sbatch(tmp_path, "--wrap", "exit 3")
-    rows = wait_terminal(job)
+    rows = wait_terminal(job, settled=lambda row: row["ExitCode"] != "0:0")
     assert rows[0]["State"] == "FAILED", rows
     assert rows[0]["ExitCode"] == "3:0"
 
