@@ -20,7 +20,7 @@ from pathlib import Path
 from collapse import manifest, plan, stages
 from collapse.config import ConfigError
 from collapse.report.na import finite
-from collapse.report.stats import Runs, compare, runs
+from collapse.report.stats import Comparison, Runs, compare, runs
 from collapse.results import _flatten
 
 SEED = "train.seed"
@@ -249,14 +249,14 @@ def _mean(r: Runs | None) -> str:
     return f"{sum(r.values) / n:.6g} ({n} seed{'s' if n != 1 else ''})"
 
 
-def _diff(c: dict | None) -> str:
+def _diff(c: Comparison | None) -> str:
     if c is None:
         return "n/a"
-    text = f"{c['diff']:+.4g}"
-    if c.get("ci95") is not None:
-        text += f" +- {c['ci95']:.3g} (95%, {c['test']}" + (f", p = {c['p']:.3g})" if c.get("p") is not None else ")")
+    text = f"{c.diff:+.4g}"
+    if c.ci95 is not None:
+        text += f" +- {c.ci95:.3g} (95%, {c.test}" + (f", p = {c.p:.3g})" if c.p is not None else ")")
     else:
-        text += f" ({c['test']})"
+        text += f" ({c.test})"
     return text
 
 

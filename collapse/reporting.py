@@ -69,9 +69,9 @@ def sweep_view(name: str, sweep: dict, by_key: dict, others: list[dict], metric:
     m1 = next((r for r in rows if r.role == M1 and r.mean is not None), None)   # the plain student, where finished
     compared = [compare_with_m1(r.runs, m1.runs, m1.mean, m0.mean, m0.by_seed)
                 if m1 and r.mean is not None and r is not m1 else None for r in rows]
-    tested = [c for c in compared if c and c["p"] is not None]
-    for c, p in zip(tested, holm([c["p"] for c in tested])):
-        c["p_holm"] = p
+    tested = [i for i, c in enumerate(compared) if c and c.p is not None]
+    for i, p_holm in zip(tested, holm([compared[i].p for i in tested])):
+        compared[i] = replace(compared[i], p_holm=p_holm)
     paper = paper_reference(task, metric)
     rows = tuple(replace(r, vs_m1=c, paper=paper_value(r, paper)) for r, c in zip(rows, compared))
     return SweepView(name, task, sweep, by_key, root, root / "report", metric, columns, rows, m0, paper)
@@ -175,14 +175,13 @@ def write_reports(root, metric: str | None = None) -> list[Path]:
             warn_malformed(name, sweep)
             continue
         task = task_of(sweep)
-        shape = sweep["config"].get("plan")
+        view = SweepView(name, sweep["config"]["task"], sweep, by_key, root, out, primary_of(task))   # no rows
         if chains.handles(sweep):   # iterative retraining: metric against generation
-            written += chains.write_chains(name, sweep, by_key, out, primary_of(task), root=root)
-        elif shape in ONE_GENERATION:
+            written += chains.write_chains(view)
+        elif sweep["config"].get("plan") in ONE_GENERATION:
             written += one_generation(name, sweep, by_key, others, task, root)
         else:   # a simulation: its report is its own
-            written += task.write_report(SweepView(name, sweep["config"]["task"], sweep, by_key, root, out,
-                                                   primary_of(task)))
+            written += task.write_report(view)
         written += write_timing(name, sweep, by_key, out)
     written += write_table(root, out)   # every stage record as one table: results.csv (.parquet)
     written = with_pdfs(written)

@@ -15,6 +15,7 @@ from collapse.gaussian import POLICIES, GaussianConfig, expected_sigma2, train_s
 from collapse.generations import REAL, sources, training_set
 from collapse.grid import load_sweep
 from collapse.report import chains
+from collapse.report.view import SweepView
 from collapse.tasks.vae_report import PRIMARY as VAE_PRIMARY
 from helpers import launch
 
@@ -204,7 +205,7 @@ def test_chain_report_pairs_seeds_for_the_distillation_effect(tmp_path):
                        "evals": keys, "models": keys})
     sweep = {"config": {"task": "vae", "plan": "chains", "points": points}}
     assert chains.handles(sweep)
-    chains.write_chains("toy", sweep, by_key, tmp_path, VAE_PRIMARY)
+    chains.write_chains(SweepView("toy", "vae", sweep, by_key, tmp_path, tmp_path, VAE_PRIMARY))
     rows = {r["distill"]: r for r in csv.DictReader(open(tmp_path / "toy.csv"))}
     assert float(rows["none"]["L_M(Test)"]) == 6.5 and float(rows["teacher"]["L_M(Test)"]) == 5.0
     assert float(rows["teacher"]["distill_effect"]) == -1.5                  # mean of (4-6, 6-7)

@@ -228,3 +228,24 @@ def test_the_gap_closed_holds_a_row_against_m0_and_m1_of_its_own_seeds():
     assert cells[2][column] == "50.0"
     assert cells[3][column] == "77.5"   # a seed M0 and M1 lack: their means over every seed
     assert report_stats.on_seeds(m1.evals, lone.evals) == list(m1.evals[:1])
+
+
+def test_compare_with_m1_gives_a_comparison_holding_the_paired_t_test_of_three_seeds():
+    from dataclasses import replace
+    m1, m0 = {0: 11.0, 1: 13.0, 2: 12.5}, {0: 9.0, 1: 9.5, 2: 10.0}
+    row = {0: 10.0, 1: 11.9, 2: 11.6}   # M1 - 1.0, - 1.1, - 0.9
+    c = report_stats.compare_with_m1(report_stats.Runs(tuple(row.values()), row),
+                                     report_stats.Runs(tuple(m1.values()), m1), np.mean(list(m1.values())),
+                                     np.mean(list(m0.values())), m0)
+    differences = np.array([row[s] - m1[s] for s in (0, 1, 2)])
+    se = differences.std(ddof=1) / math.sqrt(3)
+    assert isinstance(c, report_stats.Comparison)
+    assert c.test == "paired t (n=3)" and c.shared == (0, 1, 2) and c.untested is None
+    assert c.diff == pytest.approx(-1.0) and c.ci95 == pytest.approx(stats.t.ppf(0.975, 2) * se)
+    assert c.p == pytest.approx(2 * stats.t.sf(abs(differences.mean()) / se, 2))
+    assert c.pct == pytest.approx(-100 / np.mean([11.0, 13.0, 12.5]))
+    assert c.gap_closed_pct == pytest.approx(100 / (np.mean([11.0, 13.0, 12.5]) - 9.5)) and c.why == {}
+    assert c.p < 0.05 and report_stats.judged(c) == "down"
+    adjusted = replace(c, p_holm=0.2)   # Holm's p, where set, decides
+    assert report_stats.judged(adjusted) == "noise" and "Holm-adjusted p = 0.2, not significant" in \
+        report_stats.evidence(adjusted)

@@ -115,7 +115,7 @@ def write_report(view: SweepView) -> list:
     lines = [f"# {view.name}: {view.metric.label} ({view.metric.better} is better)", "",
              f"- M0: {value(view.m0.mean, len(view.m0.evals), 'no finished eval')}"]
     for row in view.rows:
-        diff = f", {row.vs_m1['diff']:+.4f} against M1" if row.vs_m1 else ""
+        diff = f", {row.vs_m1.diff:+.4f} against M1" if row.vs_m1 else ""
         lines.append(f"- {row.role} ({view.columns['distill.lam']} {row.label['distill.lam']:g}): "
                      f"{value(row.mean, row.seeds, row.status)}{diff}")
     return [write_text(view.out / f"{view.name}_toy.md", lines)]

@@ -15,6 +15,7 @@ from collapse.report.na import NA, ONE_SEED, Footnotes, finite
 from collapse.report.plots import pyplot, read_image, save_figure
 from collapse.report.stats import mean_ci
 from collapse.report.tables import md_table, write_csv, write_text
+from collapse.report.view import SweepView
 
 DISTILL = "generations.distill"
 POLICY = "generations.data"
@@ -126,12 +127,12 @@ def _interval(s: dict):
     return NA(ONE_SEED) if s["n"] == 1 else fmt_value(s.get("ci95"))
 
 
-def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple[str, str, str],
-                 root: Path | None = None) -> list[Path]:
-    """The chain sweep's tables and figures; primary: the task's (metric, label, "lower"/"higher");
-    root: the results root the evals' pictures are under (None: no strip of samples)."""
-    metric, metric_label, direction = primary
-    groups = chain_runs(sweep, by_key, metric)
+def write_chains(view: SweepView) -> list[Path]:
+    """The chain sweep's tables and figures, in view.out, on view.metric (the sweep's view has no rows:
+    the chains are read from its records)."""
+    name, out = view.name, view.out
+    metric, metric_label, direction = view.metric
+    groups = chain_runs(view.sweep, view.by_key, metric)
     G = max(len(v) for g in groups.values() for v in g["seeds"].values()) - 1
     panels = list(dict.fromkeys(panel for panel, _ in groups))
     modes = list(dict.fromkeys(mode for _, mode in groups))
@@ -171,9 +172,8 @@ def write_chains(name: str, sweep: dict, by_key: dict, out: Path, primary: tuple
         md += ["", "## Does distillation still help?", ""] + [f"- {a}" for a in answers]
     written.append(write_text(out / f"{name}.md", md))
     written.append(plot_chains(name, groups, panels, modes, G, metric_label, out))
-    if root is not None:
-        written += [p for p in (plot_sample_strip(name, sample_cells(sweep, by_key, root), out),) if p]
-    return written
+    strip = plot_sample_strip(name, sample_cells(view.sweep, view.by_key, view.root), out)
+    return written + ([strip] if strip else [])
 
 
 def _answer(where, mode, eff, mean_eff, eff_pct, G, metric_label, direction) -> str:

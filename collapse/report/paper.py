@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from collapse.report.metric import Primary
 from collapse.report.na import NA, Footnotes
-from collapse.report.stats import evidence, judged, mean_ci, sign, spearman
+from collapse.report.stats import Comparison, evidence, judged, mean_ci, sign, spearman
 from collapse.report.view import PaperTable, PaperValue, Row, SweepView, same
 
 PAPER_VALUES = Path(__file__).resolve().parent.parent / "paper_values.yaml"
@@ -94,7 +94,7 @@ def _spearman(what: str, ours: list[float], paper: list[float], notes: Footnotes
 
 
 def sign_line(view: SweepView) -> str | None:
-    pairs = [(sign(r.vs_m1["diff"]), paper_sign(r, view.paper)) for r in view.rows
+    pairs = [(sign(r.vs_m1.diff), paper_sign(r, view.paper)) for r in view.rows
              if r.vs_m1 and paper_sign(r, view.paper)]
     if not pairs:
         return None
@@ -105,7 +105,7 @@ def sign_line(view: SweepView) -> str | None:
 
 def signs(row: Row, paper: PaperTable | None) -> str:
     """The row's sign against M1, and the paper's beside it where the paper has the row: '- / -'."""
-    ours = sign((row.vs_m1 or {}).get("diff"))
+    ours = sign(row.vs_m1.diff if row.vs_m1 else None)
     return f"{ours} / {theirs}" if ours and (theirs := paper_sign(row, paper)) else ours
 
 
@@ -180,13 +180,13 @@ def _per_seed_cost(zero: Row, best: Row, lower: bool) -> str:
 def summary_line(view: SweepView) -> str | None:
     """Best distilled row against M1, with the paper's own figure beside ours where it has one."""
     m1, metric, columns = view.m1, view.metric, view.columns
-    distilled = [r for r in view.rows if r.vs_m1 and r.vs_m1["pct"] is not None]
+    distilled = [r for r in view.rows if r.vs_m1 and r.vs_m1.pct is not None]
     if not m1 or not distilled:
         return None
     lower = metric.lower_is_better
-    best = min(distilled, key=lambda r: r.vs_m1["pct"] if lower else -r.vs_m1["pct"])
+    best = min(distilled, key=lambda r: r.vs_m1.pct if lower else -r.vs_m1.pct)
     cmp = best.vs_m1
-    ours = -cmp["pct"] if lower else cmp["pct"]
+    ours = -cmp.pct if lower else cmp.pct
     name = ", ".join(f"{columns[k]}={best.label[k]:g}" for k in columns if k in best.label) or "best distilled"
     line = f"Best distilled student ({name}): {_judged_words(cmp, lower, metric.label)}"
     section = paper_values(view.task)
@@ -196,14 +196,14 @@ def summary_line(view: SweepView) -> str | None:
     return line + "."
 
 
-def _judged_words(cmp: dict, lower: bool, label: str) -> str:
+def _judged_words(cmp: Comparison, lower: bool, label: str) -> str:
     """'3.2% better L than M1 (interval; test ...)' only where the test (or, untested, the interval) says
     the difference is more than noise; else the direction alone, said to be within noise."""
-    verdict, size = judged(cmp), f"{abs(cmp['pct']):.1f}%"
-    direction = "lower" if cmp["diff"] < 0 else "higher" if cmp["diff"] > 0 else "different"
+    verdict, size = judged(cmp), f"{abs(cmp.pct):.1f}%"
+    direction = "lower" if cmp.diff < 0 else "higher" if cmp.diff > 0 else "different"
     if verdict in ("up", "down"):
         better = "better" if (verdict == "down") == lower else "worse"
         return f"{size} {better} {label} than M1 ({evidence(cmp)})"
     if verdict == "noise":
         return f"{size} {direction} {label} than M1, within noise ({evidence(cmp)})"
-    return f"{size} {direction} {label} than M1, not judged ({cmp['test']}: {cmp['untested']})"
+    return f"{size} {direction} {label} than M1, not judged ({cmp.test}: {cmp.untested})"

@@ -3,7 +3,7 @@ Welch's), Holm's correction, significance marks and Spearman's rank correlation.
 the functions that need it, so that a task module (which imports its report part) does not load it."""
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from collapse.report.na import NO_M0, finite, no_spread
@@ -130,78 +130,92 @@ def runs(evals: list[dict], metric: str) -> Runs:
                 {seed_of(e): sampling_se(e["metrics"], metric) for e in scored if seed_of(e) is not None})
 
 
-def compare(a: Runs, b: Runs) -> dict:
-    """a - b for two models' runs: paired by seed
-    over the seeds both have (2 or more: a paired t-test), else Welch's test across seeds (2 or more a
-    side), else one value against one (that seed's, where both have it), its 95% interval from each
-    eval's own sampling interval where both have one. {"test", "diff", "ci95" (half-width; None: none),
-    "p" (None: untested), "untested" (why, where p is None), "shared" (the seeds paired)}."""
-    shared = sorted(set(a.by_seed) & set(b.by_seed), key=str)
+@dataclass(frozen=True)
+class Comparison:
+    """a - b for two models' runs of one metric, as compare() finds it; compare_with_m1 adds pct and
+    gap_closed_pct, and the report p_holm (Holm over the rows it tests)."""
+    test: str                    # the test taken: "paired t (n=3)", "Welch (3 vs 5)", "none: 1 pair (seed 0)", ...
+    diff: float                  # a - b: the mean of the paired differences, else the difference of the means
+    ci95: float | None           # the half-width of its 95% interval (None: no interval)
+    p: float | None              # the test's two-sided p (None: untested)
+    shared: tuple = ()           # the seeds the difference was taken on (none for Welch's test)
+    untested: str | None = None  # why p is None
+    pct: float | None = None             # diff in % of M1
+    gap_closed_pct: float | None = None  # -diff in % of M1 - M0
+    p_holm: float | None = None          # p, Holm-adjusted (set only where p is)
+    why: Mapping[str, str] = field(default_factory=dict)   # "pct" / "gap_closed_pct" -> why it is None
+
+
+def compare(a: Runs, b: Runs) -> Comparison:
+    """a - b for two models' runs: paired by seed over the seeds both have (2 or more: a paired t-test),
+    else Welch's test across seeds (2 or more a side), else one value against one (that seed's, where
+    both have it), its 95% interval from each eval's own sampling interval where both have one."""
+    shared = tuple(sorted(set(a.by_seed) & set(b.by_seed), key=str))
     if len(shared) >= 2:
         xs, ys = [a.by_seed[s] for s in shared], [b.by_seed[s] for s in shared]
         diff, ci = mean_ci([x - y for x, y in zip(xs, ys)])
         p = paired_p(xs, ys)
-        return {"test": f"paired t (n={len(shared)})", "diff": diff, "ci95": ci, "p": p, "shared": shared,
-                "untested": None if p is not None else SAME_DIFFERENCE}
+        return Comparison(f"paired t (n={len(shared)})", diff, ci, p, shared,
+                          None if p is not None else SAME_DIFFERENCE)
     if len(a.values) >= 2 and len(b.values) >= 2:
         diff, ci, p = welch(a.values, b.values)
-        return {"test": f"Welch ({len(a.values)} vs {len(b.values)})", "diff": diff, "ci95": ci, "p": p,
-                "shared": [], "untested": None if p is not None else NO_SPREAD}
+        return Comparison(f"Welch ({len(a.values)} vs {len(b.values)})", diff, ci, p, (),
+                          None if p is not None else NO_SPREAD)
     if shared:
         seed = shared[0]
-        out = {"test": f"none: 1 pair (seed {seed})", "diff": a.by_seed[seed] - b.by_seed[seed]}
+        test, diff = f"none: 1 pair (seed {seed})", a.by_seed[seed] - b.by_seed[seed]
         ses = (a.se_by_seed.get(seed), b.se_by_seed.get(seed))
     else:
-        out = {"test": "none: 1 seed, none shared", "diff": statistics.fmean(a.values) - statistics.fmean(b.values)}
+        test, diff = "none: 1 seed, none shared", statistics.fmean(a.values) - statistics.fmean(b.values)
         ses = tuple(x.ses[0] if len(x.ses) == 1 else None for x in (a, b))
     ci = Z95 * math.hypot(*ses) if None not in ses else None
     if ci is not None:
-        out["test"] += "; interval: the evals' own"
-    return {**out, "ci95": ci, "p": None, "shared": shared, "untested": ONE_VALUE_TESTED if ci else ONE_VALUE}
+        test += "; interval: the evals' own"
+    return Comparison(test, diff, ci, None, shared, ONE_VALUE_TESTED if ci else ONE_VALUE)
 
 
-def judged(c: dict) -> str:
+def judged(c: Comparison) -> str:
     """'up' or 'down' where a - b is more than noise (its test's p, Holm-adjusted where it was, below
     ALPHA; untested, its 95% interval excludes 0), 'noise' where it is not, 'unknown' with neither."""
-    p = c.get("p_holm", c.get("p"))
+    p = c.p_holm if c.p_holm is not None else c.p
     if p is not None:
         clear = p < ALPHA
-    elif c.get("ci95"):
-        clear = abs(c["diff"]) > c["ci95"]
+    elif c.ci95:
+        clear = abs(c.diff) > c.ci95
     else:
         return "unknown"
-    return ("up" if c["diff"] > 0 else "down") if clear else "noise"
+    return ("up" if c.diff > 0 else "down") if clear else "noise"
 
 
-def evidence(c: dict) -> str:
+def evidence(c: Comparison) -> str:
     """The difference's 95% interval, its test and what they say, in words: '95% interval of the
     difference [-1.2, +0.4]; paired t (n=3): p = 0.31, not significant at alpha = 0.05' (4 significant
     digits); untested, whether the interval contains 0."""
-    if c.get("ci95") is None:
-        return f"{c['test']}: no interval"
-    lo, hi = c["diff"] - c["ci95"], c["diff"] + c["ci95"]
-    text = f"95% interval of the difference [{lo:+.4g}, {hi:+.4g}]; {c['test']}"
+    if c.ci95 is None:
+        return f"{c.test}: no interval"
+    lo, hi = c.diff - c.ci95, c.diff + c.ci95
+    text = f"95% interval of the difference [{lo:+.4g}, {hi:+.4g}]; {c.test}"
     clear = judged(c) in ("up", "down")
-    if c.get("p") is None:
+    if c.p is None:
         return text + (", which excludes 0" if clear else ", which contains 0")
-    text += f": p = {c['p']:.3g}" + (f", Holm-adjusted p = {c['p_holm']:.3g}" if "p_holm" in c else "")
+    text += f": p = {c.p:.3g}" + (f", Holm-adjusted p = {c.p_holm:.3g}" if c.p_holm is not None else "")
     return text + f", {'' if clear else 'not '}significant at alpha = {ALPHA}"
 
 
-def compare_with_m1(row: Runs, m1: Runs, m1_mean: float, m0_mean: float | None, m0_by_seed: Mapping) -> dict:
+def compare_with_m1(row: Runs, m1: Runs, m1_mean: float, m0_mean: float | None, m0_by_seed: Mapping) -> Comparison:
     """row - M1 (compare()), with the change in % of M1 and the gap to M0 closed, each over the seeds the
-    difference was taken on; "why" says why either is None."""
-    out = compare(row, m1)
-    shared = out["shared"]
-    m1_ref = statistics.fmean(m1.by_seed[s] for s in shared) if shared else m1_mean
-    m0_seeds = [m0_by_seed[s] for s in shared if s in m0_by_seed]
-    m0_ref = statistics.fmean(m0_seeds) if shared and len(m0_seeds) == len(shared) else m0_mean
-    out["pct"] = 100.0 * out["diff"] / abs(m1_ref) if m1_ref else None
-    out["why"] = {"pct": "M1's value is 0, so a change in % of it is undefined"}
+    difference was taken on; `why` says why either is None."""
+    c = compare(row, m1)
+    m1_ref = statistics.fmean(m1.by_seed[s] for s in c.shared) if c.shared else m1_mean
+    m0_seeds = [m0_by_seed[s] for s in c.shared if s in m0_by_seed]
+    m0_ref = statistics.fmean(m0_seeds) if c.shared and len(m0_seeds) == len(c.shared) else m0_mean
+    pct = 100.0 * c.diff / abs(m1_ref) if m1_ref else None
+    why = {} if pct is not None else {"pct": "M1's value is 0, so a change in % of it is undefined"}
+    gap_closed = None
     if m0_ref is None:
-        out["why"]["gap_closed_pct"] = NO_M0
+        why["gap_closed_pct"] = NO_M0
     elif m1_ref == m0_ref:
-        out["why"]["gap_closed_pct"] = "M1's value equals M0's: there is no gap to close"
+        why["gap_closed_pct"] = "M1's value equals M0's: there is no gap to close"
     else:
-        out["gap_closed_pct"] = 100.0 * -out["diff"] / (m1_ref - m0_ref)
-    return out
+        gap_closed = 100.0 * -c.diff / (m1_ref - m0_ref)
+    return replace(c, pct=pct, gap_closed_pct=gap_closed, why=why)

@@ -104,13 +104,13 @@ def comparison_cells(r: Row, m1: Row | None, d: int, missing: NA) -> dict:
     if r.mean is None or m1 is None:
         return dict.fromkeys(names, missing if r.mean is None else NA(NO_M1))
     c = r.vs_m1
-    untested = NA(c["untested"])
-    return {"diff_vs_M1": fmt(c["diff"], d), "diff_ci95": untested if c["ci95"] is None else fmt(c["ci95"], d),
-            "change_vs_M1_%": NA(c["why"]["pct"]) if c["pct"] is None else fmt(c["pct"], 2),
-            "test_vs_M1": c["test"], "p_vs_M1": untested if c["p"] is None else fmt_p(c["p"]),
-            "p_holm": untested if c["p"] is None else fmt_p(c["p_holm"]),
-            "sig_vs_M1": untested if c["p"] is None else significance_mark(c["p_holm"]),
-            "gap_closed_%": fmt(c["gap_closed_pct"], 1) if "gap_closed_pct" in c else NA(c["why"]["gap_closed_pct"])}
+    untested = NA(c.untested)
+    return {"diff_vs_M1": fmt(c.diff, d), "diff_ci95": untested if c.ci95 is None else fmt(c.ci95, d),
+            "change_vs_M1_%": NA(c.why["pct"]) if c.pct is None else fmt(c.pct, 2),
+            "test_vs_M1": c.test, "p_vs_M1": untested if c.p is None else fmt_p(c.p),
+            "p_holm": untested if c.p is None else fmt_p(c.p_holm),
+            "sig_vs_M1": untested if c.p is None else significance_mark(c.p_holm),
+            "gap_closed_%": NA(c.why["gap_closed_pct"]) if c.gap_closed_pct is None else fmt(c.gap_closed_pct, 1)}
 
 
 def write_tables(view: SweepView, heading: str = "", unit: str | None = None) -> list[Path]:
@@ -127,7 +127,7 @@ def write_tables(view: SweepView, heading: str = "", unit: str | None = None) ->
     cells = [m0_cells(view.m0, metric, d)] + [row_cells(r, view, keys, d) for r in rows]
     table = [[row.get(h, "") for h in header] for row in cells]
     csv_path = write_csv(view.out / f"{name}.csv", header, table)
-    n_tested = sum(1 for r in rows if (r.vs_m1 or {}).get("p") is not None)
+    n_tested = sum(1 for r in rows if r.vs_m1 and r.vs_m1.p is not None)
     notes = Footnotes()
     md = [f"# {name}{heading}", "",
           f"{metric} on the real test set ({view.metric.better} is better); mean +- ci95 is a 95% Student-t interval "

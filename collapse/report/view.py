@@ -1,14 +1,14 @@
 """What a report is written from: one grid's sweep as the report sees it (SweepView), its rows (Row: one
 per grid point, seeds pooled) and its reference M0 (Teacher). collapse/reporting.py builds the view
-once from the manifest records; the generic tables, figures and scorecard (collapse/report/) and each
-task's table_notes and write_report read it, by attribute."""
+once from the manifest records; the generic tables, figures and scorecard (collapse/report/), the chains
+report and each task's table_notes and write_report read it, by attribute."""
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from collapse.report.metric import Primary
-from collapse.report.stats import Runs
+from collapse.report.stats import Comparison, Runs
 
 M1 = "M1"             # the plain student: trained on M0's synthetic data, every distillation coefficient 0
 STUDENT = "student"   # any other row: a student distilled from M0 (the table's "model" column says which)
@@ -27,7 +27,7 @@ class Row:
     pooled: Mapping[str, list] = field(default_factory=dict)   # another sweep's name -> the seeds taken from it
     mean: float | None = None                # over its seeds (None: no finished seed)
     ci95: float | None = None                # half-width of the 95% t-interval over seeds (None: one seed)
-    vs_m1: dict | None = None                # the row - M1 comparison (stats.compare_with_m1; p_holm added)
+    vs_m1: Comparison | None = None          # the row - M1 comparison (stats.compare_with_m1; p_holm added)
     paper: float | None = None               # the paper's value of the row with the same coefficients
 
     @property
@@ -80,7 +80,7 @@ class SweepView:
     out: Path                       # the report's folder, <root>/report
     metric: Primary                 # the metric in force: the task's PRIMARY, or report.metric's
     columns: Mapping[str, str] = field(default_factory=dict)   # its coefficients: "distill.lam" -> "lambda"
-    rows: tuple[Row, ...] = ()      # one per grid point (none for a simulation)
+    rows: tuple[Row, ...] = ()      # one per grid point (none for a chain sweep or a simulation)
     m0: Teacher = field(default_factory=Teacher)
     paper: PaperTable | None = None   # the paper's table of this task (None: collapse/paper_values.yaml has none)
 

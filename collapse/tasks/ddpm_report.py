@@ -94,7 +94,7 @@ def gap_closed(fid_row: float | None, fid_m1: float | None, fid_m0: float | None
     return 100.0 * (fid_m1 - fid_row) / (fid_m1 - fid_m0)
 
 
-def collapse_test(m1_evals: list[dict], m0_evals: list[dict]) -> tuple[dict | None, str]:
+def collapse_test(m1_evals: list[dict], m0_evals: list[dict]) -> tuple[stats.Comparison | None, str]:
     """FID(M1) - FID(M0) (stats.compare: paired over seeds, or one eval's bootstrap interval against the
     other's) and its verdict: 'up' (collapse beyond noise), 'down', 'noise', 'unknown' or 'missing'."""
     m1, m0 = stats.runs(m1_evals, "fid"), stats.runs(m0_evals, "fid")
@@ -113,18 +113,18 @@ NO_GAP = {   # the verdict on M1 against M0 -> why no row's gap closed is shown
     "missing": "M0 or M1 has no finished eval with a finite FID yet"}
 
 
-def verdict_line(c: dict | None, verdict: str, fid_m1: float | None, fid_m0: float | None) -> str:
+def verdict_line(c: stats.Comparison | None, verdict: str, fid_m1: float | None, fid_m0: float | None) -> str:
     """Whether collapse shows: said only as far as M1 - M0's test (or interval) carries."""
     if verdict == "missing":
         return "M0 or M1 has no finite FID yet: no gap closed."
-    said = f"M1's FID {fid_m1:.2f} is {c['diff']:+.2f} against M0's {fid_m0:.2f}"
+    said = f"M1's FID {fid_m1:.2f} is {c.diff:+.2f} against M0's {fid_m0:.2f}"
     if verdict == "up":
         return f"Collapse is visible: {said} ({stats.evidence(c)})."
     if verdict == "down":
         return f"No collapse to mitigate: {said} ({stats.evidence(c)}), so the gap closed is not meaningful."
     if verdict == "noise":
         return f"M1 against M0 is within noise: {said} ({stats.evidence(c)}), so the gap closed is not meaningful."
-    return f"Not judged: {said}, with {c['untested']}; the gap closed is not meaningful."
+    return f"Not judged: {said}, with {c.untested}; the gap closed is not meaningful."
 
 
 def table2(view: SweepView) -> tuple[list[str], list[list], dict]:
