@@ -38,7 +38,6 @@ def bad(key: str, value, allowed: str) -> ConfigError:
 # stay inside a signed 64-bit integer; counts (sizes, epochs) are bounded far above any real use.
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
-REDUCTIONS = ("sum", "pixel", "element")   # how a loss sums one item's elements (a task may read it)
 LR_SCHEDULES = ("constant", "cosine")      # collapse/train.py lr_factor
 
 
@@ -97,7 +96,6 @@ class TrainConfig:
     zero_stage: int = execution(0)  # configs/deepspeed/zero<N>.json
     bf16: bool | None = None        # mixed precision; null: bf16 on GPU, fp32 on CPU; true: bf16 on CPU too
     threads: int = execution(0)     # torch threads per stage process; 0: the executor's share of the cores
-    reduction: str = added_later("sum")   # VAE: how L_VAE sums a sample's elements (collapse/tasks/vae.py REDUCTIONS)
     lr_schedule: str = added_later("constant")   # constant | cosine (linear warm-up, then cosine decay: LR_SCHEDULES)
     warmup_steps: int = added_later(0)   # steps of linear warm-up from 0 to lr
     lr_waves: float = added_later(0.5)   # cosine: waves over the steps after warm-up (0.5: lr down to 0 once)
@@ -114,7 +112,6 @@ class TrainConfig:
         _check(0 <= self.seed <= MAX_SEED, p + "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _check(self.epochs <= MAX_COUNT, p + "epochs", self.epochs, f"an integer in [1, {MAX_COUNT}]")
         _check(self.batch_size <= MAX_COUNT, p + "batch_size", self.batch_size, f"an integer in [1, {MAX_COUNT}]")
-        _check(self.reduction in REDUCTIONS, p + "reduction", self.reduction, "one of: " + ", ".join(REDUCTIONS))
         _check(self.zero_stage in (0, 1, 2, 3), p + "zero_stage", self.zero_stage, "one of 0, 1, 2, 3")
         _check(self.lr_schedule in LR_SCHEDULES, p + "lr_schedule", self.lr_schedule,
                "one of: " + ", ".join(LR_SCHEDULES))

@@ -18,6 +18,7 @@ import torch
 
 from collapse import progress, storage, tensorboard_names
 from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
+from collapse.models import outputs
 from collapse.tasks.base import distills, loss_form
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -182,15 +183,13 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_targets(task, teacher, data, cfg, chunk: int = 4096) -> dict | None:
+def teacher_targets(task, teacher, data, cfg, chunk: int = 4096) -> tuple | None:
     """The teacher's outputs for every training item, when they do not depend on the step's noise."""
     if not task.TEACHER_OUTPUTS_DETERMINISTIC:
         return None
     device = next(teacher.parameters()).device
-    parts = [task.teacher_outputs(teacher, to_device(task.batch(data, torch.arange(i, min(i + chunk, len(data)))),
-                                                     device), None, cfg)
-             for i in range(0, len(data), chunk)]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    chunks = (task.batch(data, torch.arange(i, min(i + chunk, len(data)))) for i in range(0, len(data), chunk))
+    return outputs.concat([task.teacher_outputs(teacher, to_device(b, device), None, cfg) for b in chunks])
 
 
 @dataclass
@@ -290,10 +289,10 @@ class Loop:
         generator = step_generator(self.tc.seed, self.state.step, self.engine.device)
         return StepNoise(generator, global_size, self.rank, self.world)
 
-    def teacher_outputs(self, batch, index: torch.Tensor, global_size: int) -> dict | None:
+    def teacher_outputs(self, batch, index: torch.Tensor, global_size: int) -> tuple | None:
         """The teacher's outputs for this rank's items (None when not distilling): cached, or on this step's noise."""
         if self.cached_targets is not None:
-            return {k: v[index.to(v.device)] for k, v in self.cached_targets.items()}
+            return outputs.select(self.cached_targets, index)
         if self.teacher is None:
             return None
         with torch.no_grad():

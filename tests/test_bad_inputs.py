@@ -358,3 +358,14 @@ def test_a_grid_takes_another_grids_rows_and_a_wrong_rows_from_is_one_line(tmp_p
     with pytest.raises(ConfigError, match=r"key 'grid.rows_from': value 'loop_a' is not allowed; expected the name "
                                           r"of another grid, not one that leads back here"):
         load_grid("loop_a")
+
+
+def test_a_field_of_one_modality_is_an_unknown_key_on_another(tmp_path, capsys, no_submit):
+    """train.reduction is the VAE's (its train section, collapse/tasks/vae_config.py): on a DDPM grid it is
+    refused as any unknown key is, naming what that grid's train section allows."""
+    root = tmp_path / "results"
+    code = launch_module.launch(["grid=ddpm_lambda", "profile=smoke", "cluster=local", f"results_root={root}",
+                                 "train.reduction=pixel"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and not root.exists(), (out, err)
+    assert err.startswith("error: unknown key 'train.reduction'; allowed here: epochs,") and "reduction" not in err.split(";")[1]

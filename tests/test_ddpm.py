@@ -57,9 +57,9 @@ def test_zero_coefficients_give_the_plain_loss_and_the_teacher_gets_no_gradient(
     distilled = tiny_cfg(lam=0.5, encoder_mse=0.5)
     total = ddpm.loss(student, x0, noise(3, 4), distilled, targets)[0]
     out = student(diffusion.add_noise(ddpm.scheduler(cfg), x0, *_draws(cfg)[::-1]), _draws(cfg)[0])
-    by_hand = (torch.nn.functional.smooth_l1_loss(out["eps"], _draws(cfg)[1].reshape(4, 1, 16, 16))
-               + 0.5 * torch.nn.functional.smooth_l1_loss(out["eps"], targets["eps"])
-               + 0.5 * torch.nn.functional.mse_loss(out["encoded"], targets["encoded"]))
+    by_hand = (torch.nn.functional.smooth_l1_loss(out.eps, _draws(cfg)[1].reshape(4, 1, 16, 16))
+               + 0.5 * torch.nn.functional.smooth_l1_loss(out.eps, targets.eps)
+               + 0.5 * torch.nn.functional.mse_loss(out.encoded, targets.encoded))
     assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)
     total.backward()
     assert all(p.grad is None for p in teacher.parameters())

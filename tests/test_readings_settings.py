@@ -109,10 +109,10 @@ def test_r3_sees_and_reconstructs_pixels_on_minus_one_to_one():
     cfg = config(data={"range": [-1.0, 1.0]}, model={"likelihood": "gaussian"}, distill={"lam": 0.5})
     got, student = student_loss(cfg, x, t)
     s = student(2 * x - 1, torch.randn(len(x), 20, generator=torch.Generator().manual_seed(1)))
-    y = 2 * torch.sigmoid(s["logits"]) - 1
-    kl = (-0.5 * (1 + s["logvar"] - s["mean"] ** 2 - s["logvar"].exp())).sum(1)
+    y = 2 * torch.sigmoid(s.logits) - 1
+    kl = (-0.5 * (1 + s.logvar - s.mean ** 2 - s.logvar.exp())).sum(1)
     l_vae = lambda target: ((0.5 * ((y - (2 * target - 1)) ** 2).sum(1) + kl) / 1024).mean()  # noqa: E731
-    assert got == pytest.approx((l_vae(x) + 0.5 * l_vae(t["probs"])).item(), rel=1e-5)
+    assert got == pytest.approx((l_vae(x) + 0.5 * l_vae(t.probs)).item(), rel=1e-5)
     unit = config(model={"likelihood": "gaussian"}, distill={"lam": 0.5})
     assert abs(student_loss(unit, x, t)[0] - got) > 1e-3 * got   # not the [0, 1] reading's number
 

@@ -101,7 +101,7 @@ def test_lam_zero_is_plain_cross_entropy_and_the_teacher_gets_no_gradient(cnndm)
     out = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                   decoder_input_ids=student._shift_right(b["labels"]), output_hidden_states=True)
     keep = b["labels"] != 0
-    by_hand = 1 - F.cosine_similarity(out.decoder_hidden_states[-1], states["states"], dim=-1)
+    by_hand = 1 - F.cosine_similarity(out.decoder_hidden_states[-1], states.states, dim=-1)
     assert total.item() == pytest.approx(plain.item() + 2.0 * by_hand[keep].mean().item(), rel=1e-5)
     total.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -113,7 +113,7 @@ def test_the_teachers_states_are_its_last_decoder_layers_and_ignore_padding_beyo
     torch.manual_seed(0)
     teacher = t5.build_model(cfg).eval()
     b = batch_of(cfg)
-    states = t5.teacher_outputs(teacher, b, None, cfg)["states"]
+    states = t5.teacher_outputs(teacher, b, None, cfg).states
     out = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                   decoder_input_ids=teacher._shift_right(b["labels"]), output_hidden_states=True)
     assert torch.allclose(states, out.decoder_hidden_states[-1], atol=1e-6)

@@ -10,7 +10,8 @@ from collapse.experiment import from_dict
 from collapse.tasks.base import add_terms, distills, loss_form
 from collapse.device import StepNoise
 from collapse.data.mnist import PACKAGE_SIZES, load_mnist
-from collapse.models.vae import VAE
+from collapse.models import outputs
+from collapse.models.vae import VAE, VAEOutput
 from collapse.tasks import vae
 
 
@@ -45,7 +46,7 @@ def test_real_mnist_is_60k_train_10k_test_padded_to_32():
 def test_model_maps_32x32_images_to_32x32_logits():
     model = VAE()
     out = model(torch.rand(5, 1024), torch.randn(5, 20))
-    assert out["logits"].shape == (5, 1024) and out["mean"].shape == (5, 20) and out["logvar"].shape == (5, 20)
+    assert out.logits.shape == (5, 1024) and out.mean.shape == (5, 20) and out.logvar.shape == (5, 20)
 
 
 def test_vae_loss_matches_hand_computation():
@@ -58,13 +59,13 @@ def test_vae_loss_matches_hand_computation():
 
 
 def test_encoder_terms_match_hand_computation():
-    student = {"mean": torch.tensor([[1.0, 2.0]]), "logvar": torch.tensor([[0.0, 0.0]])}
-    teacher = {"mean": torch.tensor([[0.0, 0.0]]), "logvar": torch.tensor([[1.0, 3.0]])}
+    student = VAEOutput(None, torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
+    teacher = vae.TeacherOutput(None, torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 3.0]]))
     c = coeffs(lam=2.0, beta=3.0, gamma=0.5)
     total = add_terms(torch.zeros(()), vae.DISTILL_TERMS, c, student, teacher, cfg_with(c))
     assert total.item() == pytest.approx(3.0 * (1 + 4) / 2 + 0.5 * (1 + 9) / 2, rel=1e-6)   # lam: in the loss
-    c = coeffs(lam=1.0)   # empty outputs: a computed encoder term would raise
-    assert add_terms(torch.zeros(()), vae.DISTILL_TERMS, c, {}, {}, cfg_with(c)).item() == 0.0
+    c = coeffs(lam=1.0)   # no outputs: a computed encoder term would raise
+    assert add_terms(torch.zeros(()), vae.DISTILL_TERMS, c, None, None, cfg_with(c)).item() == 0.0
 
 
 def test_one_declaration_of_the_terms_gives_the_loss_m1_and_the_report_columns():
@@ -86,11 +87,11 @@ def test_student_loss_is_eq1_term_by_term():
     c = coeffs(lam=0.7, beta=3.0, gamma=0.5)
     got, out = vae.loss(student, x, noise(1, 8), cfg_with(c), t)
     s = student(x, torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
-    by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"])
-               + 0.7 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"])
-               + 3.0 * ((s["mean"] - t["mean"]) ** 2).mean() + 0.5 * ((s["logvar"] - t["logvar"]) ** 2).mean())
+    by_hand = (vae.vae_loss(s.logits, x, s.mean, s.logvar)
+               + 0.7 * vae.vae_loss(s.logits, t.probs, s.mean, s.logvar)
+               + 3.0 * ((s.mean - t.mean) ** 2).mean() + 0.5 * ((s.logvar - t.logvar) ** 2).mean())
     assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
-    assert torch.equal(out["logits"], s["logits"])
+    assert torch.equal(out.logits, s.logits)
 
 
 def test_zero_coefficients_give_the_plain_loss():
@@ -124,8 +125,11 @@ def test_teacher_targets_are_precomputed_exactly():
     cached = train.teacher_targets(vae, teacher, data, None, chunk=16)
     index = torch.tensor([3, 49, 17])
     direct = vae.teacher_outputs(teacher, vae.batch(data, index))
-    for k in direct:
-        assert torch.allclose(cached[k][index], direct[k], atol=1e-6)
+    assert type(cached) is type(direct) is vae.TeacherOutput
+    for field in direct._fields:
+        assert torch.allclose(getattr(cached, field)[index], getattr(direct, field), atol=1e-6)
+    for got, want in zip(outputs.select(cached, index), direct):
+        assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_torchvision_layout_directory_loads_the_same_images(tmp_path):
@@ -178,7 +182,7 @@ def test_the_folded_lambda_term_holds_under_the_pixel_reduction():
     c = coeffs(lam=0.5, beta=1.0, gamma=1.0)
     got, _ = vae.loss(student, x, noise(1, 8), cfg_with(c, "pixel"), t)
     s = student(x, torch.randn(8, 4, generator=torch.Generator().manual_seed(1)))
-    by_hand = (vae.vae_loss(s["logits"], x, s["mean"], s["logvar"], "pixel")
-               + 0.5 * vae.vae_loss(s["logits"], t["probs"], s["mean"], s["logvar"], "pixel")
-               + ((s["mean"] - t["mean"]) ** 2).mean() + ((s["logvar"] - t["logvar"]) ** 2).mean())
+    by_hand = (vae.vae_loss(s.logits, x, s.mean, s.logvar, "pixel")
+               + 0.5 * vae.vae_loss(s.logits, t.probs, s.mean, s.logvar, "pixel")
+               + ((s.mean - t.mean) ** 2).mean() + ((s.logvar - t.logvar) ** 2).mean())
     assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)

@@ -128,13 +128,13 @@ def test_each_reading_trains_and_its_loss_falls(reading):
 
 def hand_terms(s, x, t, likelihood, kl_weight, pixels=1024):
     """eq. (1)'s L_VAE terms under `pixel`, written out: reconstruction + kl_weight * KL per pixel."""
-    y = torch.sigmoid(s["logits"])
-    kl = (-0.5 * (1 + s["logvar"] - s["mean"] ** 2 - s["logvar"].exp())).sum(1)
+    y = torch.sigmoid(s.logits)
+    kl = (-0.5 * (1 + s.logvar - s.mean ** 2 - s.logvar.exp())).sum(1)
 
     def rec(target):
         if likelihood == "gaussian":
             return 0.5 * ((y - target) ** 2).sum(1)
-        return torch.nn.functional.binary_cross_entropy_with_logits(s["logits"], target, reduction="none").sum(1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(s.logits, target, reduction="none").sum(1)
     return lambda target: ((rec(target) + kl_weight * kl) / pixels).mean()
 
 
@@ -150,8 +150,8 @@ def test_student_loss_is_eq1_written_out_under_each_reading(reading):
     s = student(x, torch.randn(8, 20, generator=torch.Generator().manual_seed(1)))
     l_vae = hand_terms(s, x, t, cfg.model.likelihood, cfg.model.kl_weight)
     v = (lambda a: a.exp()) if cfg.distill.variance_term == "var" else (lambda a: a)
-    by_hand = (l_vae(x) + 0.7 * l_vae(t["probs"]) + 3.0 * ((s["mean"] - t["mean"]) ** 2).mean()
-               + 0.5 * ((v(s["logvar"]) - v(t["logvar"])) ** 2).mean())
+    by_hand = (l_vae(x) + 0.7 * l_vae(t.probs) + 3.0 * ((s.mean - t.mean) ** 2).mean()
+               + 0.5 * ((v(s.logvar) - v(t.logvar)) ** 2).mean())
     assert got.item() == pytest.approx(by_hand.item(), rel=1e-5)
 
 

@@ -5,6 +5,8 @@ what collapse/tasks/base.py requires and, beyond that, only where it differs fro
 teacher's outputs can be computed once, profile=smoke's sizes, and a report part of its own that reads
 the sweep's view."""
 from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 
 from collapse.config import DataConfig, EvalConfig, SynthConfig, _check
@@ -37,6 +39,11 @@ class ToyDistillConfig:
         _check(0 <= self.lam < float("inf"), p + "lam", self.lam, "a finite float >= 0")
 
 
+class Fit(NamedTuple):   # the model's outputs per item (collapse/models/outputs.py)
+    mean: torch.Tensor
+    log_std: torch.Tensor
+
+
 class DiagonalGaussian(torch.nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -44,7 +51,7 @@ class DiagonalGaussian(torch.nn.Module):
         self.log_std = torch.nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        return {"mean": self.mean.expand_as(x), "log_std": self.log_std.expand_as(x)}
+        return Fit(self.mean.expand_as(x), self.log_std.expand_as(x))
 
 
 CONFIG_SECTIONS = {"data": PointsConfig, "model": FitConfig, "distill": ToyDistillConfig, "synth": SynthConfig,
@@ -60,7 +67,7 @@ def full_sizes(data: dict) -> tuple[int, int]:
 
 def pull(student, teacher, cfg):
     """The squared distance of the student's fitted mean from the teacher's, per item."""
-    return (student["mean"] - teacher["mean"]).pow(2).sum(1).mean()
+    return (student.mean - teacher.mean).pow(2).sum(1).mean()
 
 
 DISTILL_TERMS = (Term("pull", "lam", "lambda", pull),)
@@ -83,14 +90,15 @@ def batch(data, index):
 
 def loss(model, x, noise, cfg, teacher=None):
     out = model(x)
-    nll = (out["log_std"] + 0.5 * ((x - out["mean"]) / out["log_std"].exp()) ** 2).sum(1).mean()
+    nll = (out.log_std + 0.5 * ((x - out.mean) / out.log_std.exp()) ** 2).sum(1).mean()
     if teacher is None:
         return nll, out
     return add_terms(nll, DISTILL_TERMS, cfg.distill, out, teacher, cfg), out
 
 
 def teacher_outputs(teacher, x, noise=None, cfg=None):
-    return {"mean": teacher(x)["mean"].detach()}
+    out = teacher(x)
+    return Fit(out.mean.detach(), out.log_std.detach())
 
 
 def test_loss(model, data, cfg) -> float:

@@ -4,9 +4,16 @@ skip connections), as diffusers' UNet2DModel, returning the predicted noise and 
 The paper's "39M" model at 64x64: channels (128, 128, 256, 256, 256), two residual blocks per
 level, attention at 16x16 and in the middle block: 38,390,019 parameters.
 """
+from typing import NamedTuple
+
 import torch
 from diffusers import UNet2DModel
 from torch import nn
+
+
+class UNetOutput(NamedTuple):
+    eps: torch.Tensor       # [B, C, H, W]: the predicted noise
+    encoded: torch.Tensor   # the middle block's output (the "+ MSE" row compares it)
 
 
 class UNet(nn.Module):
@@ -27,8 +34,8 @@ class UNet(nn.Module):
     def _keep_encoded(self, module, inputs, output):
         self._encoded = output
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> UNetOutput:
         """x: noisy images [B, C, H, W]; t: timesteps [B] -> predicted noise and the middle block's output."""
         eps = self.net(x, t).sample
         encoded, self._encoded = self._encoded, None
-        return {"eps": eps, "encoded": encoded}
+        return UNetOutput(eps, encoded)

@@ -2,8 +2,16 @@
 
 hidden=420, latent=20 gives 887,264 parameters, the paper's "about 887K".
 """
+from typing import NamedTuple
+
 import torch
 from torch import nn
+
+
+class VAEOutput(NamedTuple):
+    logits: torch.Tensor   # [B, pixels]: the decoder's Bernoulli logits
+    mean: torch.Tensor     # [B, latent]: the posterior mean
+    logvar: torch.Tensor   # [B, latent]: its log-variance
 
 
 class VAE(nn.Module):
@@ -22,8 +30,8 @@ class VAE(nn.Module):
         """z: [B, latent] -> Bernoulli logits [B, pixels]."""
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> VAEOutput:
         """Reparameterised pass. noise=None decodes the posterior mean (deterministic)."""
         mean, logvar = self.encode(x)
         z = mean if noise is None else mean + noise * torch.exp(0.5 * logvar)
-        return {"logits": self.decode(z), "mean": mean, "logvar": logvar}
+        return VAEOutput(self.decode(z), mean, logvar)

@@ -23,7 +23,7 @@ from collapse.metrics.fid import KID_SUBSET_SIZE, InceptionFeatures, check_incep
 from collapse.metrics.fid import reference_features
 from collapse.report.stats import Z95
 from collapse.tasks import vae
-from collapse.models.unet import UNet
+from collapse.models.unet import UNet, UNetOutput
 from collapse.tasks.base import Term, add_terms
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.ddpm_report import PRIMARY, table_notes, write_report  # noqa: F401
@@ -230,7 +230,7 @@ def loss(model, x0, noise: StepNoise, cfg, teacher=None):
     """L_DDPM on a batch, or L_SD (eq. 2) given the teacher's outputs on the same x_t and t."""
     x_t, t, eps = noised(x0, noise, cfg)
     out = model(x_t.to(dtype_of(model)), t)
-    eps_s = out["eps"].float()
+    eps_s = out.eps.float()
     total = F.smooth_l1_loss(eps_s, eps)
     if teacher is None:
         return total, out
@@ -238,22 +238,22 @@ def loss(model, x0, noise: StepNoise, cfg, teacher=None):
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, x0, noise: StepNoise, cfg):
+def teacher_outputs(teacher, x0, noise: StepNoise, cfg) -> UNetOutput:
     """The frozen teacher's noise prediction (and encoder output) for the same x_t and t as the student's:
     `noise` must be a fresh copy of the student's step noise, so both draw the same t and eps."""
     x_t, t, _ = noised(x0, noise, cfg)
     out = teacher(x_t.to(dtype_of(teacher)), t)
-    return {"eps": out["eps"].float(), "encoded": out["encoded"].float()}
+    return UNetOutput(out.eps.float(), out.encoded.float())
 
 
-def distill(student, teacher, cfg) -> torch.Tensor:
+def distill(student: UNetOutput, teacher: UNetOutput, cfg) -> torch.Tensor:
     """Smooth L1 between the student's and the teacher's predicted noise on the same x_t and t."""
-    return F.smooth_l1_loss(student["eps"].float(), teacher["eps"])
+    return F.smooth_l1_loss(student.eps.float(), teacher.eps)
 
 
-def mse_encoded(student, teacher, cfg) -> torch.Tensor:
+def mse_encoded(student: UNetOutput, teacher: UNetOutput, cfg) -> torch.Tensor:
     """MSE between the UNets' encoder outputs (Table 2's "+ MSE" row)."""
-    return F.mse_loss(student["encoded"].float(), teacher["encoded"])
+    return F.mse_loss(student.encoded.float(), teacher.encoded)
 
 
 # Eq. 2's weighted terms: lam on the predicted noise, encoder_mse on the encoders' outputs.
@@ -282,7 +282,7 @@ def sample(model, n: int, generator: torch.Generator, cfg, grid: bool = False, b
 def _sampled(model, n: int, generator: torch.Generator, cfg) -> torch.Tensor:
     """One batch of n images, as uint8 on the CPU."""
     m = cfg.model
-    eps_model = lambda x, t: model(x, t)["eps"]   # noqa: E731
+    eps_model = lambda x, t: model(x, t).eps   # noqa: E731
     x = diffusion.sample(eps_model, scheduler(cfg), (n, m.channels, m.image_size, m.image_size), generator,
                          cfg.synth.sampler, cfg.synth.steps, dtype_of(model))
     return x.add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import functools
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -222,7 +223,14 @@ def _seeded_dropout(noise: StepNoise | None, device: torch.device):
     return seeded()
 
 
-def loss(model, batch: dict, noise: StepNoise | None, cfg, teacher: dict | None = None):
+class DecoderStates(NamedTuple):
+    """The decoder's last hidden states [B, T, d_model] in fp32 (what eq. 3 distills), and for the
+    student which of them are the target's tokens (not padding): the teacher's are read on the same input."""
+    states: torch.Tensor
+    keep: torch.Tensor | None = None
+
+
+def loss(model, batch: dict, noise: StepNoise | None, cfg, teacher: DecoderStates | None = None):
     """L_CE on a batch, or L_SD (eq. 3) given the teacher's last decoder states on the same input."""
     net = unwrapped(model)
     labels = batch["labels"]
@@ -233,21 +241,21 @@ def loss(model, batch: dict, noise: StepNoise | None, cfg, teacher: dict | None 
     total = F.cross_entropy(out.logits.float()[keep], labels[keep])
     if teacher is None:
         return total, out
-    student = {"states": out.decoder_hidden_states[-1], "keep": keep}
+    student = DecoderStates(out.decoder_hidden_states[-1], keep)
     return add_terms(total, DISTILL_TERMS, cfg.distill, student, teacher, cfg), out
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, batch: dict, noise, cfg) -> dict:
+def teacher_outputs(teacher, batch: dict, noise, cfg) -> DecoderStates:
     """The frozen teacher's last decoder states on the student's teacher-forced input."""
     net = unwrapped(teacher)
     states = net.last_decoder_states(batch["input_ids"], batch["attention_mask"], net._shift_right(batch["labels"]))
-    return {"states": states.float()}
+    return DecoderStates(states.float())
 
 
-def distill(student, teacher, cfg) -> torch.Tensor:
+def distill(student: DecoderStates, teacher: DecoderStates, cfg) -> torch.Tensor:
     """The cosine distance of the decoders' last hidden states, over the target's tokens (not padding)."""
-    return cosine_distance(student["states"], teacher["states"], student["keep"])
+    return cosine_distance(student.states, teacher.states, student.keep)
 
 
 # Eq. 3's one weighted term: lam on the decoders' last hidden states.

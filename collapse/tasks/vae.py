@@ -25,6 +25,7 @@ The paper leaves some of this open; each reading is a setting, today's reading t
 """
 import importlib.util
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from collapse.config import ConfigError, bad
 from collapse.data.mnist import IDX_FILES, PACKAGE_SIZES, DatasetError, find_idx, idx_header, load_mnist
 from collapse.device import StepNoise, device_of, dtype_of, generator
-from collapse.models.vae import VAE
+from collapse.models.vae import VAE, VAEOutput
 from collapse.tasks.base import Term, add_terms
 from collapse.tasks.common import concat, from_tensors, held_out_loss, save_grid, to_tensors  # noqa: F401
 from collapse.tasks.vae_config import CONFIG_SECTIONS, SMOKE  # noqa: F401
@@ -139,14 +140,14 @@ def loss(model, x, noise: StepNoise, cfg, teacher=None):
         kl_weight = lam   # R1: a distilled student's KL weight is its lam (M1 gets no teacher: model.kl_weight)
 
     def l_vae(target):
-        return vae_loss(out["logits"], target, out["mean"], out["logvar"], reduction, likelihood, kl_weight, span)
+        return vae_loss(out.logits, target, out.mean, out.logvar, reduction, likelihood, kl_weight, span)
 
     if teacher is None:
         return l_vae(x), out
     if likelihood == "bernoulli":
-        total = (1 + lam) * l_vae((x + lam * teacher["probs"]) / (1 + lam) if lam else x)
+        total = (1 + lam) * l_vae((x + lam * teacher.probs) / (1 + lam) if lam else x)
     else:
-        total = l_vae(x) + lam * l_vae(teacher["probs"]) if lam else l_vae(x)
+        total = l_vae(x) + lam * l_vae(teacher.probs) if lam else l_vae(x)
     return add_terms(total, DISTILL_TERMS, coeffs, out, teacher, cfg), out
 
 
@@ -179,12 +180,19 @@ DISTILL_MODES = ("none", "teacher", "previous")
 TEACHER_OUTPUTS_DETERMINISTIC = True
 
 
-def teacher_outputs(teacher, x, noise=None, cfg=None):
+class TeacherOutput(NamedTuple):
+    """What a student distills from, in fp32: the teacher's reconstruction from its posterior mean (pixel
+    probabilities) and its encoder's statistics."""
+    probs: torch.Tensor
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+
+def teacher_outputs(teacher, x, noise=None, cfg=None) -> TeacherOutput:
     """The frozen teacher's encoder statistics and its reconstruction (pixel probabilities) from
     the posterior mean."""
     out = teacher(to_span(x, data_span(cfg)).to(dtype_of(teacher)))
-    return {"probs": torch.sigmoid(out["logits"].float()), "mean": out["mean"].float(),
-            "logvar": out["logvar"].float()}
+    return TeacherOutput(torch.sigmoid(out.logits.float()), out.mean.float(), out.logvar.float())
 
 
 
@@ -194,14 +202,14 @@ def curve_metrics(model, test_data, cfg) -> dict:
     return {}
 
 
-def mse_means(student, teacher, cfg) -> torch.Tensor:
+def mse_means(student: VAEOutput, teacher: TeacherOutput, cfg) -> torch.Tensor:
     """MSE(Es, Et): the encoders' posterior means."""
-    return F.mse_loss(student["mean"].float(), teacher["mean"])
+    return F.mse_loss(student.mean.float(), teacher.mean)
 
 
-def mse_variances(student, teacher, cfg) -> torch.Tensor:
+def mse_variances(student: VAEOutput, teacher: TeacherOutput, cfg) -> torch.Tensor:
     """MSE(Vs, Vt). V: the predicted log-variances, or their exp under distill.variance_term = var."""
-    vs, vt = student["logvar"].float(), teacher["logvar"]
+    vs, vt = student.logvar.float(), teacher.logvar
     if getattr(cfg.distill, "variance_term", "logvar") == "var":   # a namespace without it: the default
         vs, vt = vs.exp(), vt.exp()
     return F.mse_loss(vs, vt)
@@ -261,8 +269,8 @@ def test_parts(model, data: torch.Tensor, cfg, batch_size: int = 2000) -> dict:
         def value(model, x, noise, cfg):
             dtype = dtype_of(model)
             out = model(to_span(x, data_span(cfg)).to(dtype), noise.randn(model_latent(model), dtype=dtype))
-            term = vae_terms(out["logits"], x, out["mean"], out["logvar"], reading(cfg)[0], data_span(cfg))[index]
-            per_image = {"sum": 1, "pixel": x.shape[1], "element": (x.shape[1], out["mean"].shape[1])[index]}
+            term = vae_terms(out.logits, x, out.mean, out.logvar, reading(cfg)[0], data_span(cfg))[index]
+            per_image = {"sum": 1, "pixel": x.shape[1], "element": (x.shape[1], out.mean.shape[1])[index]}
             return term / (x.shape[0] * per_image[cfg.train.reduction]), out
         return value
     return {name: held_out_loss(part(i), batch, model, data, cfg, batch_size, EVAL_SEED)

@@ -2,12 +2,13 @@
 the paper leaves open, the coefficients of eq. 1, and Bernoulli-drawn synthetic data."""
 from dataclasses import dataclass, field
 
-from collapse.config import DataConfig, EvalConfig, SynthConfig, _check, added_later
+from collapse.config import DataConfig, EvalConfig, SynthConfig, TrainConfig, _check, added_later
 
 LIKELIHOODS = ("bernoulli", "gaussian")   # the decoder's likelihood (model.likelihood)
 VARIANCE_TERMS = ("logvar", "var")         # what the gamma term compares (distill.variance_term)
 KL_WEIGHTS = ("model", "lambda")           # the distilled students' KL weight (distill.kl_weight)
 RANGES = ([0.0, 1.0], [-1.0, 1.0])         # what the pixels are scaled to (data.range)
+REDUCTIONS = ("sum", "pixel", "element")   # how L_VAE combines one image's elements (train.reduction: vae.vae_loss)
 
 
 @dataclass
@@ -19,6 +20,15 @@ class MnistDataConfig(DataConfig):
     def check(self, p):
         super().check(p)
         _check(self.range in RANGES, p + "range", self.range, "[0, 1] or [-1, 1]")
+
+
+@dataclass
+class VaeTrainConfig(TrainConfig):
+    reduction: str = added_later("sum")   # L_VAE per image (sum), per pixel, or per element (vae.vae_loss)
+
+    def check(self, p):
+        super().check(p)
+        _check(self.reduction in REDUCTIONS, p + "reduction", self.reduction, "one of: " + ", ".join(REDUCTIONS))
 
 
 @dataclass
@@ -58,8 +68,8 @@ class VaeSynthConfig(SynthConfig):
     binarize: bool = added_later(False)   # Bernoulli draws of the decoder's pixel probabilities, not the probabilities
 
 
-CONFIG_SECTIONS = {"data": MnistDataConfig, "model": ModelConfig, "distill": DistillConfig, "synth": VaeSynthConfig,
-                   "eval": EvalConfig}
+CONFIG_SECTIONS = {"data": MnistDataConfig, "model": ModelConfig, "train": VaeTrainConfig, "distill": DistillConfig,
+                   "synth": VaeSynthConfig, "eval": EvalConfig}
 
 # profile=smoke (collapse/grid.py): 2,000 training and 500 held-out images, 2 epochs
 SMOKE = {"data.train_size": 2000, "data.test_size": 500, "train.epochs": 2, "eval.grid_samples": 16}

@@ -5,11 +5,11 @@ train.reduction). Beyond the generic tables and figures, its part is Table 1's c
 import dataclasses
 from pathlib import Path
 
-from collapse.config import TrainConfig
 from collapse.report.metric import Primary
 from collapse.report.scorecard import write_scorecard
 from collapse.report.view import SweepView
 from collapse.tasks.vae_claims import CLAIMS
+from collapse.tasks.vae_config import VaeTrainConfig
 
 PRIMARY = Primary("test_loss", "L_M(Test)", "lower")   # the metric of the generic table, its label, which way is better
 UNITS = {   # train.reduction -> what one L_M(Test) value is
@@ -20,7 +20,7 @@ UNITS = {   # train.reduction -> what one L_M(Test) value is
     "element": "BCE averaged over pixels + KL averaged over latents (train.reduction = element), "
                "not the paper's scale"}
 # What records older than train.reduction computed: the default its added_later() mark keeps out of keys.
-OLDER_REDUCTION = next(f.metadata["added_later"] for f in dataclasses.fields(TrainConfig) if f.name == "reduction")
+OLDER_REDUCTION = next(f.metadata["added_later"] for f in dataclasses.fields(VaeTrainConfig) if f.name == "reduction")
 
 
 def table_notes(view: SweepView) -> tuple[str, str | None]:
