@@ -24,8 +24,9 @@ from collapse.tasks.base import distills, loss_form
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Tests only: seconds to sleep after each step (an outside requeue lands mid-run however fast the machine).
 STEP_DELAY_ENV = "COLLAPSE_TEST_STEP_DELAY_S"
-# Tests only: a path; each step waits until it exists, so a test holds a stage mid-run until it opens the gate.
+# Tests only: a path; each step from STEP_GATE_FROM_ENV's (default 0) on waits until it exists (a test holds a stage)
 STEP_GATE_ENV = "COLLAPSE_TEST_STEP_GATE"
+STEP_GATE_FROM_ENV = "COLLAPSE_TEST_STEP_GATE_FROM"
 
 
 class DivergedError(RuntimeError):
@@ -253,13 +254,13 @@ class Loop:
         self.started = time.time()
         self.state.run_from_step = self.state.step
         self.step_delay = float(os.environ.get(STEP_DELAY_ENV, 0))
-        self.step_gate = os.environ.get(STEP_GATE_ENV)
+        self.step_gate, self.gate_from = os.environ.get(STEP_GATE_ENV), int(os.environ.get(STEP_GATE_FROM_ENV, 0))
         self.order = epoch_order(self.tc.seed, self.state.epoch, len(run.train_data))
 
     def step(self) -> tuple[torch.Tensor, bool]:
         """One optimizer step on the next batch: its loss (this rank's share) and whether it ended an epoch."""
         run, state, b = self.run, self.state, self.tc.batch_size
-        while self.step_gate and not os.path.exists(self.step_gate):
+        while self.step_gate and state.step >= self.gate_from and not os.path.exists(self.step_gate):
             time.sleep(0.05)
         global_index = self.order[state.batch * b:(state.batch + 1) * b]
         index = global_index[self.rank::self.world]

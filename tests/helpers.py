@@ -249,6 +249,13 @@ def child_env(**extra) -> dict:
     return env
 
 
+def held(gate: Path, from_step: int = 0) -> dict:
+    """The environment that holds every training step from `from_step` on until `gate` exists (collapse/train.py):
+    a stage stays mid-run, however fast or loaded the machine, until the test touches the gate (or for good)."""
+    from collapse import train
+    return {train.STEP_GATE_ENV: str(gate), train.STEP_GATE_FROM_ENV: str(from_step)}
+
+
 def run_stage(root, key, kill_in_write=None, prefix=(), timeout=300) -> subprocess.CompletedProcess:
     env = child_env(**({KILL: kill_in_write} if kill_in_write else {}))
     return subprocess.run([*prefix, sys.executable, "-m", "collapse.run", str(root), key], env=env, cwd=REPO,

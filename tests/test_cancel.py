@@ -24,13 +24,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from collapse import cancel, lease  # noqa: E402
 from collapse.executors import local  # noqa: E402
-from helpers import (TINY_VAE, cluster, launch, launch_jobs, records, show, squeued, status_table,  # noqa: E402,F401
-                     wait_done, wait_for)
+from helpers import (TINY_VAE, cluster, held, launch, launch_jobs, records, show, squeued,  # noqa: E402,F401
+                     status_table, wait_done, wait_for)
 from collapse import slurm_index  # noqa: E402
 
 GRID = "experiment: vae_mnist\nrows:\n  - {distill.lam: 0.5}\n"
-ARGS = ["grid=cancel_one", *TINY_VAE, "train.threads=1", "train.batch_size=32", "train.checkpoint_every=2"]
-DELAY = "COLLAPSE_TEST_STEP_DELAY_S"
+CHECKPOINT_EVERY = 2
+ARGS = ["grid=cancel_one", *TINY_VAE, "train.threads=1", "train.batch_size=32",
+        f"train.checkpoint_every={CHECKPOINT_EVERY}"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,8 @@ def test_bad_input_is_one_error_line_exit_2(tmp_path):
 
 def test_sigint_to_local_launch_stops_every_stage_and_relaunch_resumes(grid_env, reference, tmp_path):
     root = tmp_path / "r"
-    env = {**os.environ, "PYTHONPATH": str(REPO), **grid_env, DELAY: "0.5"}
+    # the teacher holds just after its first checkpoint until it is stopped
+    env = {**os.environ, "PYTHONPATH": str(REPO), **grid_env, **held(tmp_path / "never", CHECKPOINT_EVERY)}
     proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "launch.py"), *ARGS, "cluster=local",
                              f"results_root={root}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -168,7 +170,7 @@ def test_sigint_to_local_launch_stops_every_stage_and_relaunch_resumes(grid_env,
 
 def test_sigterm_to_local_launch_exits_143(grid_env, tmp_path):
     root = tmp_path / "r"
-    env = {**os.environ, "PYTHONPATH": str(REPO), **grid_env, DELAY: "0.5"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **grid_env, **held(tmp_path / "never")}
     proc = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "launch.py"), *ARGS, "cluster=local",
                              f"results_root={root}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -192,7 +194,9 @@ def test_sigterm_to_local_launch_exits_143(grid_env, tmp_path):
 def test_cancel_one_sweep_mid_run_leaves_the_other_and_relaunch_finishes_identically(
         cluster, grid_env, reference, tmp_path):  # noqa: F811
     first, second = tmp_path / "first", tmp_path / "second"
-    out = launch(*ARGS, "cluster=slurm", f"results_root={first}", env={**grid_env, DELAY: "4"})
+    # the first sweep's teacher job holds just after its first checkpoint until it is cancelled
+    holding = held(tmp_path / "never", CHECKPOINT_EVERY)
+    out = launch(*ARGS, "cluster=slurm", f"results_root={first}", env={**grid_env, **holding})
     assert out.returncode == 0, show(out)
     out = launch(*ARGS, "cluster=slurm", f"results_root={second}", env=grid_env)
     assert out.returncode == 0, show(out)

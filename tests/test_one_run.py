@@ -22,8 +22,9 @@ from collapse import slurm_index
 from collapse.executors import local
 from collapse.executors.slurm_job import StageJob
 from collapse.grid import load_sweep
-from helpers import (TINY_VAE, child_env, cluster, cluster_answers, data_root, final, launch_jobs,  # noqa: F401
-                     override, plan_stages, pointer_step, reference, resumed_step, teacher_of, wait_done, wait_for)
+from helpers import (EVERY, TINY_VAE, child_env, cluster, cluster_answers, data_root, final, held,  # noqa: F401
+                     launch_jobs, override, plan_stages, pointer_step, reference, resumed_step, teacher_of, wait_done,
+                     wait_for)
 
 REPO = Path(__file__).resolve().parent.parent
 # threads fixed: which launch runs a stage must not change its thread count, hence its numbers
@@ -46,6 +47,37 @@ def finish(proc, timeout=900) -> tuple[int, str]:
         out, err = proc.communicate()
         pytest.fail(f"launch still running after {timeout}s\n{out}\n{err[-3000:]}")
     return proc.returncode, out + "\n--- stderr\n" + err
+
+
+def finish_after(proc, said: re.Pattern, then, timeout=900) -> tuple[int, str]:
+    """finish(proc), calling `then` once its output has a line matching `said` (a launch's lines are read
+    as they come, so a test can open a gate once the launch has said what it saw)."""
+    out, err, seen = [], [], threading.Event()
+
+    def read(stream, lines):
+        for line in stream:
+            lines.append(line)
+            if said.search(line):
+                seen.set()
+        seen.set()   # closed: the launch ended without saying it (the assert below shows its output)
+    readers = [threading.Thread(target=read, args=(stream, lines), daemon=True)
+               for stream, lines in ((proc.stdout, out), (proc.stderr, err))]
+    for r in readers:
+        r.start()
+    try:
+        seen.wait(timeout)
+        then()
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        then()
+    for r in readers:
+        r.join(timeout=10)
+    text = "".join(out) + "\n--- stderr\n" + "".join(err)
+    assert said.search(text), text
+    return proc.returncode, text
 
 
 def runs_per_stage(root) -> dict:
@@ -152,9 +184,9 @@ def test_two_local_launches_run_every_stage_once_and_report_as_one(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_local_launch_waits_for_stages_running_as_slurm_jobs(cluster, tmp_path):  # noqa: F811
-    root = tmp_path / "r"
-    # the jobs inherit the delay: the teacher job is still training when the local launch starts
-    submitted = launch_proc(root, "cluster=slurm", "train.batch_size=32", env={"COLLAPSE_TEST_STEP_DELAY_S": "0.5"})
+    root, gate = tmp_path / "r", tmp_path / "gate"
+    # the jobs inherit the gate: the teacher job holds at its first step until the local launch has looked
+    submitted = launch_proc(root, "cluster=slurm", "train.batch_size=32", env=held(gate))
     code, text = finish(submitted, timeout=120)
     assert code == 0, text
     index = slurm_index.read_index(root)
@@ -166,9 +198,9 @@ def test_local_launch_waits_for_stages_running_as_slurm_jobs(cluster, tmp_path):
     assert re.search(rf"held by {re.escape(lease.HOST)}:\d+ \(job {teacher_job}\), last heartbeat \d+s ago",
                      table), table
 
-    code, text = finish(launch_proc(root, "cluster=local", "train.batch_size=32"))
+    said = re.compile(rf"not started: teacher\[seed=0\] is running under .*\(job {teacher_job}\)")
+    code, text = finish_after(launch_proc(root, "cluster=local", "train.batch_size=32"), said, gate.touch)
     assert code == 0, text
-    assert re.search(rf"not started: teacher\[seed=0\] is running under .*\(job {teacher_job}\)", text), text
     wait_done(launch_jobs(index["launches"][-1]))
     runs = runs_per_stage(root)
     assert len(runs) == 10 and set(runs.values()) == {1}, runs   # the report too
@@ -181,7 +213,8 @@ def test_local_launch_waits_for_stages_running_as_slurm_jobs(cluster, tmp_path):
 @pytest.mark.slurm
 def test_slurm_launch_skips_what_a_local_launch_runs_and_says_so(cluster, tmp_path):  # noqa: F811
     root = tmp_path / "r"
-    running = launch_proc(root, "cluster=local", "train.batch_size=16", env={"COLLAPSE_TEST_STEP_DELAY_S": "1"})
+    # its teacher holds at its first step for good (the launch is killed at the end)
+    running = launch_proc(root, "cluster=local", "train.batch_size=16", env=held(tmp_path / "never"))
     try:
         sweep = load_sweep([*SMALL, "cluster=local", f"results_root={root}", "train.batch_size=16"])
         teacher = teacher_of(planning.build(sweep))
@@ -212,7 +245,7 @@ def start_runner(root, key, **env) -> subprocess.Popen:
 
 def kill_after_first_checkpoint(root, key) -> tuple[int, int, float]:
     """(pid, checkpoint step, time of death) of a runner SIGKILLed while training."""
-    runner = start_runner(root, key, COLLAPSE_TEST_STEP_DELAY_S="0.1")
+    runner = start_runner(root, key, **held(root.parent / "never", EVERY))   # holds after the first checkpoint
     wait_for("a first checkpoint", lambda: pointer_step(root, key) or runner.poll() is not None, timeout=300)
     runner.send_signal(signal.SIGKILL)
     runner.wait()

@@ -10,9 +10,8 @@ import pytest
 from collapse import manifest
 from collapse.executors import warm
 from collapse.executors.warm import WarmStarter
-from helpers import (REPO, child_env, data_root, final, launch_toy, plan_stages, reference, teacher_of,  # noqa: F401
+from helpers import (REPO, child_env, data_root, final, held, launch_toy, plan_stages, reference, teacher_of,  # noqa: F401
                      toy_env, wait_for)
-from collapse.train import STEP_DELAY_ENV
 
 
 def starter(root) -> WarmStarter:
@@ -40,7 +39,7 @@ def test_a_forked_teacher_trains_the_weights_a_spawned_one_does(tmp_path, data_r
 def test_a_killed_stage_reports_the_signal_and_closing_the_server_ends_its_stages(tmp_path, data_root):
     teacher = teacher_of(plan_stages(tmp_path, data_root))
     warm = starter(tmp_path)
-    slow = child_env(COLLAPSE_EXECUTOR="local", **{STEP_DELAY_ENV: "1"})
+    slow = child_env(COLLAPSE_EXECUTOR="local", **held(tmp_path / "never"))   # each fork holds at its first step
     first = warm.start([str(tmp_path), teacher.key], slow, REPO, tmp_path / "a.log")
     wait_for("the forked teacher to start training", lambda: "starting on" in (tmp_path / "a.log").read_text())
     os.killpg(first.pid, signal.SIGKILL)
