@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from collapse import experiment, kinds, lease, manifest, measured, partial, storage, tasks, train
+from collapse import distributed, experiment, kinds, lease, manifest, measured, partial, storage, tasks
 from collapse.kinds import artifact
 from collapse.stages import ANY_OUTCOME, RAN_TO_THE_END, log_path, read_spec, stage_dir, write_spec  # noqa: F401
 
@@ -95,7 +95,7 @@ def run_stage(root, key: str) -> dict:
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {msg}", flush=True)
 
-    primary = train.global_rank() == 0     # in a multi-task SLURM job only rank 0 holds the lease, writes the record
+    primary = distributed.global_rank() == 0     # in a multi-task SLURM job only rank 0 holds the lease, writes the record
     try:
         held = lease.acquire(root, key) if primary else lease.follow(root, key, lambda: manifest.is_done(root, key))
     except lease.Held as e:

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "collapse"
 MAX_LINES = 400
 CORE = ("config", "grid", "plan", "kinds", "run", "manifest", "lease", "storage", "status", "dryrun", "cancel",
-        "launch", "train", "stages", "preflight", "executors")
+        "launch", "train", "distributed", "stages", "preflight", "executors")
 MODALITIES = ("vae", "ddpm", "t5", "gaussian", "mnist", "celeba", "rouge", "fid", "unet")
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 6      # in the modules of FEW_PARAMETERS, self and cls not counted

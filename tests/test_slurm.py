@@ -451,8 +451,8 @@ def test_sbatch_rejection_mid_sweep_cancels_what_was_submitted(cluster, tmp_path
 @pytest.mark.slurm
 def test_two_task_job_step_forms_one_process_group(cluster):
     """ensure_distributed in a 2-task SLURM step: ranks, world size and master from the SLURM env (gloo)."""
-    code = ("import os, torch; from collapse import train; train.ensure_distributed(); "
-            "t = torch.tensor([train.global_rank() + 1.0]); torch.distributed.all_reduce(t); "
+    code = ("import os, torch; from collapse import distributed; distributed.ensure_distributed(); "
+            "t = torch.tensor([distributed.global_rank() + 1.0]); torch.distributed.all_reduce(t); "
             "print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], 'sum', t.item(), flush=True); "
             "torch.distributed.barrier(); torch.distributed.destroy_process_group()")
     env = {**os.environ, "PYTHONPATH": str(REPO)}

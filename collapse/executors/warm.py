@@ -212,8 +212,8 @@ def serve(snapshot: str | None, expected_hash: str | None) -> int:
     if _gpu_seen():
         answers.write(json.dumps({READY: False, "error": "a GPU is visible here"}) + "\n")
         return 1
-    from collapse import run, train   # noqa: F401  heavy: what every stage imports (torch with them), once
-    train.import_deepspeed()
+    from collapse import distributed, run, train   # noqa: F401  heavy: what every stage imports (torch with them), once
+    distributed.import_deepspeed()
     answers.write(json.dumps({READY: True, "pid": os.getpid()}) + "\n")
     requests, pending = sys.stdin.fileno(), b""
     children: set[int] = set()
