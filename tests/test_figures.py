@@ -95,3 +95,19 @@ def test_a_chain_whose_evals_wrote_no_picture_gets_no_strip(tmp_path):
     assert chains.plot_sample_strip("chain", chains.sample_cells(sweep, {}, tmp_path), tmp_path) is None
     assert not (tmp_path / "report" / "chain_samples_by_generation.png").exists()
     assert tmp_path / "report" / "chain_by_generation.pdf" in written
+
+
+def test_the_samples_figure_keeps_its_two_line_titles_inside_the_picture(tmp_path):
+    """Figure 3 (M1's samples beside the best student's) under its panels' two-line titles: the top rows
+    of the PNG are blank and the titles are drawn below them (tight_layout put them 5 px past the top)."""
+    from PIL import Image
+    from helpers import write_sweep
+    write_sweep(tmp_path, "t", {(0.0, 0.0, 0.0): {0: 100.0}, (0.5, 1.0, 1.0): {0: 97.0}})
+    for record in manifest.read_all(tmp_path):
+        if record["kind"] == "eval":
+            picture = save_grid(torch.full((16, 1, 32, 32), 0.5), tmp_path / "stages" / record["key"] / "samples.png")
+            manifest.write(tmp_path, {**record, "artifacts": {"samples": {"path": str(picture.relative_to(tmp_path))}}})
+    write_reports(tmp_path)
+    pixels = np.asarray(Image.open(tmp_path / "report" / "t_samples.png").convert("L"))
+    inked = np.flatnonzero((pixels < 128).any(axis=1))   # rows with dark pixels: titles, then the grids
+    assert inked[0] >= 3, f"the titles run past the top edge (ink from row {inked[0]})"
