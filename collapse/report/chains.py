@@ -211,10 +211,11 @@ def plot_chains(name, groups, panels, modes, G, metric_label, out) -> Path:
                 if s["n"]:
                     ts.append(t), mean.append(s["mean"]), lo.append(s["min"]), hi.append(s["max"])
             label = "no distillation" if mode == "none" else f"distilled from {mode}"
-            ax.plot(ts, mean, marker="o", ms=3, color=colors[mode], label=f"{label} ({len(g['seeds'])} seeds)")
+            n = len(g["seeds"])
+            ax.plot(ts, mean, marker="o", ms=3, color=colors[mode], label=f"{label} ({n} seed{'s' if n != 1 else ''})")
             ax.fill_between(ts, lo, hi, color=colors[mode], alpha=0.2, lw=0)
         ax.set_title(title(dict(panel)), fontsize=9)
-        ax.set_xlabel("generation (0 = teacher M0)")
+        ax.set_xlabel("generation (0 = teacher M0)"), ax.set_xticks(range(G + 1))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric_label)
     axes[0][0].legend(fontsize=8)
