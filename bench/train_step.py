@@ -22,16 +22,17 @@ from types import SimpleNamespace
 import torch
 
 from collapse import lease, train
-from collapse.config import TrainConfig
 from collapse.device import StepNoise, this_device
+from collapse.models import outputs
 from collapse.tasks import vae
+from collapse.tasks.vae_config import VaeTrainConfig
 
 
 def config(zero_stage, lam=0.0, beta=0.0, gamma=0.0, bf16=False):
     return SimpleNamespace(
         model=SimpleNamespace(hidden=420, latent=20),
-        train=TrainConfig(lr=1e-3, weight_decay=0.01, batch_size=256, zero_stage=zero_stage, bf16=bf16,
-                          reduction="sum"),
+        train=VaeTrainConfig(lr=1e-3, weight_decay=0.01, batch_size=256, zero_stage=zero_stage, bf16=bf16,
+                             reduction="sum"),
         distill=SimpleNamespace(lam=lam, beta=beta, gamma=gamma))
 
 
@@ -48,7 +49,7 @@ def bare_step(model, opt, data, index, step, cfg):
 def engine_step(engine, _opt, data, index, step, cfg, targets=None):
     """What collapse.train.train does per step (teacher outputs precomputed, as train() does)."""
     x = vae.batch(data, index)
-    t = {k: v[index] for k, v in targets.items()} if targets is not None else None
+    t = outputs.select(targets, index) if targets is not None else None
     loss, out = vae.loss(engine, x, StepNoise(train.step_generator(0, step, x.device), len(x)), cfg, t)
     if not torch.isfinite(loss):
         raise RuntimeError
