@@ -17,7 +17,7 @@ import torch
 
 from collapse import progress, storage, tensorboard_names
 from collapse.distributed import ensure_distributed, import_deepspeed
-from collapse.device import StepNoise, dtype_of, generator, this_device, to_device
+from collapse.device import StepNoise, dtype_of, generator, to_device
 from collapse.models import outputs
 from collapse.tasks.base import distills, loss_form
 

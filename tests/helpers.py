@@ -27,7 +27,7 @@ TESTS = REPO / "tests"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from collapse import grid, manifest, plan as planning, run, status, storage  # noqa: E402
+from collapse import grid, manifest, plan as planning, run, status, storage, train  # noqa: E402
 from collapse.config import to_dict  # noqa: E402
 from collapse.experiment import from_dict  # noqa: E402
 from collapse.reporting import write_reports  # noqa: E402
@@ -252,7 +252,6 @@ def child_env(**extra) -> dict:
 def held(gate: Path, from_step: int = 0) -> dict:
     """The environment that holds every training step from `from_step` on until `gate` exists (collapse/train.py):
     a stage stays mid-run, however fast or loaded the machine, until the test touches the gate (or for good)."""
-    from collapse import train
     return {train.STEP_GATE_ENV: str(gate), train.STEP_GATE_FROM_ENV: str(from_step)}
 
 
